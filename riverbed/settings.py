@@ -1,0 +1,93 @@
+"""Riverbed's one settings object: every host, secret and path comes from here (prefix ``RIVERBED_``).
+
+Nothing is read at import time: call :func:`get_settings` where a value is needed.
+"""
+
+from __future__ import annotations
+
+import enum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Environment(str, enum.Enum):
+    """Where Riverbed runs: embedded parts (``local``) or real services (``compose`` / ``production``)."""
+
+    LOCAL = "local"
+    COMPOSE = "compose"
+    PRODUCTION = "production"
+
+    @property
+    def uses_real_services(self) -> bool:
+        return self is not Environment.LOCAL
+
+
+class RiverbedSettings(BaseSettings):
+    """All configuration. Environment variables ``RIVERBED_<FIELD>`` override the defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="RIVERBED_", env_file=None, extra="ignore")
+
+    env: Environment = Environment.LOCAL
+    home: Path = Field(default=Path(".riverbed"), description="State directory for embedded parts.")
+    specs_dirs: list[Path] = Field(
+        default_factory=lambda: [PROJECT_ROOT / "datasets"],
+        description="Directories holding dataset spec files (*.yaml).",
+    )
+
+    # Versioned data store (lakeFS semantics).
+    data_repository: str = "riverbed"
+    data_main_branch: str = "main"
+    lakefs_endpoint: str | None = None
+    lakefs_access_key_id: str | None = None
+    lakefs_secret_access_key: SecretStr | None = None
+    lakefs_storage_namespace: str | None = Field(
+        default=None, description="Where lakeFS keeps the repository's objects, e.g. s3://bucket/riverbed."
+    )
+
+    # Object store (MinIO / S3) for artifacts and reports.
+    s3_endpoint_url: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "riverbed"
+
+    # MLflow tracking and registry.
+    mlflow_tracking_uri: str | None = None
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def local_store_dir(self) -> Path:
+        return self.home / "versioned-store"
+
+    @property
+    def local_objects_dir(self) -> Path:
+        return self.home / "objects"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def resolved_mlflow_tracking_uri(self) -> str:
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_root(self) -> str:
+        return (self.home / "mlflow" / "artifacts").as_uri()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> RiverbedSettings:
+    """The process-wide settings, read from the environment on first use."""
+    return RiverbedSettings()

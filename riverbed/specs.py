@@ -1,0 +1,288 @@
+"""Dataset specs: the one file that declares a dataset (schema, target, id, event time, fairness, training).
+
+A spec is a YAML file (see ``datasets/README.md`` for the format). Loading validates it completely and
+fails with a :class:`SpecError` that names the file, the field and the rule it broke.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DATASET_NAME_PATTERN = r"^[a-z][a-z0-9_]{1,40}$"
+
+
+class SpecError(ValueError):
+    """A spec file is missing, unreadable or breaks a rule of the spec format."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"invalid dataset spec {source}:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class FeatureType(str, enum.Enum):
+    NUMERIC = "numeric"
+    INTEGER = "integer"
+    CATEGORY = "category"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeatureSpec(_Strict):
+    """One input feature: its type and what values are allowed."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+    type: FeatureType
+    description: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    categories: list[str] | None = None
+    nullable: bool = False
+    source_column: str | None = Field(default=None, description="Column name in the source file, if different.")
+
+    @model_validator(mode="after")
+    def _check_domain(self) -> FeatureSpec:
+        if self.type is FeatureType.CATEGORY:
+            if not self.categories:
+                raise ValueError(f"feature '{self.name}': a category feature needs a non-empty 'categories' list")
+            if self.minimum is not None or self.maximum is not None:
+                raise ValueError(f"feature '{self.name}': 'minimum'/'maximum' apply to numeric features only")
+            if len(set(self.categories)) != len(self.categories):
+                raise ValueError(f"feature '{self.name}': 'categories' has duplicates")
+        else:
+            if self.categories:
+                raise ValueError(f"feature '{self.name}': 'categories' apply to category features only")
+            if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
+                raise ValueError(f"feature '{self.name}': 'minimum' ({self.minimum}) exceeds 'maximum' ({self.maximum})")
+        return self
+
+    @property
+    def column(self) -> str:
+        return self.source_column or self.name
+
+
+class TargetSpec(_Strict):
+    """The label: its column, its classes and which class is the positive one."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+    classes: list[str] = Field(min_length=2, max_length=2)
+    positive_class: str
+    source_column: str | None = None
+    value_map: dict[str, str] = Field(
+        default_factory=dict, description="Raw source values mapped to a class (e.g. '>50K.' -> '>50K')."
+    )
+
+    @model_validator(mode="after")
+    def _check_classes(self) -> TargetSpec:
+        if self.positive_class not in self.classes:
+            raise ValueError(f"target: 'positive_class' {self.positive_class!r} is not one of classes {self.classes}")
+        bad = {k: v for k, v in self.value_map.items() if v not in self.classes}
+        if bad:
+            raise ValueError(f"target: 'value_map' maps to values that are not classes: {bad}")
+        return self
+
+    @property
+    def column(self) -> str:
+        return self.source_column or self.name
+
+
+class RecordIdSpec(_Strict):
+    """The record id: a source column, or assigned as ``<prefix><row number>`` when the data has none."""
+
+    name: str = "record_id"
+    source_column: str | None = None
+    assign_prefix: str | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> RecordIdSpec:
+        if (self.source_column is None) == (self.assign_prefix is None):
+            raise ValueError("record_id: give exactly one of 'source_column' or 'assign_prefix'")
+        return self
+
+
+class EventTimeSpec(_Strict):
+    """The event time: a source column, or assigned by spreading records evenly over a window."""
+
+    name: str = "event_time"
+    source_column: str | None = None
+    assign_start: dt.date | None = Field(default=None, description="First day of the assigned window.")
+    assign_days: int | None = Field(default=None, ge=1, le=3660, description="Length of the assigned window.")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> EventTimeSpec:
+        assigned = self.assign_start is not None or self.assign_days is not None
+        if self.source_column is not None and assigned:
+            raise ValueError("event_time: give 'source_column' or 'assign_start'+'assign_days', not both")
+        if self.source_column is None and (self.assign_start is None or self.assign_days is None):
+            raise ValueError("event_time: without 'source_column', both 'assign_start' and 'assign_days' are required")
+        return self
+
+
+class CsvSourceSpec(_Strict):
+    """Records read from delimited files shipped with the dataset (paths relative to the spec file)."""
+
+    kind: Literal["csv"] = "csv"
+    files: list[str] = Field(min_length=1)
+    header: bool = True
+    columns: list[str] | None = Field(default=None, description="Column names when the files have no header.")
+    delimiter: str = ","
+    na_values: list[str] = Field(default_factory=list)
+    skip_rows: int = 0
+    strip_values: bool = True
+    comment_prefix: str | None = None
+
+    @model_validator(mode="after")
+    def _columns(self) -> CsvSourceSpec:
+        if not self.header and not self.columns:
+            raise ValueError("source: files without a header need 'columns'")
+        return self
+
+
+class GeneratorSourceSpec(_Strict):
+    """Records made by a seeded generator (a Python callable ``module:function``)."""
+
+    kind: Literal["generator"] = "generator"
+    function: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
+    default_rows: int = Field(default=10_000, ge=1)
+
+
+class TrainingDefaults(_Strict):
+    """Defaults for training; each can be overridden in the Dagster launchpad."""
+
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
+    window_days: int = Field(default=30, ge=1)
+    optuna_trials: int = Field(default=8, ge=1)
+    seed: int = 42
+    primary_metric: Literal["roc_auc", "f1", "accuracy", "log_loss"] = "roc_auc"
+    max_estimators: int = Field(default=200, ge=10)
+
+
+class DatasetSpec(_Strict):
+    """Everything the platform needs to know about a dataset."""
+
+    name: Annotated[str, Field(pattern=DATASET_NAME_PATTERN)]
+    description: str
+    version: int = Field(default=1, ge=1)
+    features: list[FeatureSpec] = Field(min_length=1)
+    target: TargetSpec
+    record_id: RecordIdSpec
+    event_time: EventTimeSpec
+    protected_attributes: list[str] = Field(default_factory=list)
+    source: Annotated[CsvSourceSpec | GeneratorSourceSpec, Field(discriminator="kind")]
+    training: TrainingDefaults = Field(default_factory=TrainingDefaults)
+    license: str | None = None
+    spec_path: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> DatasetSpec:
+        names = [f.name for f in self.features]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"features: duplicate names {dupes}")
+        reserved = {self.target.name, self.record_id.name, self.event_time.name}
+        clash = sorted(reserved.intersection(names))
+        if clash:
+            raise ValueError(f"features: {clash} clash with the target, record id or event time name")
+        unknown = [p for p in self.protected_attributes if p not in names]
+        if unknown:
+            raise ValueError(f"protected_attributes: {unknown} are not features")
+        return self
+
+    # Convenience views used across the platform.
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    @property
+    def numeric_features(self) -> list[str]:
+        return [f.name for f in self.features if f.type is not FeatureType.CATEGORY]
+
+    @property
+    def categorical_features(self) -> list[str]:
+        return [f.name for f in self.features if f.type is FeatureType.CATEGORY]
+
+    def feature(self, name: str) -> FeatureSpec:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(f"dataset {self.name!r} has no feature {name!r}")
+
+    def resolve_path(self, relative: str) -> Path:
+        base = self.spec_path.parent if self.spec_path else Path.cwd()
+        return (base / relative).resolve()
+
+    @property
+    def first_event_day(self) -> dt.date | None:
+        return self.event_time.assign_start
+
+
+def _format_validation_error(error: ValidationError) -> list[str]:
+    problems = []
+    for item in error.errors():
+        location = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append(f"field '{location}': {message}")
+    return problems
+
+
+def parse_spec(data: Any, source: str = "<memory>", spec_path: Path | None = None) -> DatasetSpec:
+    """Validate a spec given as a mapping; errors name ``source``, the field and the rule."""
+    if not isinstance(data, dict):
+        raise SpecError(source, ["the file must hold a mapping of spec fields at its top level"])
+    try:
+        spec = DatasetSpec.model_validate({**data, "spec_path": spec_path})
+    except ValidationError as error:
+        raise SpecError(source, _format_validation_error(error)) from None
+    if spec_path is not None:
+        _check_spec_file_name(spec, spec_path)
+        if isinstance(spec.source, CsvSourceSpec):
+            missing = [f for f in spec.source.files if not spec.resolve_path(f).exists()]
+            if missing:
+                raise SpecError(source, [f"field 'source.files': file(s) not found: {missing}"])
+    return spec
+
+
+def _check_spec_file_name(spec: DatasetSpec, path: Path) -> None:
+    if path.stem != spec.name:
+        raise SpecError(str(path), [f"field 'name': {spec.name!r} must match the file name {path.stem!r}"])
+
+
+def load_spec_file(path: Path | str) -> DatasetSpec:
+    """Load and validate one spec file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise SpecError(str(path), [f"cannot read file: {error.strerror}"]) from None
+    except yaml.YAMLError as error:
+        raise SpecError(str(path), [f"not valid YAML: {error}"]) from None
+    return parse_spec(data, source=str(path), spec_path=path.resolve())
+
+
+def load_specs(directories: Iterable[Path | str]) -> dict[str, DatasetSpec]:
+    """All specs in the given directories, keyed by dataset name (files named ``<name>.yaml``)."""
+    specs: dict[str, DatasetSpec] = {}
+    for directory in directories:
+        for path in sorted(Path(directory).glob("*.yaml")):
+            spec = load_spec_file(path)
+            if spec.name in specs:
+                raise SpecError(str(path), [f"field 'name': dataset {spec.name!r} is declared twice"])
+            specs[spec.name] = spec
+    return specs
+
+
+def dataset_asset_prefix(name: str) -> str:
+    """Dataset names become parts of asset keys and branch names; they are validated to be safe."""
+    if not re.match(DATASET_NAME_PATTERN, name):
+        raise ValueError(f"dataset name {name!r} must match {DATASET_NAME_PATTERN}")
+    return name
