@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-class Environment(str, enum.Enum):
+class Environment(enum.StrEnum):
     """Where Riverbed runs: embedded parts (``local``) or real services (``compose`` / ``production``)."""
 
     LOCAL = "local"

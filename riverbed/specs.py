@@ -28,7 +28,7 @@ class SpecError(ValueError):
         super().__init__(f"invalid dataset spec {source}:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-class FeatureType(str, enum.Enum):
+class FeatureType(enum.StrEnum):
     NUMERIC = "numeric"
     INTEGER = "integer"
     CATEGORY = "category"
@@ -63,7 +63,9 @@ class FeatureSpec(_Strict):
             if self.categories:
                 raise ValueError(f"feature '{self.name}': 'categories' apply to category features only")
             if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
-                raise ValueError(f"feature '{self.name}': 'minimum' ({self.minimum}) exceeds 'maximum' ({self.maximum})")
+                raise ValueError(
+                    f"feature '{self.name}': 'minimum' ({self.minimum}) exceeds 'maximum' ({self.maximum})"
+                )
         return self
 
     @property
