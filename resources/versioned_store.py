@@ -81,9 +81,12 @@ class TransactionResult:
     branch: str
     commits: list[CommitInfo] = field(default_factory=list)
     merge_commit_id: str | None = None
+    unchanged_commit: CommitInfo | None = None  # set when every write matched what main already held
 
     @property
     def last_commit_id(self) -> str:
+        if not self.commits and self.unchanged_commit is not None:
+            return self.unchanged_commit.id
         if not self.commits:
             raise VersionedStoreError(f"transaction on branch {self.branch!r} made no commit")
         return self.commits[-1].id

@@ -119,6 +119,9 @@ class EventTimeSpec(_Strict):
     source_column: str | None = None
     assign_start: dt.date | None = Field(default=None, description="First day of the assigned window.")
     assign_days: int | None = Field(default=None, ge=1, le=3660, description="Length of the assigned window.")
+    partitions_start: dt.date | None = Field(
+        default=None, description="First daily partition when event times come from a column."
+    )
 
     @model_validator(mode="after")
     def _one_way(self) -> EventTimeSpec:
@@ -127,7 +130,15 @@ class EventTimeSpec(_Strict):
             raise ValueError("event_time: give 'source_column' or 'assign_start'+'assign_days', not both")
         if self.source_column is None and (self.assign_start is None or self.assign_days is None):
             raise ValueError("event_time: without 'source_column', both 'assign_start' and 'assign_days' are required")
+        if self.source_column is not None and self.partitions_start is None:
+            raise ValueError("event_time: with 'source_column', 'partitions_start' (first daily partition) is required")
         return self
+
+    @property
+    def first_partition_day(self) -> dt.date:
+        day = self.assign_start or self.partitions_start
+        assert day is not None  # guaranteed by the validator above
+        return day
 
 
 class CsvSourceSpec(_Strict):
@@ -222,10 +233,6 @@ class DatasetSpec(_Strict):
     def resolve_path(self, relative: str) -> Path:
         base = self.spec_path.parent if self.spec_path else Path.cwd()
         return (base / relative).resolve()
-
-    @property
-    def first_event_day(self) -> dt.date | None:
-        return self.event_time.assign_start
 
 
 def _format_validation_error(error: ValidationError) -> list[str]:

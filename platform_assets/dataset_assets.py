@@ -1,0 +1,331 @@
+"""The asset graph of one dataset, built from its spec by one factory.
+
+``raw_<dataset>`` (daily partitions) -> ``features_<dataset>`` (+ blocking checks) ->
+``training_set_<dataset>`` (window of partitions, seeded split) -> ``model_<dataset>`` (MLflow run +
+registered version). Asset bodies stay thin: the work is in plain functions (``riverbed.sources``,
+``riverbed.validation``, ``platform_assets.transforms``, ``platform_assets.training``).
+"""
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from platform_assets.groups import FEATURES_GROUP, RAW_GROUP, TRAINING_GROUP
+from resources.mlflow_resource import MlflowTrackingResource
+from resources.versioned_io_manager import ATTR_COMMIT_ID, ATTR_URI, TableBundle
+from riverbed.records import ModelRecord, TrainingReason, TrainingSetSummary
+from riverbed.specs import DatasetSpec
+
+PARTITIONS_AS_MAPPING = {"partitions_as_mapping": True}
+CODE_VERSION = "1"
+SPLIT_COLUMN = "split"
+REASON_TAG = "riverbed/reason"
+
+
+def raw_asset_key(dataset: str) -> dg.AssetKey:
+    return dg.AssetKey(f"raw_{dataset}")
+
+
+def features_asset_key(dataset: str) -> dg.AssetKey:
+    return dg.AssetKey(f"features_{dataset}")
+
+
+def training_set_asset_key(dataset: str) -> dg.AssetKey:
+    return dg.AssetKey(f"training_set_{dataset}")
+
+
+def model_asset_key(dataset: str) -> dg.AssetKey:
+    return dg.AssetKey(f"model_{dataset}")
+
+
+def daily_partitions(spec: DatasetSpec) -> dg.DailyPartitionsDefinition:
+    return dg.DailyPartitionsDefinition(start_date=spec.event_time.first_partition_day.isoformat(), end_offset=1)
+
+
+class TrainingSetConfig(dg.Config):
+    """Which feature partitions to train on and how to split them (blank: the dataset spec's defaults)."""
+
+    window_days: int | None = Field(default=None, ge=1, description="Number of most recent daily partitions.")
+    window_end: str | None = Field(default=None, description="Last partition (YYYY-MM-DD) of the window.")
+    test_fraction: float | None = Field(default=None, gt=0.0, lt=0.9)
+    seed: int | None = None
+
+
+class ModelTrainingConfig(dg.Config):
+    """Tuning and training settings, editable in the launchpad (blank: the dataset spec's defaults)."""
+
+    optuna_trials: int | None = Field(default=None, ge=1, le=500)
+    seed: int | None = None
+    primary_metric: str | None = Field(default=None, pattern="^(roc_auc|f1|accuracy|log_loss)$")
+    max_estimators: int | None = Field(default=None, ge=10, le=5000)
+
+
+@dataclass(frozen=True)
+class DatasetDefinitions:
+    assets: list[dg.AssetsDefinition]
+    jobs: list[Any]
+
+
+def _by_partition(context: dg.AssetExecutionContext, values: dict[str, object]) -> object:
+    """A single-partition run returns its value; a range run returns the mapping."""
+    if len(context.partition_keys) == 1:
+        return values[context.partition_keys[0]]
+    return values
+
+
+def build_dataset_definitions(spec: DatasetSpec) -> DatasetDefinitions:
+    """Assets and jobs for one dataset spec."""
+    name = spec.name
+    partitions = daily_partitions(spec)
+    feature_check_names = ["schema", "nulls", "ranges_and_categories", "non_empty"]
+
+    @dg.asset(
+        key=raw_asset_key(name),
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name=RAW_GROUP,
+        code_version=CODE_VERSION,
+        kinds={"parquet", "lakefs"},
+        description=f"Validated raw records of {name} per day. Records breaking the spec are kept under "
+        "`_rejected` with their reasons.",
+        metadata={"dataset": name},
+    )
+    def raw_records(context: dg.AssetExecutionContext) -> object:
+        from riverbed.sources import records_for_window
+        from riverbed.validation import validate_records
+
+        bundles: dict[str, object] = {}
+        rejected_total = 0
+        reasons: dict[str, int] = {}
+        valid_total = 0
+        for key in context.partition_keys:
+            window = partitions.time_window_for_partition_key(key)
+            records = records_for_window(spec, window.start, window.end)
+            result = validate_records(spec, records)
+            bundles[key] = TableBundle(primary=result.valid, companions={"rejected": result.rejected})
+            valid_total += len(result.valid)
+            rejected_total += len(result.rejected)
+            for reason, count in result.reason_counts.items():
+                reasons[reason] = reasons.get(reason, 0) + count
+        context.add_output_metadata(
+            {
+                "valid_records": valid_total,
+                "rejected_records": rejected_total,
+                "rejection_reasons": dg.MetadataValue.json(reasons),
+                "partitions": len(context.partition_keys),
+            }
+        )
+        return _by_partition(context, bundles)
+
+    @dg.asset(
+        key=features_asset_key(name),
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name=FEATURES_GROUP,
+        code_version=CODE_VERSION,
+        kinds={"parquet", "lakefs"},
+        ins={"raw": dg.AssetIn(raw_asset_key(name), metadata=PARTITIONS_AS_MAPPING)},
+        check_specs=[
+            dg.AssetCheckSpec(check, asset=features_asset_key(name), blocking=True) for check in feature_check_names
+        ],
+        description=f"Cleaned, typed model features of {name} per day, gated by blocking checks.",
+        metadata={"dataset": name},
+    )
+    def features(context: dg.AssetExecutionContext, raw: dict[str, pd.DataFrame]):
+        from platform_assets.transforms import build_features, check_features
+
+        outputs: dict[str, pd.DataFrame] = {}
+        failures: dict[str, list[str]] = {check: [] for check in feature_check_names}
+        counts: dict[str, dict[str, object]] = {check: {} for check in feature_check_names}
+        for key in context.partition_keys:
+            records = raw.get(key)
+            frame = build_features(spec, records if records is not None else pd.DataFrame())
+            outputs[key] = frame
+            for result in check_features(spec, frame):
+                if not result.passed:
+                    failures[result.name].append(f"{key}: {result.message}")
+                counts[result.name][key] = result.metadata
+        yield dg.Output(
+            _by_partition(context, outputs),
+            metadata={"rows": sum(len(df) for df in outputs.values()), "partitions": len(outputs)},
+        )
+        for check in feature_check_names:
+            problems = failures[check]
+            yield dg.AssetCheckResult(
+                check_name=check,
+                passed=not problems,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description="; ".join(problems[:10]) if problems else "passed",
+                metadata={"failing_partitions": len(problems), "details": dg.MetadataValue.json(counts[check])},
+            )
+
+    @dg.asset(
+        key=training_set_asset_key(name),
+        group_name=TRAINING_GROUP,
+        code_version=CODE_VERSION,
+        kinds={"parquet", "lakefs"},
+        ins={
+            "features": dg.AssetIn(
+                features_asset_key(name), partition_mapping=dg.AllPartitionMapping(), metadata=PARTITIONS_AS_MAPPING
+            )
+        },
+        description=f"Seeded, stratified train/test split of {name} over a window of feature partitions; "
+        "records the commit id of every input partition.",
+        metadata={"dataset": name},
+    )
+    def training_set(
+        context: dg.AssetExecutionContext, config: TrainingSetConfig, features: dict[str, pd.DataFrame]
+    ) -> pd.DataFrame:
+        from platform_assets.transforms import split_train_test
+
+        window_days = config.window_days or spec.training.window_days
+        available = sorted(key for key, df in features.items() if len(df))
+        if config.window_end:
+            available = [key for key in available if key <= config.window_end]
+        chosen = available[-window_days:]
+        if not chosen:
+            raise dg.Failure(
+                description=f"no materialised, non-empty feature partitions of {name} in the window "
+                f"(window_days={window_days}, window_end={config.window_end or 'latest'}); materialise "
+                f"features_{name} first"
+            )
+        commits = {key: str(features[key].attrs.get(ATTR_COMMIT_ID, "")) for key in chosen}
+        frame = pd.concat([features[key] for key in chosen], ignore_index=True)
+        train, test = split_train_test(
+            spec,
+            frame,
+            test_fraction=config.test_fraction or spec.training.test_fraction,
+            seed=config.seed if config.seed is not None else spec.training.seed,
+        )
+        result = pd.concat([train.assign(**{SPLIT_COLUMN: "train"}), test.assign(**{SPLIT_COLUMN: "test"})])
+        result = result.reset_index(drop=True)
+        target = spec.target.name
+        summary = TrainingSetSummary(
+            dataset=name,
+            partitions=chosen,
+            partition_commit_ids=commits,
+            train_rows=len(train),
+            test_rows=len(test),
+            positive_rate_train=float(train[target].mean()),
+            positive_rate_test=float(test[target].mean()),
+        )
+        result.attrs["riverbed.training_set"] = summary.model_dump_json()
+        context.add_output_metadata(
+            {
+                "partitions": dg.MetadataValue.json(chosen),
+                "partition_commit_ids": dg.MetadataValue.json(commits),
+                "train_rows": summary.train_rows,
+                "test_rows": summary.test_rows,
+                "positive_rate_train": summary.positive_rate_train,
+                "positive_rate_test": summary.positive_rate_test,
+            }
+        )
+        return result
+
+    @dg.asset(
+        key=model_asset_key(name),
+        group_name=TRAINING_GROUP,
+        code_version=CODE_VERSION,
+        kinds={"xgboost", "mlflow"},
+        ins={"training_set": dg.AssetIn(training_set_asset_key(name))},
+        description=f"XGBoost classifier for {name} tuned by Optuna, tracked and registered in MLflow.",
+        metadata={"dataset": name},
+    )
+    def model(
+        context: dg.AssetExecutionContext,
+        config: ModelTrainingConfig,
+        training_set: pd.DataFrame,
+        mlflow: MlflowTrackingResource,
+    ) -> ModelRecord:
+        from platform_assets.training.mlflow_logging import TrainingLineage, log_and_register
+        from platform_assets.training.model_training import TrainingParams, evaluate, fairness_report, tune_and_train
+
+        summary = TrainingSetSummary.model_validate_json(training_set.attrs["riverbed.training_set"])
+        training_set_commit = str(training_set.attrs.get(ATTR_COMMIT_ID, ""))
+        training_set_uri = str(training_set.attrs.get(ATTR_URI, ""))
+        train = training_set[training_set[SPLIT_COLUMN] == "train"].drop(columns=[SPLIT_COLUMN])
+        test = training_set[training_set[SPLIT_COLUMN] == "test"].drop(columns=[SPLIT_COLUMN])
+        params = TrainingParams(
+            optuna_trials=config.optuna_trials or spec.training.optuna_trials,
+            seed=config.seed if config.seed is not None else spec.training.seed,
+            primary_metric=config.primary_metric or spec.training.primary_metric,
+            max_estimators=config.max_estimators or spec.training.max_estimators,
+        )
+        outcome = tune_and_train(spec, train, params)
+        metrics = evaluate(spec, outcome.pipeline, test)
+        fairness = fairness_report(spec, outcome.pipeline, test)
+        reason = TrainingReason(context.run.tags.get(REASON_TAG, TrainingReason.MANUAL.value))
+        lineage = TrainingLineage(
+            training_data_uri=training_set_uri,
+            test_data_uri=training_set_uri,
+            data_commit_ids=[training_set_commit, *summary.partition_commit_ids.values()],
+            dagster_run_id=context.run.run_id,
+            partitions=summary.partitions,
+        )
+        experiment = mlflow.prepare(name)
+        registered = log_and_register(
+            spec,
+            outcome,
+            metrics,
+            fairness,
+            train,
+            test,
+            lineage=lineage,
+            tracking_uri=mlflow.tracking_uri,
+            registry_model_name=mlflow.registered_model_name(name),
+            experiment_name=experiment,
+            tags={"riverbed.reason": reason.value, "riverbed.training_set_commit": training_set_commit},
+        )
+        record = ModelRecord(
+            dataset=name,
+            registered_model_name=registered.name,
+            version=registered.version,
+            mlflow_run_id=registered.run_id,
+            model_uri=registered.model_uri,
+            training_set_commit_id=training_set_commit,
+            training_set_uri=training_set_uri,
+            data_commit_ids=summary.partition_commit_ids,
+            dagster_run_id=context.run.run_id,
+            reason=reason,
+            metrics=metrics,
+            fairness=fairness,
+            trained_at=dt.datetime.now(dt.UTC),
+        )
+        context.add_output_metadata(
+            {
+                "registered_model": registered.name,
+                "model_version": registered.version,
+                "mlflow_run_id": registered.run_id,
+                "model_uri": registered.model_uri,
+                "reason": reason.value,
+                **{f"metric_{k}": float(v) for k, v in metrics.items()},
+                "fairness": dg.MetadataValue.json(json.loads(json.dumps(fairness, default=float))),
+            }
+        )
+        return record
+
+    selection_ingest = dg.AssetSelection.assets(raw_records, features)
+    selection_train = dg.AssetSelection.assets(training_set, model)
+    jobs = [
+        dg.define_asset_job(
+            f"ingest_{name}",
+            selection=selection_ingest,
+            partitions_def=partitions,
+            description=f"Land and featurise {name} partitions (backfill ranges run as one run).",
+        ),
+        dg.define_asset_job(
+            f"train_{name}", selection=selection_train, description=f"Build the training set and train {name}."
+        ),
+        dg.define_asset_job(
+            f"full_{name}",
+            selection=selection_ingest | selection_train,
+            partitions_def=partitions,
+            description=f"Ingest the selected {name} partitions, then rebuild the training set and retrain.",
+        ),
+    ]
+    return DatasetDefinitions(assets=[raw_records, features, training_set, model], jobs=jobs)

@@ -1,0 +1,56 @@
+"""All environment logic: which implementation stands behind each resource key.
+
+``local`` (default) builds embedded parts under ``RIVERBED_HOME``; ``compose`` / ``production`` point the
+same keys at real services, with hosts and secrets resolved at launch through ``dg.EnvVar``.
+"""
+
+from typing import Any
+
+import dagster as dg
+
+from resources.data_store_resource import ObjectStoreResource, VersionedDataStoreResource
+from resources.mlflow_resource import MlflowTrackingResource
+from resources.versioned_io_manager import VersionedDataIOManager
+from riverbed.settings import Environment, RiverbedSettings
+
+RESOURCE_KEYS = ("data_store", "object_store", "io_manager", "mlflow")
+
+
+def build_resources(settings: RiverbedSettings) -> dict[str, Any]:
+    """The resource dict for the settings' environment; every environment has the same keys."""
+    if settings.env is Environment.LOCAL:
+        objects = ObjectStoreResource(backend="local", local_root=str(settings.local_objects_dir))
+        data_store = VersionedDataStoreResource(
+            backend="local",
+            repository=settings.data_repository,
+            main_branch=settings.data_main_branch,
+            local_dir=str(settings.local_store_dir),
+        )
+        mlflow = MlflowTrackingResource(
+            tracking_uri=settings.resolved_mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
+        )
+    else:
+        objects = ObjectStoreResource(
+            backend="s3",
+            bucket=settings.s3_bucket,
+            endpoint_url=dg.EnvVar("RIVERBED_S3_ENDPOINT_URL"),
+            access_key_id=dg.EnvVar("RIVERBED_S3_ACCESS_KEY_ID"),
+            secret_access_key=dg.EnvVar("RIVERBED_S3_SECRET_ACCESS_KEY"),
+            region=settings.s3_region,
+        )
+        data_store = VersionedDataStoreResource(
+            backend="lakefs",
+            repository=settings.data_repository,
+            main_branch=settings.data_main_branch,
+            lakefs_endpoint=dg.EnvVar("RIVERBED_LAKEFS_ENDPOINT"),
+            lakefs_access_key_id=dg.EnvVar("RIVERBED_LAKEFS_ACCESS_KEY_ID"),
+            lakefs_secret_access_key=dg.EnvVar("RIVERBED_LAKEFS_SECRET_ACCESS_KEY"),
+            lakefs_storage_namespace=dg.EnvVar("RIVERBED_LAKEFS_STORAGE_NAMESPACE"),
+        )
+        mlflow = MlflowTrackingResource(tracking_uri=dg.EnvVar("RIVERBED_MLFLOW_TRACKING_URI"))
+    return {
+        "data_store": data_store,
+        "object_store": objects,
+        "io_manager": VersionedDataIOManager(data_store=data_store),
+        "mlflow": mlflow,
+    }

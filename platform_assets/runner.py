@@ -1,0 +1,144 @@
+"""Run the platform's jobs headless, in process, against a persistent Dagster instance under ``.riverbed/``.
+
+Used by ``riverbed demo`` and the benchmarks. Runs land in the same instance ``dagster dev`` shows, so
+everything the demo did can be inspected in the UI afterwards.
+"""
+
+import datetime as dt
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+
+from platform_assets.dataset_assets import daily_partitions, model_asset_key
+from platform_assets.definitions import build_definitions
+from riverbed.records import ModelRecord, TrainingReason
+from riverbed.settings import RiverbedSettings
+from riverbed.specs import DatasetSpec, load_specs
+
+logger = logging.getLogger(__name__)
+
+DAGSTER_YAML = """\
+# Written by Riverbed for the embedded (local) environment.
+telemetry:
+  enabled: false
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    max_concurrent_runs: 2
+"""
+
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+class JobFailedError(RuntimeError):
+    """A job run did not succeed."""
+
+
+@dataclass
+class StepTiming:
+    asset: str
+    seconds: float
+
+
+@dataclass
+class PipelineRun:
+    """What one ingest + train pass produced."""
+
+    dataset: str
+    partitions: list[str]
+    ingest_run_id: str
+    train_run_id: str
+    model: ModelRecord
+    ingest_seconds: float
+    train_seconds: float
+    materializations: dict[str, dict[str, object]] = field(default_factory=dict)
+
+
+def prepare_dagster_home(settings: RiverbedSettings) -> Path:
+    """Create ``.riverbed/dagster`` with a dagster.yaml (telemetry off) and point DAGSTER_HOME at it."""
+    home = settings.dagster_home
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DAGSTER_YAML)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def local_instance(settings: RiverbedSettings) -> dg.DagsterInstance:
+    return dg.DagsterInstance.from_config(str(prepare_dagster_home(settings)))
+
+
+def demo_partitions(spec: DatasetSpec, days: int) -> list[str]:
+    """The first ``days`` daily partitions of a dataset."""
+    first = spec.event_time.first_partition_day
+    keys = daily_partitions(spec).get_partition_keys()
+    wanted = {(first + dt.timedelta(days=i)).isoformat() for i in range(days)}
+    return [key for key in keys if key in wanted]
+
+
+def _materialization_metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, object]]:
+    found: dict[str, dict[str, object]] = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization  # type: ignore[union-attr]
+        found[materialization.asset_key.to_user_string()] = {
+            key: getattr(value, "value", value) for key, value in materialization.metadata.items()
+        }
+    return found
+
+
+def run_pipeline(
+    settings: RiverbedSettings,
+    dataset: str,
+    partitions: list[str],
+    reason: TrainingReason = TrainingReason.MANUAL,
+    train_config: dict[str, object] | None = None,
+    instance: dg.DagsterInstance | None = None,
+) -> PipelineRun:
+    """Ingest ``partitions`` (one run over the range), then build the training set and train."""
+    if not partitions:
+        raise ValueError("run_pipeline needs at least one partition")
+    specs = load_specs(settings.specs_dirs)
+    if dataset not in specs:
+        raise KeyError(f"unknown dataset {dataset!r}; known: {sorted(specs)}")
+    instance = instance or local_instance(settings)
+    defs = build_definitions(settings)
+
+    started = time.perf_counter()
+    ingest = defs.resolve_job_def(f"ingest_{dataset}").execute_in_process(
+        instance=instance,
+        tags={RANGE_START_TAG: partitions[0], RANGE_END_TAG: partitions[-1], "riverbed/dataset": dataset},
+        raise_on_error=False,
+    )
+    if not ingest.success:
+        raise JobFailedError(f"ingest_{dataset} failed (run {ingest.run_id}); see the Dagster UI for details")
+    ingest_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    run_config = {"ops": {f"model_{dataset}": {"config": train_config}}} if train_config else None
+    train = defs.resolve_job_def(f"train_{dataset}").execute_in_process(
+        instance=instance,
+        run_config=run_config,
+        tags={"riverbed/reason": reason.value, "riverbed/dataset": dataset},
+        raise_on_error=False,
+    )
+    if not train.success:
+        raise JobFailedError(f"train_{dataset} failed (run {train.run_id}); see the Dagster UI for details")
+    train_seconds = time.perf_counter() - started
+    model = train.asset_value(model_asset_key(dataset))
+    return PipelineRun(
+        dataset=dataset,
+        partitions=partitions,
+        ingest_run_id=ingest.run_id,
+        train_run_id=train.run_id,
+        model=model,
+        ingest_seconds=ingest_seconds,
+        train_seconds=train_seconds,
+        materializations={**_materialization_metadata(ingest), **_materialization_metadata(train)},
+    )

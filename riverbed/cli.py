@@ -1,0 +1,163 @@
+"""The ``riverbed`` command line: demo, dataset specs, the Dagster UI.
+
+Heavy imports (Dagster, MLflow) happen inside the commands that need them, so ``riverbed --help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from riverbed.settings import PROJECT_ROOT, get_settings
+
+app = typer.Typer(help="Riverbed: an ML data platform on a Dagster asset graph.", no_args_is_help=True)
+specs_app = typer.Typer(help="Dataset specs.", no_args_is_help=True)
+app.add_typer(specs_app, name="specs")
+console = Console()
+
+QUIET_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "NML_DISABLE_USAGE_LOGGING": "1",
+    "DAGSTER_DISABLE_TELEMETRY": "true",
+    "OMP_NUM_THREADS": "1",
+}
+
+
+def _quiet_environment() -> None:
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@specs_app.command("list")
+def specs_list() -> None:
+    """List the dataset specs Riverbed finds, with their features and target."""
+    from riverbed.specs import load_specs
+
+    specs = load_specs(get_settings().specs_dirs)
+    table = Table("dataset", "features", "target (positive)", "protected", "source")
+    for spec in specs.values():
+        table.add_row(
+            spec.name,
+            str(len(spec.features)),
+            f"{spec.target.name} ({spec.target.positive_class})",
+            ", ".join(spec.protected_attributes) or "-",
+            spec.source.kind,
+        )
+    console.print(table)
+
+
+@specs_app.command("check")
+def specs_check(paths: Annotated[list[Path], typer.Argument(help="Spec files to validate.")]) -> None:
+    """Validate spec files; exits 1 naming the file, field and rule of every mistake."""
+    from riverbed.specs import SpecError, load_spec_file
+
+    failed = False
+    for path in paths:
+        try:
+            spec = load_spec_file(path)
+        except SpecError as error:
+            failed = True
+            console.print(f"[red]{error}[/red]")
+        else:
+            console.print(f"[green]ok[/green] {path} ({spec.name}, {len(spec.features)} features)")
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def demo(
+    dataset: Annotated[str, typer.Option(help="Dataset to run.")] = "salary_band",
+    days: Annotated[int, typer.Option(min=1, max=366, help="Daily partitions to ingest.")] = 30,
+    trials: Annotated[int | None, typer.Option(min=1, help="Optuna trials (default: the spec's).")] = None,
+) -> None:
+    """Run the main job headless: ingest, featurise, build the training set, train and register."""
+    _quiet_environment()
+    from platform_assets.runner import JobFailedError, demo_partitions, run_pipeline
+    from riverbed.records import TrainingReason
+    from riverbed.specs import load_specs
+
+    settings = get_settings()
+    specs = load_specs(settings.specs_dirs)
+    if dataset not in specs:
+        console.print(f"[red]unknown dataset {dataset!r}; known: {', '.join(sorted(specs))}[/red]")
+        raise typer.Exit(2)
+    spec = specs[dataset]
+    partitions = demo_partitions(spec, days)
+    console.rule(f"Riverbed demo: {dataset}")
+    console.print(f"state: {settings.home}   partitions: {partitions[0]} .. {partitions[-1]} ({len(partitions)})")
+    try:
+        with console.status("ingesting, featurising, training (Optuna) and registering..."):
+            run = run_pipeline(
+                settings,
+                dataset,
+                partitions,
+                reason=TrainingReason.MANUAL,
+                train_config={"optuna_trials": trials} if trials else None,
+            )
+    except JobFailedError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+    _print_summary(run, settings)
+
+
+def _print_summary(run, settings) -> None:
+    from platform_assets.environments import build_resources
+
+    store = build_resources(settings)["data_store"].get_store()
+    commits = store.log(store.main_branch, limit=10_000)
+    model = run.model
+
+    table = Table("asset", "commit", "rows", "store s", title="Versioned writes (pinned commits)")
+    for asset, meta in run.materializations.items():
+        table.add_row(
+            asset, str(meta.get("commit_id", ""))[:12], str(meta.get("rows", "")), str(meta.get("store_seconds", ""))
+        )
+    console.print(table)
+    console.print(f"data store: {len(commits)} commits on {store.repository}/{store.main_branch}")
+
+    metrics = Table("metric", "value", title=f"{model.registered_model_name} v{model.version}")
+    for key, value in sorted(model.metrics.items()):
+        metrics.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(metrics)
+
+    fairness = Table("protected attribute", "demographic parity diff", "equalized odds diff", title="Fairness")
+    for attribute, values in model.fairness.items():
+        fairness.add_row(
+            attribute,
+            f"{values.get('demographic_parity_difference', float('nan')):.4f}",
+            f"{values.get('equalized_odds_difference', float('nan')):.4f}",
+        )
+    console.print(fairness)
+    console.print(
+        f"MLflow run: {model.mlflow_run_id}   model: {model.model_uri}   "
+        f"tracking: {settings.resolved_mlflow_tracking_uri}"
+    )
+    console.print(f"training set: {model.training_set_uri}")
+    console.print(f"ingest {run.ingest_seconds:.1f} s, train {run.train_seconds:.1f} s")
+    console.print("[green]demo finished[/green]")
+
+
+@app.command()
+def dev(port: Annotated[int, typer.Option(help="Dagster UI port.")] = 3000) -> None:
+    """Start the Dagster UI (``dagster dev``) over the local state; Ctrl-C stops it."""
+    _quiet_environment()
+    from platform_assets.runner import prepare_dagster_home
+
+    prepare_dagster_home(get_settings())
+    command = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-p", str(port)]
+    with contextlib.suppress(KeyboardInterrupt):
+        subprocess.run(command, check=False, cwd=PROJECT_ROOT)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
