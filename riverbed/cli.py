@@ -117,10 +117,13 @@ def _print_summary(run, settings) -> None:
     commits = store.log(store.main_branch, limit=10_000)
     model = run.model
 
-    table = Table("asset", "commit", "rows", "store s", title="Versioned writes (pinned commits)")
+    table = Table("asset", "commit", "rows", "versioning s", title="Versioned writes (pinned commits)")
     for asset, meta in run.materializations.items():
         table.add_row(
-            asset, str(meta.get("commit_id", ""))[:12], str(meta.get("rows", "")), str(meta.get("store_seconds", ""))
+            asset,
+            str(meta.get("commit_id", ""))[:12],
+            str(meta.get("rows", "")),
+            str(meta.get("versioning_seconds", "")),
         )
     console.print(table)
     console.print(f"data store: {len(commits)} commits on {store.repository}/{store.main_branch}")

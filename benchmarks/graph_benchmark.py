@@ -1,0 +1,211 @@
+"""Benchmark of the asset graph: wall time and peak memory per asset, against the Parquet I/O floor.
+
+Runs ingest (raw + features over N daily partitions, one run) and train (training set + model) on
+embedded parts in a temporary RIVERBED_HOME, and measures in the same run:
+
+- per asset: wall time (Dagster step start to success), peak RSS of the process during the step and its
+  growth over the step's starting RSS, rows, and the IO manager's split of its own time into
+  serialisation, object puts and versioning (branch + commits + merge + branch deletion);
+- the I/O floor: reading and writing the same Parquet bytes the raw and features assets wrote, with
+  nothing else (pyarrow, same compression, to local disk).
+
+Usage: ``python -m benchmarks.graph_benchmark --dataset machine_failure --rows 1000000 --days 30``
+Prints one JSON document (used by ``benchmarks/run_all.py``).
+"""
+
+import argparse
+import datetime as dt
+import io
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * PAGE
+
+
+class RssSampler:
+    """Samples this process's RSS every few milliseconds in a background thread."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time(), _rss_bytes()))
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def window(self, start: float, end: float) -> tuple[int, int]:
+        inside = [rss for t, rss in self.samples if start <= t <= end]
+        before = [rss for t, rss in self.samples if t <= start]
+        first = before[-1] if before else (inside[0] if inside else 0)
+        return (max(inside) if inside else first), first
+
+
+def _write_spec_copy(specs_dir: Path, dataset: str, rows: int | None) -> None:
+    from riverbed.settings import PROJECT_ROOT
+
+    source = PROJECT_ROOT / "datasets" / f"{dataset}.yaml"
+    data = yaml.safe_load(source.read_text())
+    if rows is not None and data["source"]["kind"] == "generator":
+        data["source"]["default_rows"] = rows
+    if data["source"]["kind"] == "csv":
+        data["source"]["files"] = [str((source.parent / f).resolve()) for f in data["source"]["files"]]
+    (specs_dir / f"{dataset}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _io_floor(store, commit_paths: list[tuple[str, str]], scratch: Path) -> dict[str, float]:
+    """Read the stored Parquet bytes into DataFrames and write them back to disk, nothing else."""
+    blobs = [store.get_object(commit, path) for commit, path in commit_paths]
+    total_bytes = sum(len(b) for b in blobs)
+    scratch.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    frames = [pd.read_parquet(io.BytesIO(blob)) for blob in blobs]
+    read_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    for i, frame in enumerate(frames):
+        frame.to_parquet(scratch / f"{i}.parquet", index=False, compression="zstd")
+    write_seconds = time.perf_counter() - started
+    return {
+        "bytes": total_bytes,
+        "read_seconds": read_seconds,
+        "write_seconds": write_seconds,
+        "floor_seconds": read_seconds + write_seconds,
+    }
+
+
+def run(dataset: str, days: int, rows: int | None, trials: int, keep: bool) -> dict[str, object]:
+    import dagster as dg
+
+    from platform_assets.definitions import build_definitions
+    from platform_assets.environments import build_resources
+    from platform_assets.runner import RANGE_END_TAG, RANGE_START_TAG, demo_partitions, local_instance
+    from resources.versioned_io_manager import table_path
+    from riverbed.settings import RiverbedSettings
+    from riverbed.specs import load_specs
+
+    workdir = Path(tempfile.mkdtemp(prefix="riverbed-bench-"))
+    specs_dir = workdir / "specs"
+    specs_dir.mkdir()
+    _write_spec_copy(specs_dir, dataset, rows)
+    settings = RiverbedSettings(home=workdir / "home", specs_dirs=[specs_dir])
+    spec = load_specs(settings.specs_dirs)[dataset]
+    partitions = demo_partitions(spec, days)
+    instance = local_instance(settings)
+    defs = build_definitions(settings)
+
+    # Generate / parse the source once, outside the timed steps, as a landing zone would hold it.
+    from riverbed.sources import load_source_records
+
+    started = time.perf_counter()
+    source = load_source_records(spec)
+    source_seconds = time.perf_counter() - started
+
+    report: dict[str, object] = {
+        "dataset": dataset,
+        "source_rows": len(source),
+        "source_load_seconds": round(source_seconds, 3),
+        "partitions": len(partitions),
+        "assets": {},
+    }
+    del source
+
+    with RssSampler() as sampler:
+        ingest = defs.resolve_job_def(f"ingest_{dataset}").execute_in_process(
+            instance=instance, tags={RANGE_START_TAG: partitions[0], RANGE_END_TAG: partitions[-1]}
+        )
+        train = defs.resolve_job_def(f"train_{dataset}").execute_in_process(
+            instance=instance, run_config={"ops": {f"model_{dataset}": {"config": {"optuna_trials": trials}}}}
+        )
+
+    assets: dict[str, dict[str, object]] = {}
+    for result in (ingest, train):
+        records = instance.all_logs(result.run_id)
+        starts = {
+            r.step_key: r.timestamp for r in records if r.dagster_event and r.dagster_event_type_value == "STEP_START"
+        }
+        ends = {
+            r.step_key: r.timestamp for r in records if r.dagster_event and r.dagster_event_type_value == "STEP_SUCCESS"
+        }
+        for materialization in result.get_asset_materialization_events():
+            mat = materialization.event_specific_data.materialization
+            step = materialization.step_key
+            meta = {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+            start, end = starts[step], ends[step]
+            peak, first = sampler.window(start, end)
+            wall = end - start
+            entry = {
+                "wall_seconds": round(wall, 3),
+                "peak_rss_mb": round(peak / 2**20, 1),
+                "rss_growth_mb": round((peak - first) / 2**20, 1),
+                "rows": meta.get("rows"),
+                "serialise_seconds": meta.get("serialise_seconds"),
+                "put_seconds": meta.get("put_seconds"),
+                "versioning_seconds": meta.get("versioning_seconds"),
+                "versioning_share": round(float(meta.get("versioning_seconds", 0.0)) / wall, 4) if wall else None,
+                "commit_id": meta.get("commit_id"),
+            }
+            assets[mat.asset_key.to_user_string()] = entry
+    report["assets"] = assets
+
+    store = build_resources(settings)["data_store"].get_store()
+    raw_key = dg.AssetKey(f"raw_{dataset}")
+    features_key = dg.AssetKey(f"features_{dataset}")
+    commit_paths = []
+    for key in (raw_key, features_key):
+        commit = str(assets[key.to_user_string()]["commit_id"])
+        commit_paths += [(commit, table_path(key, p)) for p in partitions]
+    floor = _io_floor(store, commit_paths, workdir / "floor")
+    raw_plus_features = float(assets[raw_key.to_user_string()]["wall_seconds"]) + float(
+        assets[features_key.to_user_string()]["wall_seconds"]
+    )
+    report["io_floor"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in floor.items()}
+    report["raw_plus_features_seconds"] = round(raw_plus_features, 3)
+    report["raw_plus_features_over_floor"] = round(raw_plus_features / floor["floor_seconds"], 2)
+    report["commits_on_main"] = len(store.log(store.main_branch, limit=100_000))
+    report["measured_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    if not keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        report["workdir"] = str(workdir)
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="salary_band")
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--rows", type=int, default=None, help="rows for generated datasets")
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary RIVERBED_HOME")
+    args = parser.parse_args()
+    print(json.dumps(run(args.dataset, args.days, args.rows, args.trials, args.keep), indent=2))
+
+
+if __name__ == "__main__":
+    main()
