@@ -1,0 +1,704 @@
+"""Static checks of the production stack in ``deploy/``.
+
+No Docker engine runs where the tests run, so the compose file, the Dockerfiles, the Dagster instance and
+workspace, and the Prometheus configuration are checked as files: they parse, they agree with each other and
+with the code (settings, ``dg.EnvVar`` names, dependency groups), and no credential has a default. Where the
+Compose plugin is installed, ``docker compose config`` checks the compose file too.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from riverbed.settings import Environment, RiverbedSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+COMPOSE_FILE = DEPLOY / "docker-compose.yml"
+ENV_EXAMPLE = DEPLOY / ".env.example"
+DAGSTER_YAML = DEPLOY / "dagster.yaml"
+WORKSPACE_YAML = DEPLOY / "workspace.yaml"
+PROMETHEUS_YAML = DEPLOY / "prometheus" / "prometheus.yml"
+INIT_SQL = DEPLOY / "postgres" / "init.sql"
+ENVIRONMENTS_PY = ROOT / "platform_assets" / "environments.py"
+DOCKERFILES = sorted(p for p in DEPLOY.glob("Dockerfile.*") if p.suffix != ".dockerignore")
+
+EXPECTED_SERVICES = {
+    "postgres",
+    "minio",
+    "minio-init",
+    "lakefs",
+    "mlflow",
+    "code-location",
+    "dagster-webserver",
+    "dagster-daemon",
+    "kafka",
+    "mlserver",
+    "prometheus",
+}
+STATEFUL_SERVICES = {"postgres", "minio", "lakefs", "mlflow", "kafka"}
+DAGSTER_SERVICES = ("code-location", "dagster-webserver", "dagster-daemon")
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|KEY")
+DEPENDS_ON_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
+
+# What each image must and must not contain, by the dependency groups its Dockerfile syncs.
+IMAGE_CONTENTS = {
+    "Dockerfile.platform": (
+        {"dagster", "dagster-webserver", "mlflow", "lakefs", "boto3", "nannyml", "confluent-kafka"},
+        {"mlserver", "pytest", "ruff"},
+    ),
+    "Dockerfile.serving": (
+        {"mlserver", "fastapi", "psycopg", "xgboost"},
+        {"dagster", "dagster-webserver", "mlflow", "nannyml", "pytest", "ruff"},
+    ),
+}
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Interpolation:
+    """One ``$VAR`` / ``${VAR<op><arg>}`` in a compose string; ``operator`` is "" for a bare reference."""
+
+    name: str
+    operator: str
+    argument: str
+
+
+_BRACED = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])(.*))?", re.DOTALL)
+_BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def interpolations(text: str) -> list[Interpolation]:
+    """Compose's variable references in ``text`` (``$$`` is an escaped dollar, not a reference)."""
+    found: list[Interpolation] = []
+    i = 0
+    while i < len(text):
+        if text[i] != "$":
+            i += 1
+            continue
+        following = text[i + 1 : i + 2]
+        if following == "$":
+            i += 2
+        elif following == "{":
+            end = text.find("}", i)
+            assert end != -1, f"unterminated interpolation in {text!r}"
+            body = text[i + 2 : end]
+            match = _BRACED.fullmatch(body)
+            assert match is not None and "${" not in (match[3] or ""), f"unparseable interpolation ${{{body}}}"
+            found.append(Interpolation(match[1], match[2] or "", match[3] or ""))
+            i = end + 1
+        elif bare := _BARE.match(text, i + 1):
+            found.append(Interpolation(bare[0], "", ""))
+            i = bare.end()
+        else:
+            i += 1
+    return found
+
+
+def walk_strings(node: Any) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from walk_strings(key)
+            yield from walk_strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from walk_strings(item)
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def service_env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        return dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(key): "" if value is None else str(value) for key, value in env.items()}
+
+
+def command_flag(command: list[str], flag: str) -> str:
+    """The value of ``--flag=value`` (or ``--flag value``) in an exec-form command."""
+    for index, token in enumerate(command):
+        if token.startswith(f"{flag}="):
+            return token.split("=", 1)[1]
+        if token == flag:
+            return command[index + 1]
+    raise AssertionError(f"{flag} not in {command}")
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs with line continuations joined and comments dropped."""
+    lines = [line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    instructions = []
+    for line in joined.splitlines():
+        if line.strip():
+            keyword, _, arguments = line.strip().partition(" ")
+            instructions.append((keyword.upper(), arguments.strip()))
+    return instructions
+
+
+def dockerfile_env(path: Path) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for keyword, arguments in dockerfile_instructions(path):
+        if keyword == "ENV":
+            env.update(token.split("=", 1) for token in shlex.split(arguments))
+    return env
+
+
+def uv_commands(path: Path, subcommand: str) -> list[list[str]]:
+    """Every ``uv <subcommand> ...`` inside the Dockerfile's RUN instructions, as argument lists."""
+    commands = []
+    for keyword, arguments in dockerfile_instructions(path):
+        if keyword != "RUN":
+            continue
+        for part in re.split(r"&&|;", arguments):
+            tokens = [token for token in shlex.split(part) if not token.startswith("--mount=")]
+            if tokens[:2] == ["uv", subcommand]:
+                commands.append(tokens)
+    return commands
+
+
+def group_flags(tokens: list[str]) -> list[str]:
+    return [tokens[i + 1] for i, token in enumerate(tokens[:-1]) if token == "--group"]
+
+
+def image_tag(image: str) -> str | None:
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else None
+
+
+def env_var_names_in_environments_py() -> set[str]:
+    """The string names passed to ``dg.EnvVar(...)`` / ``EnvVar(...)`` in platform_assets/environments.py."""
+    names = set()
+    for node in ast.walk(ast.parse(ENVIRONMENTS_PY.read_text())):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        if called == "EnvVar" and node.args and isinstance(node.args[0], ast.Constant):
+            names.add(node.args[0].value)
+    return names
+
+
+def env_refs(node: Any) -> set[str]:
+    """Names read through Dagster's ``{env: NAME}`` config form."""
+    if isinstance(node, dict):
+        if set(node) == {"env"}:
+            return {node["env"]}
+        return set().union(*(env_refs(value) for value in node.values()))
+    if isinstance(node, list):
+        return set().union(*(env_refs(item) for item in node))
+    return set()
+
+
+# --- fixtures --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_yaml(COMPOSE_FILE)
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def compose_interpolations(compose: dict[str, Any]) -> list[Interpolation]:
+    return [found for text in walk_strings(compose) for found in interpolations(text)]
+
+
+@pytest.fixture(scope="module")
+def env_example() -> dict[str, str]:
+    values: dict[str, str] = {}
+    for number, raw in enumerate(ENV_EXAMPLE.read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        assert re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S+", line), f".env.example line {number} is not NAME=value: {raw!r}"
+        name, value = line.split("=", 1)
+        assert name not in values, f"{name} is listed twice in .env.example"
+        values[name] = value
+    return values
+
+
+@pytest.fixture(scope="module")
+def dagster_instance() -> dict[str, Any]:
+    return load_yaml(DAGSTER_YAML)
+
+
+@pytest.fixture(scope="module")
+def launcher_env_vars(dagster_instance: dict[str, Any]) -> list[str]:
+    return dagster_instance["run_launcher"]["config"]["env_vars"]
+
+
+@pytest.fixture(scope="module")
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+# --- YAML and compose structure ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", sorted(DEPLOY.rglob("*.y*ml")), ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_every_yaml_file_parses_to_a_mapping(path: Path) -> None:
+    assert isinstance(load_yaml(path), dict), f"{path} does not parse to a mapping"
+
+
+def test_yaml_files_exist() -> None:
+    for path in (COMPOSE_FILE, DAGSTER_YAML, WORKSPACE_YAML, PROMETHEUS_YAML, INIT_SQL, ENV_EXAMPLE):
+        assert path.is_file(), f"missing {path.relative_to(ROOT)}"
+    assert {p.name for p in DOCKERFILES} == set(IMAGE_CONTENTS)
+
+
+def test_compose_has_the_expected_services(services: dict[str, Any]) -> None:
+    missing = EXPECTED_SERVICES - set(services)
+    assert not missing, f"services missing from docker-compose.yml: {sorted(missing)}"
+
+
+def test_every_image_is_pinned(services: dict[str, Any], env_example: dict[str, str]) -> None:
+    for name, service in services.items():
+        image = service.get("image")
+        assert image, f"{name} has no image name"
+        resolved = re.sub(r"\$\{([A-Z0-9_]+)[^}]*\}", lambda m: env_example.get(m[1], ""), image)
+        tag = image_tag(resolved)
+        assert tag and tag != "latest", f"{name}: image {image!r} is not pinned to a tag"
+        if "build" not in service:
+            assert "$" not in image, f"{name}: third-party image {image!r} must be pinned in the file"
+
+
+def test_dockerfile_base_images_are_pinned() -> None:
+    for dockerfile in DOCKERFILES:
+        for keyword, arguments in dockerfile_instructions(dockerfile):
+            images = []
+            if keyword == "FROM":
+                images.append(next(t for t in arguments.split() if not t.startswith("--")))
+            elif keyword == "COPY" and "--from=" in arguments:
+                images.append(re.search(r"--from=(\S+)", arguments)[1])
+            for image in images:
+                tag = image_tag(image)
+                assert tag and tag != "latest", f"{dockerfile.name}: {image!r} is not pinned"
+
+
+def test_published_ports_bind_to_loopback(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port!r} on every interface"
+
+
+def test_named_volumes_are_declared(compose: dict[str, Any], services: dict[str, Any]) -> None:
+    declared = set(compose.get("volumes") or {})
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith(("/", ".", "~")):
+                continue
+            assert source in declared, f"{name} mounts undeclared volume {source!r}"
+
+
+def test_bind_mounted_files_exist(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), f"{name} mounts {source}, which does not exist"
+
+
+# --- variables and secrets ----------------------------------------------------------------------------------
+
+
+def test_env_example_lists_exactly_the_compose_variables(
+    compose_interpolations: list[Interpolation], env_example: dict[str, str]
+) -> None:
+    used = {found.name for found in compose_interpolations}
+    assert used - set(env_example) == set(), f"used in compose, missing from .env.example: {used - set(env_example)}"
+    assert set(env_example) - used == set(), f"in .env.example, unused by compose: {set(env_example) - used}"
+
+
+def test_every_variable_is_braced(compose_interpolations: list[Interpolation]) -> None:
+    bare = sorted({found.name for found in compose_interpolations if found.operator == ""})
+    assert not bare, f"use ${{VAR:?...}} (or $$ for the container's shell), not bare/unchecked: {bare}"
+
+
+def test_secret_variables_are_required_not_defaulted(compose_interpolations: list[Interpolation]) -> None:
+    secrets = [found for found in compose_interpolations if SECRET_NAME.search(found.name)]
+    assert secrets, "no secret variables found: the pattern or the parser is broken"
+    for found in secrets:
+        assert found.operator == ":?", f"{found.name} must use ${{{found.name}:?message}}, not {found.operator!r}"
+        assert "deploy/.env" in found.argument, f"{found.name}'s error should say to set it in deploy/.env"
+
+
+def test_env_example_secrets_are_placeholders(env_example: dict[str, str]) -> None:
+    for name, value in env_example.items():
+        if SECRET_NAME.search(name):
+            assert value == "change-me", f"{name} in .env.example must be the placeholder change-me, not {value!r}"
+
+
+def test_credentials_in_compose_come_only_from_variables(services: dict[str, Any]) -> None:
+    userinfo = re.compile(r"://([^/@\s]+)@")
+    for name, service in services.items():
+        for key, value in service_env(service).items():
+            if SECRET_NAME.search(key):
+                assert re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]*\}", value), f"{name}.{key} is not a required variable"
+            for credentials in userinfo.findall(value):
+                leftover = re.sub(r"\$\{[^}]*\}", "", credentials)
+                assert leftover == ":", f"{name}.{key} embeds a literal credential in {value!r}"
+
+
+# --- Dagster wiring ---------------------------------------------------------------------------------------------
+
+
+def test_environments_py_env_var_names_are_found() -> None:
+    names = env_var_names_in_environments_py()
+    assert "RIVERBED_LAKEFS_SECRET_ACCESS_KEY" in names, names
+    assert all(name.startswith("RIVERBED_") for name in names), names
+
+
+def test_code_location_gets_every_env_var_the_resources_read(services: dict[str, Any]) -> None:
+    env = service_env(services["code-location"])
+    for name in env_var_names_in_environments_py():
+        assert env.get(name), f"code-location does not set {name} (read by platform_assets/environments.py)"
+    assert Environment(env["RIVERBED_ENV"]).uses_real_services
+
+
+def test_run_launcher_forwards_every_env_var_the_resources_read(launcher_env_vars: list[str]) -> None:
+    missing = (env_var_names_in_environments_py() | {"RIVERBED_ENV"}) - set(launcher_env_vars)
+    assert not missing, f"deploy/dagster.yaml's run launcher does not forward {sorted(missing)}"
+
+
+def test_run_workers_see_what_the_code_location_sees(services: dict[str, Any], launcher_env_vars: list[str]) -> None:
+    code_location = set(service_env(services["code-location"])) - {"DAGSTER_CURRENT_IMAGE"}
+    assert set(launcher_env_vars) == code_location
+
+
+def test_launching_processes_have_every_forwarded_variable(
+    services: dict[str, Any], launcher_env_vars: list[str]
+) -> None:
+    for service in ("dagster-daemon", "dagster-webserver"):
+        env = service_env(services[service])
+        for name in launcher_env_vars:
+            assert "=" in name or env.get(name), f"{service} lacks {name}, which the run launcher forwards"
+
+
+def test_riverbed_variables_are_settings_fields(services: dict[str, Any]) -> None:
+    known = {f"RIVERBED_{field.upper()}" for field in RiverbedSettings.model_fields}
+    for name, service in services.items():
+        for key in service_env(service):
+            if key.startswith("RIVERBED_"):
+                assert key in known, f"{name}.{key} is not a RiverbedSettings field (typo?)"
+
+
+def test_dagster_storage_env_refs_are_provided(
+    dagster_instance: dict[str, Any], services: dict[str, Any], launcher_env_vars: list[str]
+) -> None:
+    refs = env_refs(dagster_instance)
+    assert {"DAGSTER_POSTGRES_PASSWORD", "DAGSTER_POSTGRES_USER"} <= refs
+    for name in refs:
+        assert name in launcher_env_vars, f"run containers need {name} for the instance but it is not forwarded"
+        for service in DAGSTER_SERVICES:
+            assert service_env(services[service]).get(name), f"{service} does not set {name}"
+
+
+def test_dagster_instance_config_is_valid() -> None:
+    from dagster._config import validate_config
+    from dagster._core.instance.config import dagster_instance_config
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+
+    config, _ = dagster_instance_config(str(DEPLOY), "dagster.yaml")
+    assert "postgres" in config["storage"]
+    assert config["telemetry"] == {"enabled": False}
+    coordinator = config["run_coordinator"]
+    assert coordinator["class"] == "QueuedRunCoordinator"
+    checked = validate_config(QueuedRunCoordinator.config_type(), coordinator["config"])
+    assert checked.success, checked.errors
+    assert coordinator["config"]["max_concurrent_runs"] > 0
+
+
+def test_run_launcher_matches_the_compose_network_and_volume(
+    dagster_instance: dict[str, Any], compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    launcher = dagster_instance["run_launcher"]
+    assert (launcher["module"], launcher["class"]) == ("dagster_docker", "DockerRunLauncher")
+    assert launcher["config"]["network"] == compose["networks"]["default"]["name"]
+
+    volumes_by_name = {spec.get("name", key): key for key, spec in compose["volumes"].items() if spec}
+    for mount in launcher["config"]["container_kwargs"]["volumes"]:
+        volume_name, target = mount.split(":")[:2]
+        assert volume_name in volumes_by_name, f"run containers mount {volume_name}, not a named compose volume"
+        key = volumes_by_name[volume_name]
+        assert f"{key}:{target}" in services["dagster-webserver"]["volumes"], "webserver must see the same volume"
+        assert dagster_instance["compute_logs"]["config"]["base_dir"] == target
+
+
+def test_run_image_is_the_code_location_image(services: dict[str, Any]) -> None:
+    code_location = services["code-location"]
+    assert service_env(code_location)["DAGSTER_CURRENT_IMAGE"] == code_location["image"]
+
+
+def test_launching_services_can_reach_the_docker_socket(services: dict[str, Any]) -> None:
+    for name in ("dagster-daemon", "dagster-webserver"):
+        assert "/var/run/docker.sock:/var/run/docker.sock" in services[name]["volumes"], name
+        assert services[name].get("group_add"), f"{name} runs as non-root and needs the socket's group"
+
+
+def test_workspace_points_at_the_code_location_server(services: dict[str, Any]) -> None:
+    (entry,) = load_yaml(WORKSPACE_YAML)["load_from"]
+    server = entry["grpc_server"]
+    command = services["code-location"]["command"]
+    assert server["host"] == "code-location" and server["host"] in services
+    assert str(server["port"]) == command_flag(command, "--port")
+    assert server["location_name"] == command_flag(command, "--location-name")
+    assert command_flag(command, "--module-name") == "platform_assets.definitions"
+    assert command_flag(command, "--attribute") == "defs"
+
+
+def test_dagster_processes_use_the_baked_in_workspace_and_home(services: dict[str, Any]) -> None:
+    dagster_home = dockerfile_env(DEPLOY / "Dockerfile.platform")["DAGSTER_HOME"]
+    copies = [
+        arguments for keyword, arguments in dockerfile_instructions(DEPLOY / "Dockerfile.platform") if keyword == "COPY"
+    ]
+    assert any("deploy/dagster.yaml" in c and "deploy/workspace.yaml" in c and dagster_home in c for c in copies)
+    for name in ("dagster-webserver", "dagster-daemon"):
+        assert command_flag(services[name]["command"], "--workspace") == f"{dagster_home}/workspace.yaml"
+
+
+# --- dependencies between services ---------------------------------------------------------------------------
+
+
+def test_stateful_services_have_healthchecks(services: dict[str, Any]) -> None:
+    for name in STATEFUL_SERVICES:
+        test = services[name].get("healthcheck", {}).get("test")
+        assert test and test[0] in {"CMD", "CMD-SHELL"}, f"{name} has no healthcheck"
+
+
+def test_depends_on_references_are_sound(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        depends_on = service.get("depends_on", {})
+        assert isinstance(depends_on, dict), f"{name}: use the long depends_on form with a condition"
+        for target, spec in depends_on.items():
+            assert target in services, f"{name} depends on unknown service {target!r}"
+            condition = spec.get("condition")
+            assert condition in DEPENDS_ON_CONDITIONS, f"{name} -> {target}: bad condition {condition!r}"
+            if condition == "service_healthy":
+                assert "healthcheck" in services[target], f"{name} waits for {target} to be healthy; it has no check"
+            if condition == "service_completed_successfully":
+                assert services[target].get("restart") == "no", f"{target} is one-shot; it must not restart"
+
+
+def test_services_wait_for_the_stateful_services_they_use(services: dict[str, Any]) -> None:
+    def waits_for(name: str, target: str) -> bool:
+        return services[name].get("depends_on", {}).get(target, {}).get("condition") == "service_healthy"
+
+    for name in ("lakefs", "mlflow", "code-location", "dagster-webserver", "dagster-daemon"):
+        assert waits_for(name, "postgres"), f"{name} must wait for postgres to be healthy"
+    for name in ("lakefs", "mlflow"):
+        assert waits_for("code-location", name), f"code-location must wait for {name}"
+
+
+def test_minio_init_creates_every_bucket_in_use(services: dict[str, Any]) -> None:
+    script = "\n".join(services["minio-init"]["command"])
+    (make_buckets,) = [line for line in script.splitlines() if line.strip().startswith("mc mb")]
+    created = {token.split("/", 1)[1] for token in shlex.split(make_buckets) if "/" in token}
+
+    env = service_env(services["code-location"])
+    needed = {
+        env["RIVERBED_S3_BUCKET"],
+        re.match(r"s3://([^/]+)", env["RIVERBED_LAKEFS_STORAGE_NAMESPACE"])[1],
+        re.match(r"s3://([^/]+)", command_flag(services["mlflow"]["command"], "--artifacts-destination"))[1],
+    }
+    assert needed <= created, f"buckets used but not created by minio-init: {needed - created}"
+
+
+def test_every_database_in_use_is_created_by_init_sql(services: dict[str, Any]) -> None:
+    created = set(re.findall(r"CREATE DATABASE (\w+);", INIT_SQL.read_text()))
+    used = set()
+    for service in services.values():
+        env = service_env(service)
+        used.update(db for value in env.values() for db in re.findall(r"@postgres:5432/(\w+)", value))
+        used.update({env["DAGSTER_POSTGRES_DB"]} if "DAGSTER_POSTGRES_DB" in env else set())
+    assert {"dagster", "mlflow", "lakefs"} <= used, used
+    used.add("inference_log")  # the gateway's audit log (serving issue)
+    assert used <= created, f"databases used but not created in init.sql: {used - created}"
+    mounts = services["postgres"]["volumes"]
+    assert "./postgres/init.sql:/docker-entrypoint-initdb.d/10-riverbed-databases.sql:ro" in mounts
+
+
+def test_prometheus_scrapes_compose_services(services: dict[str, Any]) -> None:
+    config = load_yaml(PROMETHEUS_YAML)
+    targets = {
+        job["job_name"]: target
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    for job, target in targets.items():
+        host = target.rsplit(":", 1)[0]
+        assert host == "localhost" or host in services, f"prometheus job {job} scrapes unknown host {host}"
+    assert targets["mlserver"] == f"mlserver:{dockerfile_env(DEPLOY / 'Dockerfile.serving')['MLSERVER_METRICS_PORT']}"
+
+
+# --- Dockerfiles -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_copy_sources_exist_and_reach_the_build_context(dockerfile: Path) -> None:
+    ignore_file = dockerfile.with_name(f"{dockerfile.name}.dockerignore")
+    ignore_lines = [line for line in ignore_file.read_text().splitlines() if line and not line.startswith("#")]
+    assert ignore_lines[0] == "**", "the ignore file is an allowlist: everything excluded, then re-included"
+    allowed = {line[1:].rstrip("/") for line in ignore_lines if line.startswith("!")}
+
+    copied = 0
+    for keyword, arguments in dockerfile_instructions(dockerfile):
+        if keyword != "COPY" or "--from=" in arguments:
+            continue
+        tokens = [token for token in shlex.split(arguments) if not token.startswith("--")]
+        for source in tokens[:-1]:
+            source = source.rstrip("/")
+            assert (ROOT / source).exists(), f"{dockerfile.name} copies {source}, which is not in the repository"
+            assert source in allowed, f"{source} is excluded from the build context by {ignore_file.name}"
+            copied += 1
+    assert copied, f"no COPY found in {dockerfile.name}"
+
+
+def test_compose_builds_use_existing_dockerfiles(services: dict[str, Any]) -> None:
+    built = set()
+    for name, service in services.items():
+        if "build" in service:
+            context = (DEPLOY / service["build"]["context"]).resolve()
+            assert context == ROOT, f"{name} must build from the repository root"
+            dockerfile = context / service["build"]["dockerfile"]
+            assert dockerfile.is_file(), f"{name} builds from missing {dockerfile}"
+            built.add(dockerfile.name)
+    assert built == set(IMAGE_CONTENTS)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_dependency_groups_exist_and_defaults_are_off(dockerfile: Path, pyproject: dict[str, Any]) -> None:
+    groups = set(pyproject["dependency-groups"])
+    syncs = uv_commands(dockerfile, "sync") + uv_commands(dockerfile, "export")
+    assert syncs, f"{dockerfile.name} never runs uv sync"
+    assert len({tuple(sorted(group_flags(tokens))) for tokens in syncs}) == 1, "every uv step must name the same groups"
+    for tokens in syncs:
+        assert "--frozen" in tokens, f"{dockerfile.name}: {' '.join(tokens)} must not re-resolve the lock"
+        named = group_flags(tokens)
+        assert named and set(named) <= groups, f"{dockerfile.name}: unknown groups {set(named) - groups}"
+        if pyproject["tool"]["uv"].get("default-groups"):
+            assert "--no-default-groups" in tokens, f"{dockerfile.name}: default groups would add {tokens}"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_image_contents_follow_the_lock(dockerfile: Path) -> None:
+    uv = shutil.which("uv")
+    if uv is None:
+        pytest.skip("uv is not on PATH")
+    (sync,) = [tokens for tokens in uv_commands(dockerfile, "sync") if "--no-install-project" in tokens]
+    groups = [arg for group in group_flags(sync) for arg in ("--group", group)]
+    exported = subprocess.run(
+        [uv, "export", "--frozen", "--no-default-groups", *groups, "--no-hashes", "--no-emit-project"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    packages = {m[1].lower() for m in re.finditer(r"^([A-Za-z0-9_.-]+)==", exported, re.MULTILINE)}
+    must, must_not = IMAGE_CONTENTS[dockerfile.name]
+    assert must <= packages, f"{dockerfile.name} lacks {must - packages}"
+    assert not must_not & packages, f"{dockerfile.name} would contain {must_not & packages}"
+
+
+def test_platform_image_adds_the_dagster_production_libraries(dagster_instance: dict[str, Any]) -> None:
+    (install,) = uv_commands(DEPLOY / "Dockerfile.platform", "pip")
+    assert install[2] == "install" and "--constraint" in install, "install against the locked versions"
+    assert {"dagster-docker", "dagster-postgres"} <= set(install)
+    assert dagster_instance["run_launcher"]["module"].replace("_", "-") in install
+
+
+def test_postgres_urls_name_the_driver_the_platform_image_installs(
+    dagster_instance: dict[str, Any], services: dict[str, Any]
+) -> None:
+    # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the platform image has psycopg2 (dagster-postgres).
+    (install,) = uv_commands(DEPLOY / "Dockerfile.platform", "pip")
+    assert "psycopg2-binary" in install
+    assert dagster_instance["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
+    assert service_env(services["mlflow"])["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_run_as_non_root_with_telemetry_off(dockerfile: Path) -> None:
+    instructions = dockerfile_instructions(dockerfile)
+    users = [arguments for keyword, arguments in instructions if keyword == "USER"]
+    assert users and users[-1] not in {"root", "0"}, f"{dockerfile.name} must end as a non-root user"
+    env = dockerfile_env(dockerfile)
+    assert env.get("MLFLOW_DISABLE_TELEMETRY") == "true"
+    assert env.get("NML_DISABLE_USAGE_LOGGING") == "1"
+    assert instructions[0][0] == "FROM" and instructions[0][1].startswith("python:3.11-slim")
+
+
+def test_platform_image_sets_dagster_home() -> None:
+    env = dockerfile_env(DEPLOY / "Dockerfile.platform")
+    assert env["DAGSTER_HOME"] == "/opt/dagster/home"
+    assert env["DAGSTER_DISABLE_TELEMETRY"] == "true"
+
+
+# --- docker compose itself, where it exists ------------------------------------------------------------------
+
+
+def _compose_plugin() -> str | None:
+    docker = shutil.which("docker")
+    if docker is None:
+        return None
+    try:
+        version = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return docker if version.returncode == 0 else None
+
+
+@pytest.mark.skipif(_compose_plugin() is None, reason="the docker CLI's compose plugin is not installed")
+def test_docker_compose_config_accepts_the_file(tmp_path: Path, env_example: dict[str, str]) -> None:
+    docker = _compose_plugin()
+    assert docker is not None
+    filled = tmp_path / "filled.env"
+    values = {name: ("1000" if name == "DOCKER_GID" else f"test-{name.lower()}") for name in env_example}
+    filled.write_text("".join(f"{name}={value}\n" for name, value in values.items()))
+    accepted = subprocess.run(
+        [docker, "compose", "--env-file", str(filled), "-f", str(COMPOSE_FILE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert accepted.returncode == 0, accepted.stderr
+
+    missing = dict(values)
+    missing.pop("POSTGRES_PASSWORD")
+    partial = tmp_path / "partial.env"
+    partial.write_text("".join(f"{name}={value}\n" for name, value in missing.items()))
+    refused = subprocess.run(
+        [docker, "compose", "--env-file", str(partial), "-f", str(COMPOSE_FILE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={name: value for name, value in os.environ.items() if name not in env_example},
+    )
+    assert refused.returncode != 0 and "POSTGRES_PASSWORD" in refused.stderr
