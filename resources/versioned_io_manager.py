@@ -177,17 +177,16 @@ class VersionedDataIOManager(dg.ConfigurableIOManager):
     @staticmethod
     def _commit_message(context: dg.OutputContext, partition_key: str | None, rows: int) -> tuple[str, dict[str, str]]:
         asset = context.asset_key.to_user_string()
-        code_version = None
+        version = None
         try:
-            code_version = context.definition_metadata.get("code_version") if context.definition_metadata else None
-        except Exception:  # definition metadata is optional outside a full run
-            code_version = None
-        version = context.version or code_version or "unversioned"
+            version = context.asset_spec.code_version
+        except Exception:  # an output outside an asset job has no asset spec
+            version = None
         metadata = {
             "dagster.run_id": context.run_id,
             "dagster.asset_key": asset,
             "dagster.partition_key": partition_key or "",
-            "dagster.code_version": str(version),
+            "dagster.code_version": str(version or "unversioned"),
             "riverbed.rows": str(rows),
         }
         message = f"{asset}" + (f" [{partition_key}]" if partition_key else "") + f": {rows} rows"

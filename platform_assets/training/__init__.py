@@ -1,0 +1,1 @@
+"""Model training, evaluation, fairness, MLflow logging and model cards: plain functions, no Dagster."""
