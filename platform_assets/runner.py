@@ -33,6 +33,7 @@ run_coordinator:
 """
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
+QUIET_LOGGING = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
@@ -113,6 +114,7 @@ def run_pipeline(
     started = time.perf_counter()
     ingest = defs.resolve_job_def(f"ingest_{dataset}").execute_in_process(
         instance=instance,
+        run_config=QUIET_LOGGING,
         tags={RANGE_START_TAG: partitions[0], RANGE_END_TAG: partitions[-1], "riverbed/dataset": dataset},
         raise_on_error=False,
     )
@@ -121,7 +123,9 @@ def run_pipeline(
     ingest_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    run_config = {"ops": {f"model_{dataset}": {"config": train_config}}} if train_config else None
+    run_config: dict[str, object] = dict(QUIET_LOGGING)
+    if train_config:
+        run_config["ops"] = {f"model_{dataset}": {"config": train_config}}
     train = defs.resolve_job_def(f"train_{dataset}").execute_in_process(
         instance=instance,
         run_config=run_config,

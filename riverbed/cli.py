@@ -11,6 +11,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +31,7 @@ QUIET_ENV = {
     "NML_DISABLE_USAGE_LOGGING": "1",
     "DAGSTER_DISABLE_TELEMETRY": "true",
     "OMP_NUM_THREADS": "1",
+    "MLFLOW_LOGGING_LEVEL": "ERROR",
 }
 
 
@@ -37,6 +39,7 @@ def _quiet_environment() -> None:
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\..*)?")
 
 
 @specs_app.command("list")

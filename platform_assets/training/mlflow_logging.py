@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,9 +98,12 @@ def log_and_register(
 
             inputs = model_inputs(spec, train)
             example = inputs.head(3)
-            signature = infer_signature(example, outcome.pipeline.predict_proba(example))
+            with warnings.catch_warnings():  # numeric inputs are float64 on purpose; the hint does not apply
+                warnings.simplefilter("ignore", UserWarning)
+                signature = infer_signature(example, outcome.pipeline.predict_proba(example))
             info = mlflow.sklearn.log_model(
                 outcome.pipeline,
+                pip_requirements=serving_requirements(),
                 name="model",
                 signature=signature,
                 input_example=example,
@@ -155,6 +159,13 @@ def log_and_register(
         model_uri=f"models:/{registry_model_name}/{version}",
         artifact_uri=artifact_uri,
     )
+
+
+def serving_requirements() -> list[str]:
+    """Exactly what loading the pipeline needs (pinned to the installed versions), not the whole project."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("xgboost", "scikit-learn", "pandas", "numpy", "cloudpickle")]
 
 
 def lakefs_dataset_source(uri: str):
