@@ -71,13 +71,13 @@ def apply_drift(spec: DatasetSpec, records: pd.DataFrame, drift: DriftScenario, 
                 counts = out[name].value_counts()
                 target = str(counts.index[-1]) if len(counts) else (feature.categories or [""])[0]
             replace = after & (rng.random(len(out)) < shift)
-            values = out[name].astype("object").to_numpy()
+            values = out[name].astype("object").to_numpy(copy=True)
             values[replace] = target
             out[name] = values
         else:
             values = pd.to_numeric(out[name], errors="coerce").astype("float64")
             std = float(values.std()) or 1.0
-            shifted = values.to_numpy().copy()
+            shifted = values.to_numpy(copy=True)
             shifted[after] = shifted[after] + shift * std
             lo = feature.minimum if feature.minimum is not None else -np.inf
             hi = feature.maximum if feature.maximum is not None else np.inf
@@ -96,7 +96,7 @@ def apply_drift(spec: DatasetSpec, records: pd.DataFrame, drift: DriftScenario, 
         flip = after & group & (rng.random(len(out)) < drift.label_flip_probability)
         positive = spec.target.positive_class
         negative = next(c for c in spec.target.classes if c != positive)
-        labels = out[spec.target.name].astype("object").to_numpy()
+        labels = out[spec.target.name].astype("object").to_numpy(copy=True)
         labels[flip] = np.where(labels[flip] == positive, negative, positive)
         out[spec.target.name] = labels
     return out

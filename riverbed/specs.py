@@ -238,8 +238,12 @@ class DatasetSpec(_Strict):
 def _format_validation_error(error: ValidationError) -> list[str]:
     problems = []
     for item in error.errors():
-        location = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        location = ".".join(str(p) for p in item["loc"])
         message = item["msg"].removeprefix("Value error, ")
+        named = re.match(r"^([a-z_]+): ", message)
+        if not location and named:  # a cross-field rule names its field first
+            location, message = named.group(1), message[named.end() :]
+        location = location or "(top level)"
         problems.append(f"field '{location}': {message}")
     return problems
 
