@@ -104,7 +104,7 @@ def run(dataset: str, days: int, rows: int | None, trials: int, keep: bool) -> d
 
     from platform_assets.definitions import build_definitions
     from platform_assets.environments import build_resources
-    from platform_assets.runner import RANGE_END_TAG, RANGE_START_TAG, demo_partitions, local_instance
+    from platform_assets.runner import QUIET_LOGGING, RANGE_END_TAG, RANGE_START_TAG, demo_partitions, local_instance
     from resources.versioned_io_manager import table_path
     from riverbed.settings import RiverbedSettings
     from riverbed.specs import load_specs
@@ -137,20 +137,27 @@ def run(dataset: str, days: int, rows: int | None, trials: int, keep: bool) -> d
 
     with RssSampler() as sampler:
         ingest = defs.resolve_job_def(f"ingest_{dataset}").execute_in_process(
-            instance=instance, tags={RANGE_START_TAG: partitions[0], RANGE_END_TAG: partitions[-1]}
+            instance=instance,
+            tags={RANGE_START_TAG: partitions[0], RANGE_END_TAG: partitions[-1]},
+            run_config=QUIET_LOGGING,
         )
         train = defs.resolve_job_def(f"train_{dataset}").execute_in_process(
-            instance=instance, run_config={"ops": {f"model_{dataset}": {"config": {"optuna_trials": trials}}}}
+            instance=instance,
+            run_config={**QUIET_LOGGING, "ops": {f"model_{dataset}": {"config": {"optuna_trials": trials}}}},
         )
 
     assets: dict[str, dict[str, object]] = {}
     for result in (ingest, train):
         records = instance.all_logs(result.run_id)
         starts = {
-            r.step_key: r.timestamp for r in records if r.dagster_event and r.dagster_event_type_value == "STEP_START"
+            r.step_key: r.timestamp
+            for r in records
+            if r.dagster_event and r.dagster_event.event_type_value == "STEP_START"
         }
         ends = {
-            r.step_key: r.timestamp for r in records if r.dagster_event and r.dagster_event_type_value == "STEP_SUCCESS"
+            r.step_key: r.timestamp
+            for r in records
+            if r.dagster_event and r.dagster_event.event_type_value == "STEP_SUCCESS"
         }
         for materialization in result.get_asset_materialization_events():
             mat = materialization.event_specific_data.materialization

@@ -225,12 +225,18 @@ class VersionedDataIOManager(dg.ConfigurableIOManager):
             if len(keys) == 1 and not self._wants_mapping(context):
                 return self._load_one(context, asset_key, keys[0])
             loaded = {}
+            skipped = []
             for key in keys:
                 try:
                     loaded[key] = self._load_one(context, asset_key, key)
                 except MissingUpstreamCommitError:
                     # A window may include days never materialised (no data yet); the consumer sees which.
-                    context.log.info(f"{asset_key.to_user_string()} partition {key} not materialised; skipped")
+                    skipped.append(key)
+            if skipped:
+                context.log.info(
+                    f"{asset_key.to_user_string()}: {len(skipped)} partition(s) not materialised, skipped "
+                    f"({skipped[0]} .. {skipped[-1]})"
+                )
             return loaded
         return self._load_one(context, asset_key, None)
 
