@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from riverbed.specs import DatasetSpec, FeatureType
 from riverbed.validation import empty_valid_frame
@@ -135,6 +134,8 @@ def split_train_test(
     spec: DatasetSpec, features: pd.DataFrame, test_fraction: float, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Seeded split, stratified by the target when both classes have at least two records."""
+    from sklearn.model_selection import train_test_split  # sklearn import costs seconds; only training needs it
+
     target = features[spec.target.name]
     counts = target.value_counts()
     stratify = target if len(counts) == 2 and counts.min() >= 2 else None

@@ -26,6 +26,8 @@ class ValidationResult:
     valid: pd.DataFrame
     rejected: pd.DataFrame
     reason_counts: dict[str, int] = field(default_factory=dict)
+    valid_positions: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    rejected_positions: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
 
 def _format_number(value: float) -> str:
@@ -167,4 +169,10 @@ def validate_records(spec: DatasetSpec, records: pd.DataFrame) -> ValidationResu
     rejected[REASONS_COLUMN] = pd.Series(
         ["; ".join(reasons.by_row[i]) for i in np.flatnonzero(reasons.bad)], dtype="string"
     )
-    return ValidationResult(valid=valid, rejected=rejected, reason_counts=dict(reasons.counts))
+    return ValidationResult(
+        valid=valid,
+        rejected=rejected,
+        reason_counts=dict(reasons.counts),
+        valid_positions=np.flatnonzero(good),
+        rejected_positions=np.flatnonzero(reasons.bad),
+    )
