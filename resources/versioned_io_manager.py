@@ -35,6 +35,10 @@ ATTR_URI = "riverbed.uri"
 ATTR_PARTITION = "riverbed.partition"
 
 
+# (run id, step key) -> seconds spent loading inputs in this process; read by the benchmarks.
+LOAD_SECONDS_BY_STEP: dict[tuple[str, str], float] = {}
+
+
 class MissingUpstreamCommitError(RuntimeError):
     """An input has no recorded materialisation with a commit id to read."""
 
@@ -220,6 +224,14 @@ class VersionedDataIOManager(dg.ConfigurableIOManager):
         if upstream is None or upstream.asset_key is None:
             raise MissingUpstreamCommitError("the versioned IO manager only loads asset inputs")
         asset_key = upstream.asset_key
+        started = time.perf_counter()
+        value = self._load(context, asset_key)
+        elapsed = time.perf_counter() - started
+        key = (context.step_context.run_id, context.step_context.step.key)
+        LOAD_SECONDS_BY_STEP[key] = LOAD_SECONDS_BY_STEP.get(key, 0.0) + elapsed
+        return value
+
+    def _load(self, context: dg.InputContext, asset_key: dg.AssetKey) -> Any:
         if context.has_asset_partitions:
             keys = list(context.asset_partition_keys)
             if len(keys) == 1 and not self._wants_mapping(context):
