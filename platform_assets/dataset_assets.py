@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 from pydantic import Field
 
@@ -104,16 +105,18 @@ def build_dataset_definitions(spec: DatasetSpec) -> DatasetDefinitions:
         # Validate the whole range at once (per-call overhead dominates small partitions), then split by day.
         first = partitions.time_window_for_partition_key(context.partition_keys[0])
         last = partitions.time_window_for_partition_key(context.partition_keys[-1])
-        records = records_for_window(spec, first.start, last.end)
-        days = pd.to_datetime(records[spec.event_time.name], utc=True, errors="coerce").dt.strftime("%Y-%m-%d")
+        records = records_for_window(spec, first.start, last.end)  # sorted by event time
         result = validate_records(spec, records)
-        valid_days = days.to_numpy()[result.valid_positions]
-        rejected_days = days.to_numpy()[result.rejected_positions]
+        times = pd.to_datetime(records[spec.event_time.name], utc=True, errors="coerce")
         bundles: dict[str, object] = {}
         for key in context.partition_keys:
+            window = partitions.time_window_for_partition_key(key)
+            lo, hi = times.searchsorted(pd.Timestamp(window.start)), times.searchsorted(pd.Timestamp(window.end))
+            v0, v1 = np.searchsorted(result.valid_positions, [lo, hi])
+            r0, r1 = np.searchsorted(result.rejected_positions, [lo, hi])
             bundles[key] = TableBundle(
-                primary=result.valid.loc[valid_days == key].reset_index(drop=True),
-                companions={"rejected": result.rejected.loc[rejected_days == key].reset_index(drop=True)},
+                primary=result.valid.iloc[v0:v1].reset_index(drop=True),
+                companions={"rejected": result.rejected.iloc[r0:r1].reset_index(drop=True)},
             )
         valid_total, rejected_total, reasons = len(result.valid), len(result.rejected), result.reason_counts
         context.add_output_metadata(
