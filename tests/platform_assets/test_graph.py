@@ -69,6 +69,20 @@ def test_salary_band_runs_from_raw_to_registered_model(local_settings: RiverbedS
     artifacts = {a.path for a in client.list_artifacts(model.mlflow_run_id)}
     assert {"model_card.md", "model_card.json"} <= artifacts
 
+    # The registered version loads back by its pinned URI and predicts.
+    mlflow.set_tracking_uri(local_settings.resolved_mlflow_tracking_uri)
+    loaded = mlflow.sklearn.load_model(model.model_uri)
+    from platform_assets.training.model_training import model_inputs
+
+    sample = model_inputs(
+        spec,
+        pd.read_parquet(
+            io.BytesIO(store.get_object(model.training_set_commit_id, "tables/training_set_salary_band/all.parquet"))
+        ).head(5),
+    )
+    assert loaded.predict_proba(sample).shape == (5, 2)
+    assert "feature_groups.json" in artifacts
+
     # Rejected records are kept with reasons, not dropped (Adult has none by default; the table exists).
     rejected = store.get_object(
         materialized_commit(instance, raw_asset_key("salary_band"), partitions[0])[0],
