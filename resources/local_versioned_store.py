@@ -12,9 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from resources.object_store import ObjectNotFoundError, ObjectStore, ObjectStoreError
+from resources.object_store import ObjectNotFoundError, ObjectStore, ObjectStoreError, write_atomic
 from resources.versioned_store import (
     AlreadyExistsError,
     CommitInfo,
@@ -51,20 +49,6 @@ def _check_ref_name(kind: str, name: str) -> str:
     if not REF_NAME.match(name):
         raise VersionedStoreError(f"invalid {kind} name {name!r}: letters, digits, '_' and '-' only")
     return name
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _canonical(data: Any) -> bytes:
@@ -106,14 +90,14 @@ class LocalVersionedStore(VersionedStore):
             raise NotFoundError(f"branch {name!r} not found in repository {self.repository!r}") from None
 
     def _write_branch(self, name: str, head: str, staging: Mapping[str, Any]) -> None:
-        _write_atomic(self._branch_file(name), _canonical({"head": head, "staging": dict(staging)}))
+        write_atomic(self._branch_file(name), _canonical({"head": head, "staging": dict(staging)}))
 
     def _store_tree(self, tree: Mapping[str, list[Any]]) -> str:
         data = _canonical(tree)
         tree_id = hashlib.sha256(data).hexdigest()
         path = self.root / "trees" / f"{tree_id}.json"
         if not path.exists():
-            _write_atomic(path, data)
+            write_atomic(path, data)
         self._tree_cache[tree_id] = dict(tree)
         return tree_id
 
@@ -142,7 +126,7 @@ class LocalVersionedStore(VersionedStore):
         }
         data = _canonical(body)
         commit_id = hashlib.sha256(data).hexdigest()
-        _write_atomic(self.root / "commits" / f"{commit_id}.json", data)
+        write_atomic(self.root / "commits" / f"{commit_id}.json", data)
         return commit_id
 
     def _commit_info(self, commit_id: str) -> CommitInfo:
@@ -228,7 +212,7 @@ class LocalVersionedStore(VersionedStore):
             path = self.root / "tags" / tag
             if path.exists():
                 raise AlreadyExistsError(f"tag {tag!r} already exists in repository {self.repository!r}")
-            _write_atomic(path, commit_id.encode())
+            write_atomic(path, commit_id.encode())
             return commit_id
 
     def list_tags(self) -> dict[str, str]:
