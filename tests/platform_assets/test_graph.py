@@ -186,3 +186,19 @@ def test_a_third_dataset_needs_only_a_spec_and_its_data(tmp_path: Path) -> None:
     assert run.model.version == 1
     assert set(run.model.fairness) == {"region"}
     assert run.materializations["raw_loan_default"]["valid_records"] == 600
+
+
+def test_the_full_job_runs_one_partition_through_to_a_model(local_settings: RiverbedSettings) -> None:
+    defs = build_definitions(local_settings)
+    result = defs.resolve_job_def("full_salary_band").execute_in_process(
+        instance=local_instance(local_settings),
+        partition_key="2026-10-02",
+        run_config={"ops": {"model_salary_band": {"config": {"optuna_trials": 1, "max_estimators": 20}}}},
+    )
+    assert result.success
+    materialized = {
+        e.event_specific_data.materialization.asset_key.to_user_string()
+        for e in result.get_asset_materialization_events()
+    }
+    assert materialized == {"raw_salary_band", "features_salary_band", "training_set_salary_band", "model_salary_band"}
+    assert result.asset_value("model_salary_band").data_commit_ids.keys() == {"2026-10-02"}
