@@ -1,0 +1,106 @@
+"""MLServer runtime: predicted class, class probabilities and exact per-feature SHAP contributions.
+
+The model directory (``parameters.uri``) holds one registered model version, copied there by the
+deployment step: ``model.pkl`` (the cloudpickled encoding + XGBoost pipeline), ``feature_groups.json``
+(input feature -> encoded columns) and ``model.json`` (dataset, classes, registered name and version).
+Nothing is resolved at request time; MLflow is not imported in the serving image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec, PandasCodec, StringCodec
+from mlserver.errors import InferenceError
+from mlserver.types import InferenceRequest, InferenceResponse, RequestOutput
+from mlserver.utils import get_model_uri
+
+from serving.explanations import ExplanationError, predict_and_explain
+
+OUTPUT_LABEL = "label"
+OUTPUT_PROBABILITIES = "probabilities"
+OUTPUT_CONTRIBUTIONS = "contributions"
+OUTPUT_BASE_VALUE = "base_value"
+ALL_OUTPUTS = (OUTPUT_LABEL, OUTPUT_PROBABILITIES, OUTPUT_CONTRIBUTIONS, OUTPUT_BASE_VALUE)
+MODEL_FILE = "model.pkl"
+FEATURE_GROUPS_FILE = "feature_groups.json"
+MODEL_INFO_FILE = "model.json"
+
+
+def read_model_directory(folder: Path) -> tuple[object, dict[str, list[int]], dict[str, object]]:
+    """The pipeline, feature groups and model info stored in a served model directory."""
+    import cloudpickle
+
+    if folder.is_file():
+        folder = folder.parent
+    with (folder / MODEL_FILE).open("rb") as handle:
+        pipeline = cloudpickle.load(handle)
+    groups = json.loads((folder / FEATURE_GROUPS_FILE).read_text())
+    info = json.loads((folder / MODEL_INFO_FILE).read_text())
+    return pipeline, groups, info
+
+
+class RiverbedModelRuntime(MLModel):
+    """Serves one pinned model version of a Riverbed dataset."""
+
+    async def load(self) -> bool:
+        folder = Path(await get_model_uri(self._settings))
+        self._pipeline, self._feature_groups, self._info = await asyncio.to_thread(read_model_directory, folder)
+        self._classes: list[str] = [str(c) for c in self._info["classes"]]  # type: ignore[union-attr]
+        self._features = list(self._feature_groups)
+        self.ready = True
+        return self.ready
+
+    def _requested(self, outputs: list[RequestOutput] | None) -> list[str]:
+        if not outputs:
+            return list(ALL_OUTPUTS)
+        names = [o.name for o in outputs]
+        unknown = sorted(set(names) - set(ALL_OUTPUTS))
+        if unknown:
+            raise InferenceError(f"unknown outputs {unknown}; this model offers {list(ALL_OUTPUTS)}")
+        return names
+
+    def _frame(self, payload: InferenceRequest) -> pd.DataFrame:
+        frame = PandasCodec.decode_request(payload)
+        missing = [name for name in self._features if name not in frame.columns]
+        if missing:
+            raise InferenceError(f"inputs lack feature(s) {missing}")
+        for name in self._features:
+            if frame[name].dtype == object or pd.api.types.is_string_dtype(frame[name]):
+                continue
+            frame[name] = pd.to_numeric(frame[name], errors="coerce")
+        return frame[self._features]
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        wanted = self._requested(payload.outputs)
+        frame = self._frame(payload)
+        explain = OUTPUT_CONTRIBUTIONS in wanted or OUTPUT_BASE_VALUE in wanted
+        loop = asyncio.get_running_loop()
+        try:  # CPU-bound work off the event loop so health checks stay responsive
+            batch = await loop.run_in_executor(
+                None, predict_and_explain, self._pipeline, self._feature_groups, frame, explain
+            )
+        except (ExplanationError, ValueError) as error:
+            raise InferenceError(f"could not score the inputs: {error}") from None
+        positive = batch.positive_probability
+        outputs = []
+        if OUTPUT_LABEL in wanted:
+            labels = [self._classes[1] if p >= 0.5 else self._classes[0] for p in positive]
+            outputs.append(StringCodec.encode_output(OUTPUT_LABEL, labels))
+        if OUTPUT_PROBABILITIES in wanted:
+            outputs.append(NumpyCodec.encode_output(OUTPUT_PROBABILITIES, np.column_stack([1 - positive, positive])))
+        if OUTPUT_CONTRIBUTIONS in wanted:
+            outputs.append(NumpyCodec.encode_output(OUTPUT_CONTRIBUTIONS, batch.contributions))
+        if OUTPUT_BASE_VALUE in wanted:
+            outputs.append(NumpyCodec.encode_output(OUTPUT_BASE_VALUE, batch.base_value))
+        return InferenceResponse(
+            model_name=self.name,
+            model_version=self.version,
+            outputs=outputs,
+            parameters={"feature_names": json.dumps(self._features)},
+        )

@@ -1,0 +1,152 @@
+"""The runtime inside a real ``mlserver start`` process, over the V2 HTTP protocol, batching on and off."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import httpx
+import numpy as np
+import pytest
+
+from platform_assets.training.model_training import build_pipeline, encoded_feature_groups, model_inputs
+from riverbed.settings import PROJECT_ROOT
+from serving.explanations import predict_and_explain
+from serving.runtime import FEATURE_GROUPS_FILE, MODEL_FILE, MODEL_INFO_FILE
+from tests.platform_assets.training.test_model_training import SPEC, _frame
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model_directory(tmp_path_factory: pytest.TempPathFactory):
+    train = _frame(600, 21)
+    pipeline = build_pipeline(SPEC, {"n_estimators": 40, "max_depth": 3})
+    pipeline.fit(model_inputs(SPEC, train), train["approved"])
+    folder = tmp_path_factory.mktemp("models") / "toy-credit"
+    folder.mkdir()
+    (folder / MODEL_FILE).write_bytes(cloudpickle.dumps(pipeline))
+    (folder / FEATURE_GROUPS_FILE).write_text(json.dumps(encoded_feature_groups(pipeline, SPEC)))
+    (folder / MODEL_INFO_FILE).write_text(json.dumps({"dataset": SPEC.name, "classes": SPEC.target.classes}))
+    return folder, pipeline
+
+
+@pytest.fixture(scope="module", params=["batching-off", "batching-on"])
+def mlserver_url(request: pytest.FixtureRequest, model_directory, tmp_path_factory: pytest.TempPathFactory):
+    folder, _ = model_directory
+    root = tmp_path_factory.mktemp("mlserver")
+    http, grpc, metrics = _free_port(), _free_port(), _free_port()
+    (root / "settings.json").write_text(
+        json.dumps(
+            {"http_port": http, "grpc_port": grpc, "metrics_port": metrics, "parallel_workers": 0, "host": "127.0.0.1"}
+        )
+    )
+    model_settings = {
+        "name": "toy-credit",
+        "implementation": "serving.runtime.RiverbedModelRuntime",
+        "parameters": {"uri": str(folder), "version": "1"},
+    }
+    if request.param == "batching-on":
+        model_settings.update({"max_batch_size": 16, "max_batch_time": 0.01})
+    (root / "toy-credit").mkdir()
+    (root / "toy-credit" / "model-settings.json").write_text(json.dumps(model_settings))
+    log = (root / "mlserver.log").open("wb")
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
+    mlserver = Path(sys.executable).with_name("mlserver")
+    process = subprocess.Popen([str(mlserver), "start", str(root)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{http}"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/v2/models/toy-credit/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None, (root / "mlserver.log").read_text()[-3000:]
+            time.sleep(0.5)
+        else:
+            pytest.fail("MLServer did not become ready: " + (root / "mlserver.log").read_text()[-3000:])
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def _request(rows) -> dict:
+    inputs = model_inputs(SPEC, rows)
+    return {
+        "parameters": {"content_type": "pd"},
+        "inputs": [
+            {"name": "income", "datatype": "FP64", "shape": [len(inputs)], "data": inputs["income"].tolist()},
+            {
+                "name": "group",
+                "datatype": "BYTES",
+                "shape": [len(inputs)],
+                "data": inputs["group"].astype(str).tolist(),
+            },
+            {
+                "name": "region",
+                "datatype": "BYTES",
+                "shape": [len(inputs)],
+                "data": inputs["region"].fillna("").astype(str).tolist(),
+            },
+        ],
+    }
+
+
+def test_predictions_and_exact_explanations_over_http(mlserver_url: str, model_directory) -> None:
+    _, pipeline = model_directory
+    rows = _frame(20, 22)
+    response = httpx.post(f"{mlserver_url}/v2/models/toy-credit/infer", json=_request(rows), timeout=30)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_name"] == "toy-credit" and body["model_version"] == "1"
+    outputs = {o["name"]: o for o in body["outputs"]}
+    probabilities = np.array(outputs["probabilities"]["data"]).reshape(20, 2)
+    contributions = np.array(outputs["contributions"]["data"]).reshape(20, 3)
+    base = np.array(outputs["base_value"]["data"])
+    inputs = model_inputs(SPEC, rows).assign(region=lambda f: f["region"].fillna(""))
+    expected = predict_and_explain(pipeline, encoded_feature_groups(pipeline, SPEC), inputs)
+    np.testing.assert_allclose(probabilities[:, 1], expected.positive_probability, atol=1e-6)
+    margin = np.log(probabilities[:, 1] / probabilities[:, 0])
+    np.testing.assert_allclose(base + contributions.sum(axis=1), margin, atol=1e-4)
+    assert set(outputs["label"]["data"]) <= {"0", "1"}
+
+
+def test_single_rows_in_parallel_are_all_answered(mlserver_url: str) -> None:
+    rows = _frame(12, 23)
+    with httpx.Client(timeout=30) as client:
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
+            answers = list(
+                pool.map(
+                    lambda i: client.post(
+                        f"{mlserver_url}/v2/models/toy-credit/infer", json=_request(rows.iloc[i : i + 1])
+                    ),
+                    range(12),
+                )
+            )
+    assert [a.status_code for a in answers] == [200] * 12
+
+
+def test_unknown_outputs_and_missing_features_are_clear_errors(mlserver_url: str) -> None:
+    request = _request(_frame(2, 24))
+    bad_output = {**request, "outputs": [{"name": "shapley"}]}
+    answer = httpx.post(f"{mlserver_url}/v2/models/toy-credit/infer", json=bad_output, timeout=30)
+    assert answer.status_code == 400 and "unknown outputs" in answer.text
+    missing = {**request, "inputs": request["inputs"][:2]}
+    answer = httpx.post(f"{mlserver_url}/v2/models/toy-credit/infer", json=missing, timeout=30)
+    assert answer.status_code == 400 and "region" in answer.text
