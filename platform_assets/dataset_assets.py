@@ -19,11 +19,11 @@ from pydantic import Field
 
 from platform_assets.groups import FEATURES_GROUP, RAW_GROUP, TRAINING_GROUP
 from resources.mlflow_resource import MlflowTrackingResource
-from resources.versioned_io_manager import ATTR_COMMIT_ID, ATTR_URI, TableBundle
+from resources.versioned_io_manager import ATTR_COMMIT_ID, ATTR_URI, PARTITIONS_AS_MAPPING_KEY, TableBundle
 from riverbed.records import ModelRecord, TrainingReason, TrainingSetSummary
 from riverbed.specs import DatasetSpec
 
-PARTITIONS_AS_MAPPING = {"partitions_as_mapping": True}
+PARTITIONS_AS_MAPPING = {PARTITIONS_AS_MAPPING_KEY: True}
 CODE_VERSION = "1"
 SPLIT_COLUMN = "split"
 REASON_TAG = "riverbed/reason"

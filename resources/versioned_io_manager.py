@@ -30,6 +30,7 @@ COMMIT_ID_KEY = "commit_id"
 URI_KEY = "uri"
 UNPARTITIONED = "all"
 
+PARTITIONS_AS_MAPPING_KEY = "partitions_as_mapping"
 ATTR_COMMIT_ID = "riverbed.commit_id"
 ATTR_URI = "riverbed.uri"
 ATTR_PARTITION = "riverbed.partition"
@@ -254,9 +255,8 @@ class VersionedDataIOManager(dg.ConfigurableIOManager):
 
     @staticmethod
     def _wants_mapping(context: dg.InputContext) -> bool:
-        dagster_type = context.dagster_type
-        type_name = getattr(dagster_type, "typing_type", None)
-        return type_name is not None and getattr(type_name, "__origin__", None) in (dict, Mapping)
+        """An input declared with ``metadata={"partitions_as_mapping": True}`` always gets {partition: value}."""
+        return bool((context.definition_metadata or {}).get(PARTITIONS_AS_MAPPING_KEY))
 
     def _load_one(self, context: dg.InputContext, asset_key: dg.AssetKey, partition_key: str | None) -> Any:
         commit_id, _ = materialized_commit(context.instance, asset_key, partition_key)
