@@ -46,5 +46,8 @@ dev: sync ## the Dagster UI on http://127.0.0.1:3000 over the demo's state
 bench: sync ## run the benchmarks and rewrite benchmarks/RESULTS.md
 	$(RUN) python -m benchmarks.run_all
 
+bench-serving: sync ## load-test the serving stack; rewrites the Serving section of benchmarks/RESULTS.md
+	$(RUN) python benchmarks/serving_benchmark.py
+
 clean: ## remove local state (.riverbed/)
 	rm -rf .riverbed

@@ -1,15 +1,17 @@
 """The asset graph of one dataset, built from its spec by one factory.
 
 ``raw_<dataset>`` (daily partitions) -> ``features_<dataset>`` (+ blocking checks) ->
-``training_set_<dataset>`` (window of partitions, seeded split) -> ``model_<dataset>`` (MLflow run +
-registered version). Asset bodies stay thin: the work is in plain functions (``riverbed.sources``,
-``riverbed.validation``, ``platform_assets.transforms``, ``platform_assets.training``).
+``training_set_<dataset>`` (window of partitions, frozen holdout) -> ``model_<dataset>`` (MLflow run +
+registered version; blocking gate ``beats_champion``) -> ``deployment_<dataset>`` (champion alias +
+MLServer). Asset bodies stay thin: the work is in plain functions (``riverbed.sources``,
+``riverbed.validation``, ``platform_assets.transforms``, ``platform_assets.training``,
+``platform_assets.deployment``).
 """
 
 import datetime as dt
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
@@ -20,6 +22,7 @@ from pydantic import Field
 from platform_assets.groups import FEATURES_GROUP, RAW_GROUP, TRAINING_GROUP
 from resources.mlflow_resource import MlflowTrackingResource
 from resources.versioned_io_manager import ATTR_COMMIT_ID, ATTR_URI, PARTITIONS_AS_MAPPING_KEY, TableBundle
+from resources.versioned_store import VersionedStore
 from riverbed.records import ModelRecord, TrainingReason, TrainingSetSummary
 from riverbed.specs import DatasetSpec
 
@@ -71,6 +74,7 @@ class ModelTrainingConfig(dg.Config):
 class DatasetDefinitions:
     assets: list[dg.AssetsDefinition]
     jobs: list[Any]
+    asset_checks: list[dg.AssetChecksDefinition] = field(default_factory=list)
 
 
 def _by_partition(context: dg.AssetExecutionContext, values: dict[str, object]) -> object:
@@ -78,6 +82,38 @@ def _by_partition(context: dg.AssetExecutionContext, values: dict[str, object]) 
     if len(context.partition_keys) == 1:
         return values[context.partition_keys[0]]
     return values
+
+
+def _raw_records_for_range(
+    spec: DatasetSpec,
+    partitions: dg.DailyPartitionsDefinition,
+    keys: list[str],
+    store: VersionedStore,
+) -> tuple[pd.DataFrame, dict[str, object]]:
+    """Records of the partition range sorted by event time: a day's landed Kafka records (read at main's current
+    commit, latest offset per record id) where the landing zone has any, else the dataset's source."""
+    from resources import landing_zone
+    from riverbed.sources import records_for_window
+
+    commit = landing_zone.main_commit(store)
+    landed_paths = landing_zone.landed_days(store, commit, spec.name)
+    landed_keys = [key for key in keys if key in landed_paths]
+    if not landed_keys:
+        first = partitions.time_window_for_partition_key(keys[0])
+        last = partitions.time_window_for_partition_key(keys[-1])
+        return records_for_window(spec, first.start, last.end), {}  # sorted by event time
+    frames = []
+    for key in keys:
+        if key in landed_paths:
+            frames.append(landing_zone.read_landed(store, commit, landed_paths[key], spec.record_id.name))
+        else:
+            window = partitions.time_window_for_partition_key(key)
+            frames.append(records_for_window(spec, window.start, window.end))
+    records = pd.concat(frames, ignore_index=True)
+    times = pd.to_datetime(records[spec.event_time.name], utc=True, errors="coerce", format="ISO8601")
+    records = records.iloc[np.argsort(times.to_numpy(), kind="stable")].reset_index(drop=True)
+    metadata = {"landing_commit_id": commit, "landed_partitions": dg.MetadataValue.json(landed_keys)}
+    return records, metadata
 
 
 def build_dataset_definitions(spec: DatasetSpec) -> DatasetDefinitions:
@@ -96,16 +132,19 @@ def build_dataset_definitions(spec: DatasetSpec) -> DatasetDefinitions:
         description=f"Validated raw records of {name} per day. Records breaking the spec are kept under "
         "`_rejected` with their reasons.",
         metadata={"dataset": name},
+        # Landed Kafka records live in the IO manager's versioned store; a separate `data_store` parameter would
+        # clash with callers that pass their own resources to `materialize` (only `io_manager` may overlap).
+        required_resource_keys={"io_manager"},
     )
     def raw_records(context: dg.AssetExecutionContext) -> object:
-        from riverbed.sources import records_for_window
         from riverbed.validation import validate_records
 
         started = time.perf_counter()
         # Validate the whole range at once (per-call overhead dominates small partitions), then split by day.
-        first = partitions.time_window_for_partition_key(context.partition_keys[0])
-        last = partitions.time_window_for_partition_key(context.partition_keys[-1])
-        records = records_for_window(spec, first.start, last.end)  # sorted by event time
+        store = context.resources.io_manager.data_store.get_store()  # the landing zone's store is the IO manager's
+        records, landing = _raw_records_for_range(spec, partitions, list(context.partition_keys), store)
+        if landing:
+            context.add_output_metadata(landing)
         result = validate_records(spec, records)
         times = pd.to_datetime(records[spec.event_time.name], utc=True, errors="coerce")
         bundles: dict[str, object] = {}
@@ -204,8 +243,8 @@ def build_dataset_definitions(spec: DatasetSpec) -> DatasetDefinitions:
                 features_asset_key(name), partition_mapping=dg.AllPartitionMapping(), metadata=PARTITIONS_AS_MAPPING
             )
         },
-        description=f"Seeded, stratified train/test split of {name} over a window of feature partitions; "
-        "records the commit id of every input partition.",
+        description=f"Train/test split of {name} over a window of feature partitions with a frozen holdout (a "
+        "record's split depends on its id alone); records the commit id of every input partition.",
         metadata={"dataset": name},
     )
     def training_set(
@@ -232,6 +271,11 @@ def build_dataset_definitions(spec: DatasetSpec) -> DatasetDefinitions:
             test_fraction=config.test_fraction or spec.training.test_fraction,
             seed=config.seed if config.seed is not None else spec.training.seed,
         )
+        if train.empty or test.empty:
+            raise dg.Failure(
+                description=f"the window of {name} ({len(frame)} records) leaves an empty "
+                f"{'training' if train.empty else 'test'} split; widen window_days or change test_fraction"
+            )
         result = pd.concat([train.assign(**{SPLIT_COLUMN: "train"}), test.assign(**{SPLIT_COLUMN: "test"})])
         result = result.reset_index(drop=True)
         target = spec.target.name
@@ -339,8 +383,13 @@ def build_dataset_definitions(spec: DatasetSpec) -> DatasetDefinitions:
         )
         return record
 
+    from platform_assets.deployment import build_deployment_definitions
+
+    gate_check, deployment = build_deployment_definitions(
+        spec, model_asset_key(name), training_set_asset_key(name), SPLIT_COLUMN
+    )
     selection_ingest = dg.AssetSelection.assets(raw_records, features)
-    selection_train = dg.AssetSelection.assets(training_set, model)
+    selection_train = dg.AssetSelection.assets(training_set, model, deployment)
     jobs = [
         dg.define_asset_job(
             f"ingest_{name}",
@@ -358,4 +407,6 @@ def build_dataset_definitions(spec: DatasetSpec) -> DatasetDefinitions:
             description=f"Ingest the selected {name} partitions, then rebuild the training set and retrain.",
         ),
     ]
-    return DatasetDefinitions(assets=[raw_records, features, training_set, model], jobs=jobs)
+    return DatasetDefinitions(
+        assets=[raw_records, features, training_set, model, deployment], jobs=jobs, asset_checks=[gate_check]
+    )

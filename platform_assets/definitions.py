@@ -12,6 +12,9 @@ from platform_assets.dataset_assets import build_dataset_definitions
 from platform_assets.environments import build_resources
 from riverbed.settings import RiverbedSettings, get_settings
 from riverbed.specs import load_specs
+from riverbed.stack_file import inference_log_dsn
+from sensors.kafka_ingestion import build_kafka_ingestion_sensor
+from sensors.retraining import build_retraining_schedule, build_retraining_sensor
 
 
 def build_definitions(settings: RiverbedSettings | None = None) -> dg.Definitions:
@@ -19,11 +22,27 @@ def build_definitions(settings: RiverbedSettings | None = None) -> dg.Definition
     specs = load_specs(settings.specs_dirs)
     assets: list[dg.AssetsDefinition] = []
     jobs: list[Any] = []
+    checks: list[dg.AssetChecksDefinition] = []
+    sensors: list[dg.SensorDefinition] = []
+    schedules: list[dg.ScheduleDefinition] = []
     for spec in specs.values():
+        sensors.append(build_retraining_sensor(spec, lambda: inference_log_dsn(settings)))
+        sensors.append(build_kafka_ingestion_sensor(spec, settings))
+        schedule = build_retraining_schedule(spec)
+        if schedule is not None:
+            schedules.append(schedule)
         dataset = build_dataset_definitions(spec)
         assets.extend(dataset.assets)
         jobs.extend(dataset.jobs)
-    return dg.Definitions(assets=assets, jobs=jobs, resources=build_resources(settings))
+        checks.extend(dataset.asset_checks)
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=jobs,
+        sensors=sensors,
+        schedules=schedules,
+        resources=build_resources(settings),
+    )
 
 
 defs = build_definitions()

@@ -10,10 +10,11 @@ import dagster as dg
 
 from resources.data_store_resource import ObjectStoreResource, VersionedDataStoreResource
 from resources.mlflow_resource import MlflowTrackingResource
+from resources.mlserver_resource import MLServerResource
 from resources.versioned_io_manager import VersionedDataIOManager
 from riverbed.settings import Environment, RiverbedSettings
 
-RESOURCE_KEYS = ("data_store", "object_store", "io_manager", "mlflow")
+RESOURCE_KEYS = ("data_store", "object_store", "io_manager", "mlflow", "mlserver")
 
 
 def build_resources(settings: RiverbedSettings) -> dict[str, Any]:
@@ -29,6 +30,7 @@ def build_resources(settings: RiverbedSettings) -> dict[str, Any]:
         mlflow = MlflowTrackingResource(
             tracking_uri=settings.resolved_mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
         )
+        mlserver = MLServerResource(url=settings.mlserver_url, model_repository=str(settings.model_repository_dir))
     else:
         objects = ObjectStoreResource(
             backend="s3",
@@ -48,9 +50,14 @@ def build_resources(settings: RiverbedSettings) -> dict[str, Any]:
             lakefs_storage_namespace=dg.EnvVar("RIVERBED_LAKEFS_STORAGE_NAMESPACE"),
         )
         mlflow = MlflowTrackingResource(tracking_uri=dg.EnvVar("RIVERBED_MLFLOW_TRACKING_URI"))
+        # The model repository is a volume shared with MLServer and the gateway, mounted at the same path.
+        mlserver = MLServerResource(
+            url=dg.EnvVar("RIVERBED_MLSERVER_URL"), model_repository=str(settings.model_repository_dir)
+        )
     return {
         "data_store": data_store,
         "object_store": objects,
         "io_manager": VersionedDataIOManager(data_store=data_store),
         "mlflow": mlflow,
+        "mlserver": mlserver,
     }

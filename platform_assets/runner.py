@@ -10,12 +10,14 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
 from platform_assets.dataset_assets import daily_partitions, model_asset_key
 from platform_assets.definitions import build_definitions
-from riverbed.records import ModelRecord, TrainingReason
+from platform_assets.deployment import GATE_CHECK_NAME, deployment_asset_key
+from riverbed.records import DeploymentRecord, ModelRecord, TrainingReason
 from riverbed.settings import RiverbedSettings
 from riverbed.specs import DatasetSpec, load_specs
 
@@ -59,6 +61,9 @@ class PipelineRun:
     ingest_seconds: float
     train_seconds: float
     materializations: dict[str, dict[str, object]] = field(default_factory=dict)
+    deployment: DeploymentRecord | None = None  # None when the promotion gate kept the champion
+    gate_passed: bool | None = None
+    gate_reason: str = ""
 
 
 def prepare_dagster_home(settings: RiverbedSettings) -> Path:
@@ -101,8 +106,12 @@ def run_pipeline(
     reason: TrainingReason = TrainingReason.MANUAL,
     train_config: dict[str, object] | None = None,
     instance: dg.DagsterInstance | None = None,
+    gate_config: dict[str, object] | None = None,
 ) -> PipelineRun:
-    """Ingest ``partitions`` (one run over the range), then build the training set and train."""
+    """Ingest ``partitions`` (one run over the range), then build the training set, train and deploy if gated in.
+
+    A candidate the promotion gate rejects is not an error: the run returns with ``deployment=None``.
+    """
     if not partitions:
         raise ValueError("run_pipeline needs at least one partition")
     specs = load_specs(settings.specs_dirs)
@@ -124,18 +133,25 @@ def run_pipeline(
 
     started = time.perf_counter()
     run_config: dict[str, object] = dict(QUIET_LOGGING)
+    ops: dict[str, object] = {}
     if train_config:
-        run_config["ops"] = {f"model_{dataset}": {"config": train_config}}
+        ops[f"model_{dataset}"] = {"config": train_config}
+    if gate_config:
+        ops[f"model_{dataset}_{GATE_CHECK_NAME}"] = {"config": gate_config}
+    if ops:
+        run_config["ops"] = ops
     train = defs.resolve_job_def(f"train_{dataset}").execute_in_process(
         instance=instance,
         run_config=run_config,
         tags={"riverbed/reason": reason.value, "riverbed/dataset": dataset},
         raise_on_error=False,
     )
-    if not train.success:
+    gate = _gate_evaluation(train)
+    if not train.success and not (gate is not None and not gate.passed and _only_gate_failed(train)):
         raise JobFailedError(f"train_{dataset} failed (run {train.run_id}); see the Dagster UI for details")
     train_seconds = time.perf_counter() - started
     model = train.asset_value(model_asset_key(dataset))
+    deployment = train.asset_value(deployment_asset_key(dataset)) if train.success else None
     return PipelineRun(
         dataset=dataset,
         partitions=partitions,
@@ -145,4 +161,23 @@ def run_pipeline(
         ingest_seconds=ingest_seconds,
         train_seconds=train_seconds,
         materializations={**_materialization_metadata(ingest), **_materialization_metadata(train)},
+        deployment=deployment,
+        gate_passed=gate.passed if gate is not None else None,
+        gate_reason=(gate.description or "") if gate is not None else "",
     )
+
+
+def _gate_evaluation(result: dg.ExecuteInProcessResult) -> Any:
+    """The promotion gate's check evaluation in a run, if it ran."""
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_CHECK_EVALUATION":
+            evaluation = event.asset_check_evaluation_data
+            if evaluation.check_name == GATE_CHECK_NAME:
+                return evaluation
+    return None
+
+
+def _only_gate_failed(result: dg.ExecuteInProcessResult) -> bool:
+    """True if the run failed only because the promotion gate blocked deployment (the champion stays)."""
+    failed_steps = [event.step_key for event in result.all_events if event.event_type_value == "STEP_FAILURE"]
+    return bool(failed_steps) and all(str(step).endswith(GATE_CHECK_NAME) for step in failed_steps)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from resources.object_store import (
     ObjectNotFoundError,
@@ -15,6 +17,7 @@ from resources.object_store import (
 logger = logging.getLogger(__name__)
 
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+_T = TypeVar("_T")
 
 
 class S3ObjectStore(ObjectStore):
@@ -52,16 +55,28 @@ class S3ObjectStore(ObjectStore):
                 s3={"addressing_style": "path"},
             ),
         )
+        self.region = region
         if create_bucket:
-            self._call("create bucket", lambda: self._ensure_bucket())
+            self._call("create bucket", self._ensure_bucket)
 
     def _ensure_bucket(self) -> None:
         from botocore.exceptions import ClientError
 
         try:
             self._client.head_bucket(Bucket=self.bucket)
-        except ClientError:
-            self._client.create_bucket(Bucket=self.bucket)
+            return
+        except ClientError as error:
+            if str(error.response.get("Error", {}).get("Code", "")) not in {"404", "NoSuchBucket", "NotFound"}:
+                raise
+        options: dict[str, Any] = {}
+        if self.region != "us-east-1":  # S3 refuses an explicit us-east-1 location, and needs any other one
+            options["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        try:
+            self._client.create_bucket(Bucket=self.bucket, **options)
+            logger.info("created bucket %s at %s", self.bucket, self.endpoint_url or "AWS S3")
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":  # a concurrent creator
+                raise
 
     def _key(self, key: str) -> str:
         _check_key(key)
@@ -70,19 +85,26 @@ class S3ObjectStore(ObjectStore):
     def _where(self) -> str:
         return f"bucket {self.bucket!r} at {self.endpoint_url or 'AWS S3'}"
 
-    def _call(self, action: str, fn, key: str | None = None):
+    def _call(self, action: str, fn: Callable[[], _T], key: str | None = None) -> _T:
+        """Run one S3 call; missing keys become ObjectNotFoundError, anything else ObjectStoreUnavailableError.
+
+        Messages name the action, bucket and endpoint, never credentials; the original error goes to the
+        debug log only.
+        """
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return fn()
         except ClientError as error:
             code = str(error.response.get("Error", {}).get("Code", ""))
+            logger.debug("%s on %s failed", action, self._where(), exc_info=True)
             if code in _MISSING_CODES and key is not None:
                 raise ObjectNotFoundError(f"no object {key!r} in {self._where()}") from None
             if code == "NoSuchBucket":
                 raise ObjectStoreUnavailableError(f"{self._where()} does not exist") from None
             raise ObjectStoreUnavailableError(f"{action} failed on {self._where()}: {code or error}") from None
         except BotoCoreError as error:
+            logger.debug("%s on %s failed", action, self._where(), exc_info=True)
             raise ObjectStoreUnavailableError(
                 f"{action} failed: cannot reach {self._where()} ({type(error).__name__})"
             ) from None
@@ -91,8 +113,10 @@ class S3ObjectStore(ObjectStore):
         self._call("put", lambda: self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data), key)
 
     def get(self, key: str) -> bytes:
-        response = self._call("get", lambda: self._client.get_object(Bucket=self.bucket, Key=self._key(key)), key)
-        return response["Body"].read()
+        def read() -> bytes:  # the body streams: a dropped connection surfaces here, inside _call
+            return self._client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+        return self._call("get", read, key)
 
     def exists(self, key: str) -> bool:
         try:

@@ -19,11 +19,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from riverbed import kafka_cli, serving_cli
 from riverbed.settings import PROJECT_ROOT, get_settings
 
 app = typer.Typer(help="Riverbed: an ML data platform on a Dagster asset graph.", no_args_is_help=True)
 specs_app = typer.Typer(help="Dataset specs.", no_args_is_help=True)
 app.add_typer(specs_app, name="specs")
+serving_cli.register(app)
+kafka_cli.register(app)
 console = Console()
 
 QUIET_ENV = {
@@ -82,8 +85,9 @@ def demo(
     dataset: Annotated[str, typer.Option(help="Dataset to run.")] = "salary_band",
     days: Annotated[int, typer.Option(min=1, max=366, help="Daily partitions to ingest.")] = 30,
     trials: Annotated[int | None, typer.Option(min=1, help="Optuna trials (default: the spec's).")] = None,
+    serve: Annotated[bool, typer.Option(help="Then serve the champion, predict, audit and verify.")] = True,
 ) -> None:
-    """Run the main job headless: ingest, featurise, build the training set, train and register."""
+    """Run the main job headless (ingest, featurise, train, gate, deploy), then serve and audit predictions."""
     _quiet_environment()
     from platform_assets.runner import JobFailedError, demo_partitions, run_pipeline
     from riverbed.records import TrainingReason
@@ -111,6 +115,18 @@ def demo(
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(1) from None
     _print_summary(run, settings)
+    if serve:
+        from riverbed.demo_serving import exercise_serving
+
+        console.rule(f"Serving {dataset}: predictions with explanations, audit log")
+        try:
+            summary = exercise_serving(settings, spec, console)
+        except Exception as error:  # a clear line, not a stack trace; details are in .riverbed/logs
+            console.print(f"[red]serving failed: {error}[/red] (logs: {settings.home / 'logs'})")
+            raise typer.Exit(1) from None
+        if not summary.get("chain_ok"):
+            raise typer.Exit(1)
+    console.print("[green]demo finished[/green]")
 
 
 def _print_summary(run, settings) -> None:
@@ -150,7 +166,15 @@ def _print_summary(run, settings) -> None:
     )
     console.print(f"training set: {model.training_set_uri}")
     console.print(f"ingest {run.ingest_seconds:.1f} s, train {run.train_seconds:.1f} s")
-    console.print("[green]demo finished[/green]")
+    if run.gate_passed is not None:
+        verdict = "[green]passed[/green]" if run.gate_passed else "[yellow]kept the champion[/yellow]"
+        console.print(f"promotion gate {verdict}: {run.gate_reason}")
+    if run.deployment is not None:
+        deployed = run.deployment
+        previous = f" (previous champion: v{deployed.previous_version})" if deployed.previous_version else ""
+        console.print(
+            f"champion: {deployed.registered_model_name} v{deployed.version} as {deployed.served_model_name}{previous}"
+        )
 
 
 @app.command()

@@ -51,3 +51,20 @@ class ModelRecord(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     fairness: dict[str, dict[str, float]] = Field(default_factory=dict)
     trained_at: dt.datetime
+
+
+class DeploymentRecord(BaseModel):
+    """A model version made the dataset's champion and installed for serving (what the deployment asset returns)."""
+
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    dataset: str
+    registered_model_name: str
+    version: int
+    served_model_name: str
+    model_uri: str = Field(description="Pinned registry URI, models:/<name>/<version>.")
+    previous_version: int | None = None
+    previous_served_model_name: str | None = None
+    mlserver_loaded: bool = Field(description="True if a running MLServer hot-loaded it; else the next start will.")
+    old_model_unloaded: bool = False
+    deployed_at: dt.datetime

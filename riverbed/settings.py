@@ -59,6 +59,36 @@ class RiverbedSettings(BaseSettings):
     # MLflow tracking and registry.
     mlflow_tracking_uri: str | None = None
 
+    # Serving: MLServer, its model repository, the gateway and the inference log.
+    mlserver_url: str = Field(default="http://127.0.0.1:8080", description="MLServer's HTTP (V2) address.")
+    mlserver_grpc_port: int = 8081
+    mlserver_metrics_port: int = 8082
+    model_repository: Path | None = Field(
+        default=None,
+        description="MLServer model repository shared with the gateway (default: <home>/model-repository).",
+    )
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    max_batch_records: int = Field(default=1000, ge=1, description="Largest batch one predict request may carry.")
+    inference_log_dsn: SecretStr | None = Field(
+        default=None, description="PostgreSQL DSN of the inference log; unset: an embedded server under <home>."
+    )
+    inference_log_pool_size: int = Field(default=4, ge=1)
+    audit_spool_dir: Path | None = Field(
+        default=None, description="Fsynced spool used while PostgreSQL is unreachable (default: <home>/audit-spool)."
+    )
+
+    # Kafka (events): unset bootstrap servers means the local dev broker recorded in <home>/kafka.json.
+    kafka_bootstrap_servers: str | None = Field(
+        default=None, description="Kafka bootstrap servers, e.g. kafka:9092 (unset: `riverbed kafka dev-broker`)."
+    )
+    kafka_security_protocol: str = Field(default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL.")
+    kafka_sasl_mechanism: str | None = Field(default=None, description="e.g. PLAIN, SCRAM-SHA-256, SCRAM-SHA-512.")
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: Path | None = None
+    kafka_topic_prefix: str = Field(default="riverbed", pattern=r"^[A-Za-z0-9._-]+$")
+
     @field_validator("home")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
@@ -71,6 +101,26 @@ class RiverbedSettings(BaseSettings):
     @property
     def local_objects_dir(self) -> Path:
         return self.home / "objects"
+
+    @property
+    def model_repository_dir(self) -> Path:
+        return (self.model_repository or self.home / "model-repository").expanduser().resolve()
+
+    @property
+    def audit_spool_path(self) -> Path:
+        return (self.audit_spool_dir or self.home / "audit-spool").expanduser().resolve()
+
+    @property
+    def embedded_postgres_dir(self) -> Path:
+        return self.home / "postgres"
+
+    @property
+    def kafka_dev_broker_file(self) -> Path:
+        return self.home / "kafka.json"
+
+    @property
+    def stack_file(self) -> Path:
+        return self.home / "stack.json"
 
     @property
     def dagster_home(self) -> Path:

@@ -86,11 +86,13 @@ class TargetSpec(_Strict):
 
     @model_validator(mode="after")
     def _check_classes(self) -> TargetSpec:
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes: {self.classes} must be two different values")
         if self.positive_class not in self.classes:
-            raise ValueError(f"target: 'positive_class' {self.positive_class!r} is not one of classes {self.classes}")
+            raise ValueError(f"positive_class: {self.positive_class!r} is not one of classes {self.classes}")
         bad = {k: v for k, v in self.value_map.items() if v not in self.classes}
         if bad:
-            raise ValueError(f"target: 'value_map' maps to values that are not classes: {bad}")
+            raise ValueError(f"value_map: maps to values that are not classes: {bad}")
         return self
 
     @property
@@ -157,7 +159,7 @@ class CsvSourceSpec(_Strict):
     @model_validator(mode="after")
     def _columns(self) -> CsvSourceSpec:
         if not self.header and not self.columns:
-            raise ValueError("source: files without a header need 'columns'")
+            raise ValueError("columns: required when the files have no header ('header: false')")
         return self
 
 
@@ -180,6 +182,53 @@ class TrainingDefaults(_Strict):
     max_estimators: int = Field(default=200, ge=10)
 
 
+class PromotionGateSpec(_Strict):
+    """When a newly trained model may replace the champion (each can be overridden in the launchpad)."""
+
+    metric: Literal["roc_auc", "f1", "accuracy", "log_loss"] = Field(
+        default="roc_auc", description="Compared on the candidate's frozen holdout (log_loss: lower is better)."
+    )
+    min_improvement: float = Field(
+        default=0.0, ge=-1.0, le=1.0, description="Candidate must beat the champion by at least this margin."
+    )
+    max_fairness_disparity: float = Field(
+        default=0.25,
+        ge=0.0,
+        le=1.0,
+        description="Largest demographic-parity difference allowed on any protected attribute.",
+    )
+
+
+_CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")
+
+
+def _is_cron(text: str) -> bool:
+    fields = text.split()
+    return len(fields) == 5 and all(_CRON_FIELD.match(field) for field in fields)
+
+
+class RetrainingSpec(_Strict):
+    """When the platform retrains by itself (each trigger can be switched off with null)."""
+
+    drift_features: list[str] | None = Field(
+        default=None, description="Features whose drift alerts count (default: every feature)."
+    )
+    drift_consecutive_chunks: int | None = Field(
+        default=2, ge=1, le=365, description="Retrain when drift alerts persist this many consecutive days."
+    )
+    performance_metric: Literal["roc_auc", "accuracy", "f1"] = "roc_auc"
+    min_performance: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Retrain when estimated or realised performance falls below this."
+    )
+    new_records: int | None = Field(
+        default=None, ge=1, description="Retrain when this many new raw records arrived since the last training."
+    )
+    cooldown_minutes: float = Field(default=60.0, ge=0.0, le=60 * 24 * 30, description="Quiet time between runs.")
+    schedule_cron: str | None = Field(
+        default="0 3 * * 0", description="Periodic retraining (cron; the schedule starts stopped)."
+    )
+
+
 class DatasetSpec(_Strict):
     """Everything the platform needs to know about a dataset."""
 
@@ -193,6 +242,8 @@ class DatasetSpec(_Strict):
     protected_attributes: list[str] = Field(default_factory=list)
     source: Annotated[CsvSourceSpec | GeneratorSourceSpec, Field(discriminator="kind")]
     training: TrainingDefaults = Field(default_factory=TrainingDefaults)
+    promotion: PromotionGateSpec = Field(default_factory=PromotionGateSpec)
+    retraining: RetrainingSpec = Field(default_factory=RetrainingSpec)
     license: str | None = None
     spec_path: Path | None = Field(default=None, exclude=True)
 
@@ -203,13 +254,38 @@ class DatasetSpec(_Strict):
         if dupes:
             raise ValueError(f"features: duplicate names {dupes}")
         reserved = {self.target.name, self.record_id.name, self.event_time.name}
+        if len(reserved) < 3:
+            raise ValueError(
+                f"target.name: the record id ({self.record_id.name!r}), event time ({self.event_time.name!r}) "
+                f"and target ({self.target.name!r}) need three different names"
+            )
         clash = sorted(reserved.intersection(names))
         if clash:
             raise ValueError(f"features: {clash} clash with the target, record id or event time name")
         unknown = [p for p in self.protected_attributes if p not in names]
         if unknown:
             raise ValueError(f"protected_attributes: {unknown} are not features")
+        drifting = [f for f in self.retraining.drift_features or [] if f not in names]
+        if drifting:
+            raise ValueError(f"retraining.drift_features: {drifting} are not features")
+        cron = self.retraining.schedule_cron
+        if cron is not None and not _is_cron(cron):
+            raise ValueError(f"retraining.schedule_cron: {cron!r} is not a five-field cron string")
+        if isinstance(self.source, CsvSourceSpec) and not self.source.header and self.source.columns:
+            absent = [f"{c!r} ({role})" for c, role in self.source_columns().items() if c not in self.source.columns]
+            if absent:
+                raise ValueError(f"source.columns: lacks column(s) the spec reads: {', '.join(absent)}")
         return self
+
+    def source_columns(self) -> dict[str, str]:
+        """Columns a file-backed source must have -> what they feed (e.g. ``"feature 'age'"``)."""
+        columns = {f.column: f"feature '{f.name}'" for f in self.features}
+        columns[self.target.column] = f"target '{self.target.name}'"
+        if self.record_id.source_column:
+            columns[self.record_id.source_column] = f"record id '{self.record_id.name}'"
+        if self.event_time.source_column:
+            columns[self.event_time.source_column] = f"event time '{self.event_time.name}'"
+        return columns
 
     # Convenience views used across the platform.
     @property
@@ -235,16 +311,26 @@ class DatasetSpec(_Strict):
         return (base / relative).resolve()
 
 
+_SOURCE_KINDS = ("csv", "generator")
+
+
 def _format_validation_error(error: ValidationError) -> list[str]:
     problems = []
     for item in error.errors():
-        location = ".".join(str(p) for p in item["loc"])
+        location = [str(p) for p in item["loc"]]
+        if location[:1] == ["source"] and location[1:2] and location[1] in _SOURCE_KINDS:
+            del location[1]  # the union's tag is not a field of the file
         message = item["msg"].removeprefix("Value error, ")
-        named = re.match(r"^([a-z_]+): ", message)
-        if not location and named:  # a cross-field rule names its field first
-            location, message = named.group(1), message[named.end() :]
-        location = location or "(top level)"
-        problems.append(f"field '{location}': {message}")
+        if item["type"] in ("union_tag_not_found", "union_tag_invalid"):
+            location.append("kind")
+            message = f"must be one of {list(_SOURCE_KINDS)}"
+        named = re.match(r"^([a-z_]+(?:\.[a-z_]+)*): ", message)
+        if named:  # a rule on a whole object names the field it is about first
+            field = named.group(1)
+            if location[-1:] != [field]:
+                location += field.split(".")
+            message = message[named.end() :]
+        problems.append(f"field '{'.'.join(location) or '(top level)'}': {message}")
     return problems
 
 

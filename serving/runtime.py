@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,9 @@ from mlserver.errors import InferenceError
 from mlserver.types import InferenceRequest, InferenceResponse, RequestOutput
 from mlserver.utils import get_model_uri
 
-from serving.explanations import ExplanationError, predict_and_explain
+from serving.explanations import ExplanationError, parallel_booster, predict_and_explain, verified_fast_encoder
+
+logger = logging.getLogger(__name__)
 
 OUTPUT_LABEL = "label"
 OUTPUT_PROBABILITIES = "probabilities"
@@ -45,6 +49,19 @@ def read_model_directory(folder: Path) -> tuple[object, dict[str, list[int]], di
     return pipeline, groups, info
 
 
+def numeric_features(pipeline: object, info: dict[str, object]) -> frozenset[str]:
+    """Input features the model reads as numbers: from model.json if listed, else the encoder's passthrough block."""
+    listed = info.get("numeric_features")
+    if isinstance(listed, list):
+        return frozenset(str(name) for name in listed)
+    encoder = getattr(pipeline, "named_steps", {}).get("encode")
+    numeric: set[str] = set()
+    for _, transformer, columns in getattr(encoder, "transformers", []):
+        if transformer == "passthrough":
+            numeric.update(str(c) for c in columns)
+    return frozenset(numeric)
+
+
 class RiverbedModelRuntime(MLModel):
     """Serves one pinned model version of a Riverbed dataset."""
 
@@ -53,6 +70,11 @@ class RiverbedModelRuntime(MLModel):
         self._pipeline, self._feature_groups, self._info = await asyncio.to_thread(read_model_directory, folder)
         self._classes: list[str] = [str(c) for c in self._info["classes"]]  # type: ignore[union-attr]
         self._features = list(self._feature_groups)
+        self._numeric = numeric_features(self._pipeline, self._info)
+        self._fast_encoder = await asyncio.to_thread(verified_fast_encoder, self._pipeline, self._features)
+        self._wide_booster = parallel_booster(self._pipeline, os.cpu_count() or 1)
+        if self._fast_encoder is None:
+            logger.warning("model %s: encoding with scikit-learn (no verified fast encoder)", self.name)
         self.ready = True
         return self.ready
 
@@ -71,9 +93,14 @@ class RiverbedModelRuntime(MLModel):
         if missing:
             raise InferenceError(f"inputs lack feature(s) {missing}")
         for name in self._features:
-            if frame[name].dtype == object or pd.api.types.is_string_dtype(frame[name]):
-                continue
-            frame[name] = pd.to_numeric(frame[name], errors="coerce")
+            column = frame[name]
+            if name in self._numeric:
+                # Numbers come as FP64, or as BYTES when some are missing ("" -> NaN: XGBoost treats it as missing).
+                if column.dtype == object or pd.api.types.is_string_dtype(column):
+                    column = column.map(lambda v: v.decode() if isinstance(v, bytes) else v)
+                frame[name] = pd.to_numeric(column, errors="coerce").astype("float64")
+            elif column.dtype == object:
+                frame[name] = column.map(lambda v: (v.decode() if isinstance(v, bytes) else v) or None)
         return frame[self._features]
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
@@ -83,7 +110,14 @@ class RiverbedModelRuntime(MLModel):
         loop = asyncio.get_running_loop()
         try:  # CPU-bound work off the event loop so health checks stay responsive
             batch = await loop.run_in_executor(
-                None, predict_and_explain, self._pipeline, self._feature_groups, frame, explain
+                None,
+                predict_and_explain,
+                self._pipeline,
+                self._feature_groups,
+                frame,
+                explain,
+                self._fast_encoder,
+                self._wide_booster,
             )
         except (ExplanationError, ValueError) as error:
             raise InferenceError(f"could not score the inputs: {error}") from None

@@ -1,26 +1,46 @@
-"""Log one training as one MLflow run and register the model as a new version.
+"""Log one training as one MLflow run and register its model as a new version.
 
-The run holds params, metrics (fairness included), the Dagster run id, dataset inputs whose source is
-the commit-pinned ``lakefs://`` URI, the model (cloudpickle: the format the serving runtime loads), a
-signature and input example, the model card and the encoded-feature groups used for explanations.
+The run holds params, metrics (fairness included), the Dagster run id, dataset inputs whose source is the
+commit-pinned ``lakefs://`` URI, the model (cloudpickle: the format the serving runtime loads, not MLflow
+3's skops default), a signature and input example, the model card and the encoded-feature groups used for
+explanations. ``mlflow`` is imported inside functions only: it costs seconds to import.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
+import math
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from platform_assets.training.model_card import build_model_card, render_markdown
+from platform_assets.training.model_card import DataLineage, build_model_card, render_markdown
 from platform_assets.training.model_training import TrainingOutcome, encoded_feature_groups, model_inputs
 from riverbed.specs import DatasetSpec
 
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.data.dataset_source import DatasetSource
+
+logger = logging.getLogger(__name__)
+
+MODEL_ARTIFACT_PATH = "model"
 FEATURE_GROUPS_ARTIFACT = "feature_groups.json"
+MODEL_CARD_MARKDOWN = "model_card.md"
+MODEL_CARD_JSON = "model_card.json"
+OPTUNA_TRIALS_ARTIFACT = "optuna_trials.json"
+FAIRNESS_METRICS = ("demographic_parity_difference", "equalized_odds_difference")
+SERVING_PACKAGES = ("xgboost", "scikit-learn", "pandas", "numpy", "cloudpickle")
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
 class ModelRegistryError(RuntimeError):
@@ -29,6 +49,8 @@ class ModelRegistryError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainingLineage:
+    """Where a training's data came from; URIs are commit-pinned ``lakefs://`` URIs."""
+
     training_data_uri: str
     test_data_uri: str
     data_commit_ids: list[str]
@@ -38,11 +60,14 @@ class TrainingLineage:
 
 @dataclass(frozen=True)
 class RegisteredModel:
+    """A registered model version and where its run and files live."""
+
     name: str
     version: int
     run_id: str
-    model_uri: str
-    artifact_uri: str
+    model_uri: str  # models:/<name>/<version>
+    artifact_uri: str  # the run's artifacts: model card, feature groups, trials
+    model_storage_uri: str  # where the model files themselves are stored (model.pkl, MLmodel, extra_files/)
 
 
 def log_and_register(
@@ -58,123 +83,191 @@ def log_and_register(
     registry_model_name: str,
     experiment_name: str,
     tags: dict[str, str] | None = None,
+    artifact_location: str | None = None,
 ) -> RegisteredModel:
+    """Record the training as one MLflow run and register the pipeline as the next model version.
+
+    ``artifact_location`` applies only if the experiment does not exist yet. Set it with a SQLite store:
+    MLflow otherwise puts artifacts in ``./mlruns`` under the current working directory.
+    """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
-    from mlflow.models import infer_signature
+    from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    previous_uri = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
     try:
-        experiment = client.get_experiment_by_name(experiment_name)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
-        target = spec.target.name
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"{spec.name}-train") as run:
-            run_id = run.info.run_id
-            params = outcome.params.model_dump() if outcome.params else {}
-            mlflow.log_params({**{f"hp.{k}": v for k, v in outcome.best_params.items()}, **params})
-            mlflow.log_metrics({k: v for k, v in metrics.items() if pd.notna(v)})
-            mlflow.log_metric("validation_score", outcome.best_validation_score)
-            for attribute, values in fairness.items():
-                for name in ("demographic_parity_difference", "equalized_odds_difference"):
-                    mlflow.log_metric(f"fairness.{attribute}.{name}", values[name])
-            mlflow.set_tags(
-                {
-                    "dagster.run_id": lineage.dagster_run_id,
-                    "riverbed.dataset": spec.name,
-                    "riverbed.data_commits": ",".join(lineage.data_commit_ids),
-                    **(tags or {}),
-                }
-            )
-            for frame, uri, context in (
-                (train, lineage.training_data_uri, "training"),
-                (test, lineage.test_data_uri, "testing"),
-            ):
-                dataset = mlflow.data.from_pandas(
-                    _loggable(frame), source=lakefs_dataset_source(uri), name=f"{spec.name}-{context}", targets=target
+        with _tracking_scope(tracking_uri):
+            client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            experiment_id = _experiment_id(client, experiment_name, artifact_location)
+            with mlflow.start_run(experiment_id=experiment_id, run_name=f"{spec.name}-train") as run:
+                run_id = run.info.run_id
+                version = _log_run(
+                    spec, outcome, metrics, fairness, train, test, lineage, registry_model_name, run_id, tags or {}
                 )
-                mlflow.log_input(dataset, context=context)
-
-            inputs = model_inputs(spec, train)
-            example = inputs.head(3)
-            with warnings.catch_warnings():  # numeric inputs are float64 on purpose; the hint does not apply
-                warnings.simplefilter("ignore", UserWarning)
-                signature = infer_signature(example, outcome.pipeline.predict_proba(example))
-            info = mlflow.sklearn.log_model(
-                outcome.pipeline,
-                pip_requirements=serving_requirements(),
-                name="model",
-                signature=signature,
-                input_example=example,
-                serialization_format="cloudpickle",
-                registered_model_name=registry_model_name,
-            )
-            version = int(info.registered_model_version)
-            card = build_model_card(
-                spec,
-                model_name=registry_model_name,
-                version=version,
-                mlflow_run_id=run_id,
-                training_data_uri=lineage.training_data_uri,
-                data_commit_ids=lineage.data_commit_ids,
-                partitions=lineage.partitions,
-                train_rows=len(train),
-                test_rows=len(test),
-                positive_rate=float(train[target].mean()) if len(train) else 0.0,
-                metrics=metrics,
-                fairness=fairness,
-                hyperparameters=outcome.best_params,
-                dagster_run_id=lineage.dagster_run_id,
-            )
-            with tempfile.TemporaryDirectory() as scratch:
-                folder = Path(scratch)
-                (folder / "model_card.md").write_text(render_markdown(card))
-                (folder / "model_card.json").write_text(card.model_dump_json(indent=2))
-                (folder / FEATURE_GROUPS_ARTIFACT).write_text(
-                    json.dumps(encoded_feature_groups(outcome.pipeline, spec), indent=2)
-                )
-                mlflow.log_artifacts(str(folder))
-            artifact_uri = run.info.artifact_uri
-        for key, value in {
-            "dataset": spec.name,
-            "mlflow_run_id": run_id,
-            "data_commit_ids": ",".join(lineage.data_commit_ids),
-            "dagster.run_id": lineage.dagster_run_id,
-            **(tags or {}),
-        }.items():
-            client.set_model_version_tag(registry_model_name, str(version), key, value)
-    except ModelRegistryError:
-        raise
-    except Exception as error:  # MLflow raises many types; surface one with a plain message
+                artifact_uri = run.info.artifact_uri
+            version_tags = {
+                "dataset": spec.name,
+                "mlflow_run_id": run_id,
+                "data_commit_ids": ",".join(lineage.data_commit_ids),
+                "dagster.run_id": lineage.dagster_run_id,
+            }
+            for key, value in version_tags.items():
+                client.set_model_version_tag(registry_model_name, str(version), key, value)
+            model_storage_uri = client.get_model_version_download_uri(registry_model_name, str(version))
+    except (MlflowException, OSError) as error:
         raise ModelRegistryError(
-            f"could not record the {spec.name} training in MLflow at {tracking_uri}: {error}"
+            f"could not record the {spec.name} training in MLflow at {tracking_uri}: {_first_line(error)}"
         ) from error
-    finally:
-        mlflow.set_tracking_uri(previous_uri)
+    logger.info("%s: registered %s version %d (run %s)", spec.name, registry_model_name, version, run_id)
     return RegisteredModel(
         name=registry_model_name,
         version=version,
         run_id=run_id,
         model_uri=f"models:/{registry_model_name}/{version}",
         artifact_uri=artifact_uri,
+        model_storage_uri=model_storage_uri,
     )
+
+
+def _log_run(
+    spec: DatasetSpec,
+    outcome: TrainingOutcome,
+    metrics: dict[str, float],
+    fairness: dict[str, dict[str, float]],
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    lineage: TrainingLineage,
+    registry_model_name: str,
+    run_id: str,
+    tags: dict[str, str],
+) -> int:
+    """Everything inside the active run; returns the new model version."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    training_params = outcome.params.model_dump() if outcome.params else {}
+    mlflow.log_params(
+        {**{f"hp.{k}": v for k, v in outcome.best_params.items()}, **training_params, "trials_run": outcome.trials}
+    )
+    numbers = {**metrics, "validation_score": outcome.best_validation_score}
+    for attribute, values in fairness.items():
+        numbers |= {f"fairness.{attribute}.{name}": values[name] for name in FAIRNESS_METRICS if name in values}
+    mlflow.log_metrics({k: float(v) for k, v in numbers.items() if math.isfinite(v)})
+    mlflow.set_tags(
+        {
+            "dagster.run_id": lineage.dagster_run_id,
+            "riverbed.dataset": spec.name,
+            "riverbed.data_commits": ",".join(lineage.data_commit_ids),
+            **tags,
+        }
+    )
+    for frame, uri, context in (
+        (train, lineage.training_data_uri, "training"),
+        (test, lineage.test_data_uri, "testing"),
+    ):
+        dataset = mlflow.data.from_pandas(
+            _loggable(frame), source=lakefs_dataset_source(uri), name=f"{spec.name}-{context}", targets=spec.target.name
+        )
+        mlflow.log_input(dataset, context=context)
+
+    groups = encoded_feature_groups(outcome.pipeline, spec)
+    inputs = model_inputs(spec, train)
+    with warnings.catch_warnings():  # numeric inputs are float64 on purpose; the integer-column hint does not apply
+        warnings.simplefilter("ignore", UserWarning)
+        signature = infer_signature(inputs, outcome.pipeline.predict_proba(inputs.head(100)))
+    with tempfile.TemporaryDirectory() as scratch:
+        groups_file = Path(scratch) / FEATURE_GROUPS_ARTIFACT
+        groups_file.write_text(json.dumps(groups, indent=2))
+        info = mlflow.sklearn.log_model(
+            outcome.pipeline,
+            name=MODEL_ARTIFACT_PATH,
+            signature=signature,
+            input_example=inputs.head(3),
+            serialization_format="cloudpickle",  # MLflow 3 defaults to skops, which mlserver cannot load
+            pyfunc_predict_fn="predict_proba",  # matches the signature: pyfunc returns class probabilities
+            pip_requirements=serving_requirements(),  # skips MLflow's slow requirement inference
+            extra_files=[str(groups_file)],  # the model directory is self-contained for explanations
+            metadata={"dataset": spec.name, "features": spec.feature_names},
+            registered_model_name=registry_model_name,
+        )
+        mlflow.log_artifact(str(groups_file))
+    if info.registered_model_version is None:
+        raise ModelRegistryError(f"MLflow logged the model but did not register it as {registry_model_name!r}")
+    version = int(info.registered_model_version)
+
+    card = build_model_card(
+        spec,
+        model_name=registry_model_name,
+        version=version,
+        mlflow_run_id=run_id,
+        lineage=DataLineage(
+            training_data_uri=lineage.training_data_uri,
+            test_data_uri=lineage.test_data_uri,
+            data_commit_ids=list(lineage.data_commit_ids),
+            partitions=list(lineage.partitions),
+            train_rows=len(train),
+            test_rows=len(test),
+            dagster_run_id=lineage.dagster_run_id,
+        ),
+        metrics=metrics,
+        fairness=fairness,
+        hyperparameters=outcome.best_params,
+        train_positive_rate=float(train[spec.target.name].mean()),
+    )
+    mlflow.log_text(render_markdown(card), MODEL_CARD_MARKDOWN)
+    mlflow.log_text(card.model_dump_json(indent=2), MODEL_CARD_JSON)
+    mlflow.log_text(json.dumps(outcome.trial_table, indent=2, default=str), OPTUNA_TRIALS_ARTIFACT)
+    return version
+
+
+@contextmanager
+def _tracking_scope(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (tracking and registry) at ``tracking_uri``, then restore what was there.
+
+    ``set_tracking_uri``/``set_registry_uri`` also export ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI``;
+    the previous values (or their absence) are put back so nothing leaks to later callers.
+    """
+    import mlflow
+
+    saved = {name: os.environ.get(name) for name in _URI_VARIABLES}
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # None clears MLflow's own setting too
+        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    if experiment.lifecycle_stage != "active":
+        raise ModelRegistryError(f"MLflow experiment {name!r} is deleted; restore it or choose another name")
+    return experiment.experiment_id
 
 
 def serving_requirements() -> list[str]:
     """Exactly what loading the pipeline needs (pinned to the installed versions), not the whole project."""
     from importlib.metadata import version
 
-    return [f"{name}=={version(name)}" for name in ("xgboost", "scikit-learn", "pandas", "numpy", "cloudpickle")]
+    return [f"{name}=={version(name)}" for name in SERVING_PACKAGES]
 
 
-def lakefs_dataset_source(uri: str):
-    """An MLflow dataset source whose recorded source is the commit-pinned ``lakefs://`` URI itself."""
+@functools.cache
+def _lakefs_source_class() -> type[DatasetSource]:
     from mlflow.data.dataset_source import DatasetSource
 
     class LakeFSDatasetSource(DatasetSource):
-        def __init__(self, source_uri: str) -> None:
-            self.uri = source_uri
+        """A dataset source recorded as its commit-pinned ``lakefs://`` URI."""
+
+        def __init__(self, uri: str) -> None:
+            self.uri = uri
 
         @staticmethod
         def _get_source_type() -> str:
@@ -188,27 +281,36 @@ def lakefs_dataset_source(uri: str):
             return isinstance(raw_source, str) and raw_source.startswith("lakefs://")
 
         @classmethod
-        def _resolve(cls, raw_source: object) -> DatasetSource:
+        def _resolve(cls, raw_source: object) -> LakeFSDatasetSource:
             return cls(str(raw_source))
 
         def to_dict(self) -> dict[str, str]:
             return {"uri": self.uri}
 
         @classmethod
-        def from_dict(cls, source_dict: dict) -> DatasetSource:
+        def from_dict(cls, source_dict: dict) -> LakeFSDatasetSource:
             return cls(source_dict["uri"])
 
-    return LakeFSDatasetSource(uri)
+    return LakeFSDatasetSource
+
+
+def lakefs_dataset_source(uri: str) -> DatasetSource:
+    """An MLflow dataset source for a ``lakefs://`` URI (MLflow has no resolver for that scheme)."""
+    return _lakefs_source_class()(uri)
 
 
 def _loggable(frame: pd.DataFrame) -> pd.DataFrame:
-    """MLflow's dataset digest wants plain columns: categories as strings, datetimes as strings."""
+    """MLflow's dataset digest and schema want plain columns: categories and datetimes become objects/strings."""
     out = frame.copy()
     for column in out.columns:
-        if isinstance(out[column].dtype, pd.CategoricalDtype):
+        dtype = out[column].dtype
+        if isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(dtype):
             out[column] = out[column].astype("object")
-        elif pd.api.types.is_datetime64_any_dtype(out[column]):
+        elif pd.api.types.is_datetime64_any_dtype(dtype):
             out[column] = out[column].astype(str)
-        elif pd.api.types.is_string_dtype(out[column]):
-            out[column] = out[column].astype("object")
     return out
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

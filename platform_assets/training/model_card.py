@@ -1,37 +1,54 @@
-"""Model cards: what a model is for, what data it came from, how well and how fairly it performs."""
+"""Model cards: what a model is for, what data it came from, how well and how fairly it performs, its limits."""
 
 from __future__ import annotations
 
 import datetime as dt
+import math
+import re
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from riverbed.specs import DatasetSpec
+from riverbed.specs import DatasetSpec, GeneratorSourceSpec
 
 INTENDED_USE_NOTE = (
     "Decision support only: predictions come with per-feature explanations and must be reviewed by a person "
-    "before they affect anyone. Not for fully automated decisions about individuals."
+    "before they affect anyone. Not for automated decisions about individuals without human review."
 )
+DISPARITY_NOTE_THRESHOLD = 0.1
+SMALL_GROUP = 30
+SMALL_TEST_SET = 1000
+_GROUP_KEY = re.compile(r"^(?P<metric>[a-z_]+)\[(?P<group>.*)\]$")
 
 
-class ModelCard(BaseModel):
-    model_config = ConfigDict(protected_namespaces=())
+class DataLineage(BaseModel):
+    """Where the training and test data came from: commit-pinned URIs, commits, partitions, row counts."""
 
-    dataset: str
-    model_name: str
-    version: int | None = None
-    mlflow_run_id: str
-    intended_use: str
     training_data_uri: str
+    test_data_uri: str
     data_commit_ids: list[str]
     partitions: list[str]
     train_rows: int
     test_rows: int
+    dagster_run_id: str
+
+
+class ModelCard(BaseModel):
+    """One registered model version, described for its users and for auditors."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    dataset: str
+    dataset_version: int
+    model_name: str
+    version: int | None = None
+    mlflow_run_id: str
+    intended_use: str
+    lineage: DataLineage
     metrics: dict[str, float]
     fairness: dict[str, dict[str, float]]
-    hyperparameters: dict[str, object]
+    hyperparameters: dict[str, Any]
     limitations: list[str]
-    dagster_run_id: str
     created_at: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
 
@@ -40,90 +57,210 @@ def build_model_card(
     *,
     model_name: str,
     mlflow_run_id: str,
-    training_data_uri: str,
-    data_commit_ids: list[str],
-    partitions: list[str],
-    train_rows: int,
-    test_rows: int,
-    positive_rate: float,
+    lineage: DataLineage,
     metrics: dict[str, float],
     fairness: dict[str, dict[str, float]],
-    hyperparameters: dict[str, object],
-    dagster_run_id: str,
+    hyperparameters: dict[str, Any],
+    train_positive_rate: float,
     version: int | None = None,
 ) -> ModelCard:
-    limitations = [
-        f"Class balance: {positive_rate:.1%} of training records are the positive class "
-        f"'{spec.target.positive_class}'; thresholded metrics depend on that prevalence.",
-        f"Trained on {len(partitions)} daily partition(s) ({partitions[0]} .. {partitions[-1]}); data outside "
-        "that window or with drifted inputs may behave differently."
-        if partitions
-        else "No partitions recorded.",
-    ]
-    if spec.protected_attributes:
-        limitations.append(
-            f"Protected attributes ({', '.join(spec.protected_attributes)}) are model inputs; see the fairness "
-            "table before use, and monitor group disparities in production."
-        )
-    if spec.license:
-        limitations.append(f"Data source and licence: {spec.license}. {spec.description}")
+    """A card whose intended use and limitations are written from the spec, the data and the results."""
     return ModelCard(
         dataset=spec.name,
+        dataset_version=spec.version,
         model_name=model_name,
         version=version,
         mlflow_run_id=mlflow_run_id,
         intended_use=f"{spec.description} {INTENDED_USE_NOTE}",
-        training_data_uri=training_data_uri,
-        data_commit_ids=data_commit_ids,
-        partitions=partitions,
-        train_rows=train_rows,
-        test_rows=test_rows,
+        lineage=lineage,
         metrics=metrics,
         fairness=fairness,
         hyperparameters=hyperparameters,
-        limitations=limitations,
-        dagster_run_id=dagster_run_id,
+        limitations=limitations(spec, lineage, metrics, fairness, train_positive_rate),
     )
 
 
+def limitations(
+    spec: DatasetSpec,
+    lineage: DataLineage,
+    metrics: dict[str, float],
+    fairness: dict[str, dict[str, float]],
+    train_positive_rate: float,
+) -> list[str]:
+    """Plain-language limits: class balance, data window, data origin, protected inputs, disparities."""
+    notes = []
+    positive = spec.target.positive_class
+    if 0.0 < train_positive_rate < 1.0:
+        ratio = (1 - train_positive_rate) / train_positive_rate
+        notes.append(
+            f"Class balance: {train_positive_rate:.1%} of the {lineage.train_rows} training records are the "
+            f"positive class '{positive}' ({ratio:.1f} negatives per positive); accuracy alone flatters the "
+            "model, so read F1, ROC AUC and log loss too."
+        )
+    if lineage.partitions:
+        window = sorted(lineage.partitions)
+        notes.append(
+            f"Data window: {len(window)} daily partition(s), {window[0]} to {window[-1]}; records from outside "
+            "that window or with drifted inputs may be scored less well."
+        )
+    if spec.event_time.assign_start is not None:
+        notes.append(
+            f"Event times are assigned (records spread over {spec.event_time.assign_days} days from "
+            f"{spec.event_time.assign_start}), not observed: partitions replay the data, they are not real time."
+        )
+    if isinstance(spec.source, GeneratorSourceSpec):
+        notes.append(
+            f"The records are generated ({spec.source.function}), not observed; the metrics say nothing about "
+            "performance on real cases."
+        )
+    years = sorted(set(re.findall(r"\b(?:19|20)\d{2}\b", spec.description)))
+    if years:
+        notes.append(
+            f"The data describe {', '.join(years)} ({spec.description.rstrip('.')}); the relationships the model "
+            "learned may no longer hold, and categories may be outdated."
+        )
+    if spec.license:
+        notes.append(f"Data source and licence: {spec.license}.")
+    if spec.protected_attributes:
+        notes.append(
+            f"Protected attributes ({', '.join(spec.protected_attributes)}) are model inputs: predictions can "
+            "differ by group for that reason alone. Check the fairness table before use and monitor group "
+            "disparities in production."
+        )
+    for attribute, values in fairness.items():
+        gap = values.get("demographic_parity_difference", 0.0)
+        if gap > DISPARITY_NOTE_THRESHOLD:
+            notes.append(
+                f"Selection rates differ by {gap:.2f} between groups of '{attribute}' on the test split "
+                "(demographic parity difference)."
+            )
+        small = sorted(
+            match["group"]
+            for key, value in values.items()
+            if (match := _GROUP_KEY.match(key)) and match["metric"] == "count" and value < SMALL_GROUP
+        )
+        if small:
+            notes.append(
+                f"Fairness figures for '{attribute}' groups {small} rest on fewer than {SMALL_GROUP} test records "
+                "each; treat them as indicative."
+            )
+    if lineage.test_rows < SMALL_TEST_SET:
+        notes.append(f"Metrics come from {lineage.test_rows} test records; expect sizeable sampling noise.")
+    if spec.categorical_features:
+        notes.append(
+            "Missing or unknown category values are encoded as 'none of the known categories'; inputs outside "
+            "the spec's categories get no signal from that feature."
+        )
+    return notes
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.4f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list[object]], numeric_from: int = 1) -> list[str]:
+    align = ["---" if i < numeric_from else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _group_rows(values: dict[str, float]) -> list[list[object]]:
+    groups: dict[str, dict[str, float]] = {}
+    for key, value in values.items():
+        match = _GROUP_KEY.match(key)
+        if match:
+            groups.setdefault(match["group"], {})[match["metric"]] = value
+    nan = float("nan")
+    return [
+        [
+            group,
+            int(figures["count"]) if "count" in figures else "n/a",
+            figures.get("selection_rate", nan),
+            figures.get("accuracy", nan),
+        ]
+        for group, figures in sorted(groups.items())
+    ]
+
+
 def render_markdown(card: ModelCard) -> str:
+    """A readable card: summary, intended use, lineage, metrics, fairness, hyperparameters, limitations."""
+    lineage = card.lineage
+    title = f"# Model card: {card.model_name}" + (f" v{card.version}" if card.version is not None else "")
     lines = [
-        f"# Model card: {card.model_name}" + (f" v{card.version}" if card.version else ""),
+        title,
         "",
-        f"Dataset `{card.dataset}`; MLflow run `{card.mlflow_run_id}`; Dagster run `{card.dagster_run_id}`; "
-        f"created {card.created_at:%Y-%m-%d %H:%M} UTC.",
-        "",
+        *_table(
+            ["", ""],
+            [
+                ["Dataset", f"`{card.dataset}` (spec version {card.dataset_version})"],
+                ["Registered model", f"`{card.model_name}` version {card.version}"],
+                ["MLflow run", f"`{card.mlflow_run_id}`"],
+                ["Dagster run", f"`{lineage.dagster_run_id}`"],
+                ["Created", f"{card.created_at:%Y-%m-%d %H:%M:%S %Z}".strip()],
+            ],
+            numeric_from=2,
+        ),
         "## Intended use",
         "",
         card.intended_use,
         "",
         "## Data lineage",
         "",
-        f"- Training set: `{card.training_data_uri}` ({card.train_rows} train / {card.test_rows} test rows)",
-        f"- Partitions: {', '.join(card.partitions)}",
-        "- Data commits:",
-        *[f"  - `{commit}`" for commit in card.data_commit_ids],
-        "",
+        *_table(
+            ["", ""],
+            [
+                ["Training data", f"`{lineage.training_data_uri}`"],
+                ["Test data", f"`{lineage.test_data_uri}`"],
+                ["Rows", f"{lineage.train_rows} train / {lineage.test_rows} test"],
+                ["Partitions", ", ".join(lineage.partitions) or "none recorded"],
+                ["Data commits", ", ".join(f"`{c}`" for c in lineage.data_commit_ids) or "none recorded"],
+            ],
+            numeric_from=2,
+        ),
         "## Metrics (test split)",
         "",
-        "| metric | value |",
-        "|---|---:|",
-        *[f"| {name} | {value:.4f} |" for name, value in sorted(card.metrics.items())],
+        *_table(
+            ["metric", "value"],
+            [
+                [name, int(value) if name.startswith("n_") and math.isfinite(value) else float(value)]
+                for name, value in sorted(card.metrics.items())
+            ],
+        ),
+        "## Fairness (test split)",
         "",
-        "## Fairness",
-        "",
-        "| protected attribute | demographic parity difference | equalized odds difference |",
-        "|---|---:|---:|",
-        *[
-            f"| {attr} | {v.get('demographic_parity_difference', float('nan')):.4f} | "
-            f"{v.get('equalized_odds_difference', float('nan')):.4f} |"
-            for attr, v in card.fairness.items()
-        ],
-        "",
+    ]
+    if card.fairness:
+        lines += _table(
+            ["protected attribute", "demographic parity difference", "equalized odds difference"],
+            [
+                [
+                    attribute,
+                    float(values.get("demographic_parity_difference", float("nan"))),
+                    float(values.get("equalized_odds_difference", float("nan"))),
+                ]
+                for attribute, values in card.fairness.items()
+            ],
+        )
+        for attribute, values in card.fairness.items():
+            rows = _group_rows(values)
+            if rows:
+                lines += [f"### By group: {attribute}", ""]
+                lines += _table(["group", "test records", "selection rate", "accuracy"], rows)
+    else:
+        lines += ["The dataset declares no protected attributes.", ""]
+    lines += [
         "## Hyperparameters",
         "",
-        *[f"- {name}: {value}" for name, value in sorted(card.hyperparameters.items())],
-        "",
+        *_table(
+            ["name", "value"],
+            [
+                [name, f"{value:.6g}" if isinstance(value, float) else value]
+                for name, value in sorted(card.hyperparameters.items())
+            ],
+        ),
         "## Limitations",
         "",
         *[f"- {item}" for item in card.limitations],

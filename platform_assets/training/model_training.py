@@ -1,18 +1,20 @@
 """Build, tune (Optuna), fit and evaluate the XGBoost pipeline of a dataset, and report its fairness.
 
-The pipeline holds its own encoding (one-hot for categories with the spec's categories, numerics passed
-through with NaN left to XGBoost), so whoever loads the model applies exactly the training encoding.
+The pipeline is two steps, an encoder then the classifier (the serving runtime relies on that shape). The
+encoder one-hot encodes category features with exactly the spec's categories (missing or unseen values
+become all zeros) and passes numbers through with NaN left to XGBoost, so whoever loads the model applies
+exactly the training encoding.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sklearn.compose import ColumnTransformer
 from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 from sklearn.model_selection import train_test_split
@@ -26,19 +28,34 @@ logger = logging.getLogger(__name__)
 
 ENCODER_STEP = "encode"
 MODEL_STEP = "classifier"
+CATEGORY_BLOCK = "categories"
+NUMBER_BLOCK = "numbers"
+MISSING_GROUP = "missing"
+
+PrimaryMetric = Literal["roc_auc", "f1", "accuracy", "log_loss"]
+
+
+class TrainingDataError(ValueError):
+    """A training or test frame cannot be used as given (missing columns, one class, no rows)."""
 
 
 class TrainingParams(BaseModel):
+    """How to tune and fit; every field can come from the spec's training defaults or the launchpad."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     optuna_trials: int = Field(default=8, ge=1)
     seed: int = 42
-    primary_metric: str = Field(default="roc_auc", pattern="^(roc_auc|f1|accuracy|log_loss)$")
+    primary_metric: PrimaryMetric = "roc_auc"
     max_estimators: int = Field(default=200, ge=10)
     validation_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
-    n_jobs: int = 1
+    n_jobs: int = Field(default=1, ge=1)
 
 
 @dataclass
 class TrainingOutcome:
+    """The refitted pipeline and what the search found."""
+
     pipeline: Pipeline
     best_params: dict[str, Any]
     best_validation_score: float
@@ -48,62 +65,90 @@ class TrainingOutcome:
 
 
 def build_pipeline(spec: DatasetSpec, hyperparams: dict[str, Any], seed: int = 0, n_jobs: int = 1) -> Pipeline:
-    """One-hot encoding of category features (spec categories, unknown -> all zeros) + XGBClassifier."""
-    categorical = spec.categorical_features
-    numeric = spec.numeric_features
-    encoder = ColumnTransformer(
-        [
-            (
-                "categories",
-                OneHotEncoder(
-                    categories=[spec.feature(name).categories for name in categorical],
-                    handle_unknown="ignore",
-                    sparse_output=False,
-                    dtype=np.float32,
-                ),
-                categorical,
-            ),
-            ("numbers", "passthrough", numeric),
-        ],
-        remainder="drop",
-        verbose_feature_names_out=True,
-    )
-    model = XGBClassifier(
-        tree_method="hist",
-        n_jobs=n_jobs,
-        random_state=seed,
-        eval_metric="logloss",
+    """Encoder (one-hot categories with the spec's categories, numbers passed through) + XGBClassifier."""
+    blocks: list[tuple[str, Any, list[str]]] = []
+    if spec.categorical_features:
+        encoder = OneHotEncoder(
+            categories=[list(spec.feature(name).categories or []) for name in spec.categorical_features],
+            handle_unknown="ignore",  # missing and unseen values encode as all zeros
+            sparse_output=False,
+            dtype=np.float32,
+        )
+        blocks.append((CATEGORY_BLOCK, encoder, spec.categorical_features))
+    if spec.numeric_features:
+        blocks.append((NUMBER_BLOCK, "passthrough", spec.numeric_features))
+    transformer = ColumnTransformer(blocks, remainder="drop", verbose_feature_names_out=True)
+    settings: dict[str, Any] = {
+        "tree_method": "hist",
+        "n_jobs": n_jobs,
+        "random_state": seed,
+        "eval_metric": "logloss",
         **hyperparams,
-    )
-    return Pipeline([(ENCODER_STEP, encoder), (MODEL_STEP, model)])
+    }
+    return Pipeline([(ENCODER_STEP, transformer), (MODEL_STEP, XGBClassifier(**settings))])
 
 
 def model_inputs(spec: DatasetSpec, frame: pd.DataFrame) -> pd.DataFrame:
-    """The pipeline's input columns: the spec's features, categories as plain objects, numbers as float."""
+    """The pipeline's input columns in spec order: categories as strings (None if missing), numbers as float."""
+    missing = [name for name in spec.feature_names if name not in frame.columns]
+    if missing:
+        raise TrainingDataError(f"dataset {spec.name!r}: the frame lacks feature column(s) {missing}")
     inputs = pd.DataFrame(index=frame.index)
-    for name in spec.categorical_features:
-        inputs[name] = frame[name].astype("object").where(frame[name].notna(), None)
-    for name in spec.numeric_features:
-        inputs[name] = pd.to_numeric(frame[name], errors="coerce").astype("float64")
-    return inputs[spec.feature_names]
+    for name in spec.feature_names:
+        column = frame[name]
+        if name in spec.categorical_features:
+            present = column.notna()
+            values = pd.Series([None] * len(frame), index=frame.index, dtype="object")
+            values[present] = column[present].astype(str).astype("object")
+            inputs[name] = values
+        else:
+            inputs[name] = pd.to_numeric(column, errors="coerce").astype("float64")
+    return inputs
 
 
 def encoded_feature_groups(pipeline: Pipeline, spec: DatasetSpec) -> dict[str, list[int]]:
-    """Input feature -> indices of its encoded columns (to sum SHAP contributions back per feature)."""
-    names = list(pipeline.named_steps[ENCODER_STEP].get_feature_names_out())
+    """Input feature -> indices of its encoded columns (to sum SHAP contributions back per feature).
+
+    Read from the fitted encoder's structure (block slices and per-feature category counts), not parsed
+    from column names, so features whose names prefix each other cannot be confused.
+    """
+    transformer: ColumnTransformer = pipeline.named_steps[ENCODER_STEP]
+    if not hasattr(transformer, "output_indices_"):
+        raise ValueError("the pipeline is not fitted yet; fit it before asking for its feature groups")
     groups: dict[str, list[int]] = {name: [] for name in spec.feature_names}
-    for index, encoded in enumerate(names):
-        transformer, _, rest = encoded.partition("__")
-        if transformer == "numbers":
-            groups[rest].append(index)
-        else:
-            owner = max((f for f in spec.categorical_features if rest.startswith(f"{f}_")), key=len)
-            groups[owner].append(index)
+    if spec.categorical_features:
+        start = transformer.output_indices_[CATEGORY_BLOCK].start
+        encoder: OneHotEncoder = transformer.named_transformers_[CATEGORY_BLOCK]
+        for name, categories in zip(spec.categorical_features, encoder.categories_, strict=True):
+            groups[name] = list(range(start, start + len(categories)))
+            start += len(categories)
+    if spec.numeric_features:
+        start = transformer.output_indices_[NUMBER_BLOCK].start
+        for offset, name in enumerate(spec.numeric_features):
+            groups[name] = [start + offset]
+    width = len(transformer.get_feature_names_out())
+    covered = sorted(index for indices in groups.values() for index in indices)
+    if covered != list(range(width)):
+        raise ValueError(f"feature groups cover {len(covered)} of the encoder's {width} columns")
     return groups
 
 
+def _labels(spec: DatasetSpec, frame: pd.DataFrame, role: str) -> np.ndarray:
+    if frame.empty:
+        raise TrainingDataError(f"dataset {spec.name!r}: the {role} frame has no rows")
+    if spec.target.name not in frame.columns:
+        raise TrainingDataError(f"dataset {spec.name!r}: the {role} frame lacks the target column {spec.target.name!r}")
+    target = frame[spec.target.name]
+    if target.isna().any() or not target.isin([0, 1]).all():
+        raise TrainingDataError(
+            f"dataset {spec.name!r}: target {spec.target.name!r} in the {role} frame must be 0/1 "
+            f"(1 = {spec.target.positive_class!r}) with no missing values"
+        )
+    return target.astype(int).to_numpy()
+
+
 def _score(metric: str, y_true: np.ndarray, probabilities: np.ndarray) -> float:
-    """Higher is better for every metric (log loss is negated)."""
+    """Higher is better for every metric (log loss is negated); a one-class split scores ROC AUC 0.5."""
     if metric == "roc_auc":
         return float(roc_auc_score(y_true, probabilities)) if len(np.unique(y_true)) == 2 else 0.5
     if metric == "log_loss":
@@ -115,11 +160,15 @@ def _score(metric: str, y_true: np.ndarray, probabilities: np.ndarray) -> float:
 
 
 def tune_and_train(spec: DatasetSpec, train: pd.DataFrame, params: TrainingParams) -> TrainingOutcome:
-    """Optuna TPE search on a seeded stratified validation split, then a refit on all of ``train``."""
+    """Optuna TPE search on a seeded stratified validation split of ``train``, then a refit on all of it."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    target = train[spec.target.name].astype(int).to_numpy()
+    target = _labels(spec, train, "training")
+    if len(np.unique(target)) < 2:
+        raise TrainingDataError(
+            f"dataset {spec.name!r}: the training frame holds one class only; a classifier needs both"
+        )
     inputs = model_inputs(spec, train)
     stratify = target if np.bincount(target, minlength=2).min() >= 2 else None
     fit_x, val_x, fit_y, val_y = train_test_split(
@@ -144,8 +193,10 @@ def tune_and_train(spec: DatasetSpec, train: pd.DataFrame, params: TrainingParam
     study.optimize(objective, n_trials=params.optuna_trials)
     pipeline = build_pipeline(spec, study.best_params, seed=params.seed, n_jobs=params.n_jobs)
     pipeline.fit(inputs, target)
-    table = [{"number": t.number, "value": t.value, **t.params} for t in study.trials if t.value is not None]
-    logger.info("%s: best %s %.4f after %d trials", spec.name, params.primary_metric, study.best_value, len(table))
+    table = [{"number": t.number, "state": t.state.name, "value": t.value, **t.params} for t in study.trials]
+    logger.info(
+        "%s: best validation %s %.4f after %d trials", spec.name, params.primary_metric, study.best_value, len(table)
+    )
     return TrainingOutcome(
         pipeline=pipeline,
         best_params=dict(study.best_params),
@@ -157,8 +208,12 @@ def tune_and_train(spec: DatasetSpec, train: pd.DataFrame, params: TrainingParam
 
 
 def evaluate(spec: DatasetSpec, pipeline: Pipeline, test: pd.DataFrame) -> dict[str, float]:
-    """Accuracy, F1, ROC AUC and log loss on the test split (positive class = 1)."""
-    y_true = test[spec.target.name].astype(int).to_numpy()
+    """Accuracy, F1, ROC AUC and log loss on the test split (positive class = 1, threshold 0.5).
+
+    Also ``positive_rate`` (share predicted positive), ``prevalence`` (share actually positive) and
+    ``n_test``. ROC AUC is NaN when the test split holds one class.
+    """
+    y_true = _labels(spec, test, "test")
     probabilities = pipeline.predict_proba(model_inputs(spec, test))[:, 1]
     predictions = (probabilities >= 0.5).astype(int)
     return {
@@ -166,41 +221,44 @@ def evaluate(spec: DatasetSpec, pipeline: Pipeline, test: pd.DataFrame) -> dict[
         "f1": float(f1_score(y_true, predictions, zero_division=0)),
         "roc_auc": float(roc_auc_score(y_true, probabilities)) if len(np.unique(y_true)) == 2 else float("nan"),
         "log_loss": float(log_loss(y_true, probabilities, labels=[0, 1])),
-        "positive_rate": float(predictions.mean()) if len(predictions) else 0.0,
+        "positive_rate": float(predictions.mean()),
+        "prevalence": float(y_true.mean()),
         "n_test": float(len(y_true)),
     }
 
 
 def fairness_report(spec: DatasetSpec, pipeline: Pipeline, test: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Per protected attribute: demographic parity and equalized odds differences, and per-group rates."""
-    from fairlearn.metrics import (
-        MetricFrame,
-        demographic_parity_difference,
-        equalized_odds_difference,
-        selection_rate,
-    )
+    """Per protected attribute: demographic parity and equalized odds differences, and per-group figures.
 
-    y_true = test[spec.target.name].astype(int).to_numpy()
+    Groups are the attribute's values as strings, ``"missing"`` for missing values. Per-group keys are
+    ``selection_rate[<group>]``, ``accuracy[<group>]`` and ``count[<group>]``. A group holding one class
+    only does not fail: fairlearn counts its undefined true (or false) positive rate as 0, which can
+    inflate the equalized odds difference; the group counts show when that applies.
+    """
+    from fairlearn.metrics import MetricFrame, count, demographic_parity_difference, equalized_odds_difference
+    from fairlearn.metrics import selection_rate as selection_rate_metric
+
+    y_true = _labels(spec, test, "test")
     predictions = pipeline.predict(model_inputs(spec, test))
     report: dict[str, dict[str, float]] = {}
     for attribute in spec.protected_attributes:
-        groups = test[attribute].astype("object").fillna("missing").astype(str).to_numpy()
+        groups = test[attribute].astype("object").where(test[attribute].notna(), MISSING_GROUP).astype(str).to_numpy()
         values: dict[str, float] = {
             "demographic_parity_difference": float(
                 demographic_parity_difference(y_true, predictions, sensitive_features=groups)
             ),
             "equalized_odds_difference": float(
-                np.nan_to_num(equalized_odds_difference(y_true, predictions, sensitive_features=groups), nan=0.0)
+                equalized_odds_difference(y_true, predictions, sensitive_features=groups)
             ),
         }
         frame = MetricFrame(
-            metrics={"selection_rate": selection_rate, "accuracy": accuracy_score},
+            metrics={"selection_rate": selection_rate_metric, "accuracy": accuracy_score, "count": count},
             y_true=y_true,
             y_pred=predictions,
             sensitive_features=groups,
         )
         for group, row in frame.by_group.iterrows():
-            values[f"selection_rate[{group}]"] = float(row["selection_rate"])
-            values[f"accuracy[{group}]"] = float(row["accuracy"])
+            for metric in ("selection_rate", "accuracy", "count"):
+                values[f"{metric}[{group}]"] = float(row[metric])
         report[attribute] = values
     return report

@@ -47,6 +47,7 @@ EXPECTED_SERVICES = {
     "dagster-daemon",
     "kafka",
     "mlserver",
+    "gateway",
     "prometheus",
 }
 STATEFUL_SERVICES = {"postgres", "minio", "lakefs", "mlflow", "kafka"}
@@ -61,7 +62,7 @@ IMAGE_CONTENTS = {
         {"mlserver", "pytest", "ruff"},
     ),
     "Dockerfile.serving": (
-        {"mlserver", "fastapi", "psycopg", "xgboost"},
+        {"mlserver", "fastapi", "uvicorn", "psycopg", "xgboost", "confluent-kafka"},
         {"dagster", "dagster-webserver", "mlflow", "nannyml", "pytest", "ruff"},
     ),
 }
@@ -442,12 +443,74 @@ def test_run_launcher_matches_the_compose_network_and_volume(
     assert launcher["config"]["network"] == compose["networks"]["default"]["name"]
 
     volumes_by_name = {spec.get("name", key): key for key, spec in compose["volumes"].items() if spec}
+    mounts = {}
     for mount in launcher["config"]["container_kwargs"]["volumes"]:
         volume_name, target = mount.split(":")[:2]
         assert volume_name in volumes_by_name, f"run containers mount {volume_name}, not a named compose volume"
-        key = volumes_by_name[volume_name]
-        assert f"{key}:{target}" in services["dagster-webserver"]["volumes"], "webserver must see the same volume"
-        assert dagster_instance["compute_logs"]["config"]["base_dir"] == target
+        mounts[target] = volumes_by_name[volume_name]
+    # Compute logs: the webserver reads what run containers write.
+    logs = dagster_instance["compute_logs"]["config"]["base_dir"]
+    assert logs in mounts, "run containers must mount the compute-log directory"
+    assert f"{mounts[logs]}:{logs}" in services["dagster-webserver"]["volumes"], "webserver must see the same volume"
+    # Models: the deployment asset (in a run container) writes where MLServer reads.
+    repository = service_env(services["code-location"])["RIVERBED_MODEL_REPOSITORY"]
+    assert repository in mounts, "run containers must mount the model repository the deployment asset writes"
+    assert f"{mounts[repository]}:{repository}" in services["mlserver"]["volumes"], "MLServer must see the same volume"
+
+
+def test_gateway_and_mlserver_share_the_model_repository(services: dict[str, Any]) -> None:
+    gateway, mlserver = services["gateway"], services["mlserver"]
+    env = service_env(gateway)
+    repository = env["RIVERBED_MODEL_REPOSITORY"]
+    assert repository == service_env(services["code-location"])["RIVERBED_MODEL_REPOSITORY"]
+    mlserver_volume = next(m.split(":")[0] for m in mlserver["volumes"] if m.split(":")[1] == "/models")
+    assert mlserver["image"] == gateway["image"], "the gateway runs on the serving image"
+    assert any(m.split(":")[:2] == [mlserver_volume, repository] for m in gateway["volumes"])
+    assert env["RIVERBED_MLSERVER_URL"] == service_env(services["code-location"])["RIVERBED_MLSERVER_URL"]
+    assert env["RIVERBED_MLSERVER_URL"].startswith("http://mlserver:")
+    assert env["RIVERBED_INFERENCE_LOG_DSN"].endswith("@postgres:5432/inference_log")
+    spool = env["RIVERBED_AUDIT_SPOOL_DIR"]
+    assert any(spool.startswith(m.split(":")[1] + "/") for m in gateway["volumes"]), "the spool must be on a volume"
+
+
+def test_gateway_command_names_the_app_factory(services: dict[str, Any]) -> None:
+    import importlib
+
+    command = services["gateway"]["command"]
+    assert command[0] == "uvicorn" and "--factory" in command
+    module_name, attribute = command[1].split(":")
+    factory = getattr(importlib.import_module(module_name), attribute)
+    assert callable(factory)
+    port = command_flag(command, "--port")
+    assert any(p.endswith(f":{port}") for p in services["gateway"]["ports"])
+    config = load_yaml(PROMETHEUS_YAML)
+    targets = {t for job in config["scrape_configs"] for st in job["static_configs"] for t in st["targets"]}
+    assert f"gateway:{port}" in targets, "prometheus must scrape the gateway's /metrics"
+
+
+_BLOCK_PLATFORM_PACKAGES = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"dagster", "mlflow", "optuna", "nannyml", "lakefs", "lakefs_sdk"}:
+            raise ImportError(f"{name} is not in the serving image")
+sys.meta_path.insert(0, Block())
+import serving.gateway.app, serving.runtime
+from typer.testing import CliRunner
+from riverbed.cli import app
+result = CliRunner().invoke(app, ["apikey", "create", "--help"])
+assert result.exit_code == 0, result.output
+"""
+
+
+def test_serving_image_code_imports_without_the_platform_packages() -> None:
+    """The serving image has no Dagster or MLflow: the gateway, the runtime and `riverbed apikey` must not need them."""
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", _BLOCK_PLATFORM_PACKAGES], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_run_image_is_the_code_location_image(services: dict[str, Any]) -> None:

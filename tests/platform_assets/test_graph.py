@@ -193,12 +193,24 @@ def test_the_full_job_runs_one_partition_through_to_a_model(local_settings: Rive
     result = defs.resolve_job_def("full_salary_band").execute_in_process(
         instance=local_instance(local_settings),
         partition_key="2026-10-02",
-        run_config={"ops": {"model_salary_band": {"config": {"optuna_trials": 1, "max_estimators": 20}}}},
+        run_config={
+            "ops": {
+                "model_salary_band": {"config": {"optuna_trials": 1, "max_estimators": 20}},
+                # One day of data: the fairness bound is not what this test is about.
+                "model_salary_band_beats_champion": {"config": {"max_fairness_disparity": 1.0}},
+            }
+        },
     )
     assert result.success
     materialized = {
         e.event_specific_data.materialization.asset_key.to_user_string()
         for e in result.get_asset_materialization_events()
     }
-    assert materialized == {"raw_salary_band", "features_salary_band", "training_set_salary_band", "model_salary_band"}
+    assert materialized == {
+        "raw_salary_band",
+        "features_salary_band",
+        "training_set_salary_band",
+        "model_salary_band",
+        "deployment_salary_band",
+    }
     assert result.asset_value("model_salary_band").data_commit_ids.keys() == {"2026-10-02"}

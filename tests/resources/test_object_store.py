@@ -91,3 +91,14 @@ def test_missing_bucket_is_reported(moto_s3_endpoint: str) -> None:
     )
     with pytest.raises(ObjectStoreUnavailableError, match="no-such-bucket-here"):
         store.put("x", b"1")
+
+
+def test_s3_bucket_creation_is_idempotent_and_prefixes_are_isolated(moto_s3_endpoint: str) -> None:
+    first = make_s3_object_store(moto_s3_endpoint, bucket="riverbed-shared", prefix="one")
+    second = make_s3_object_store(moto_s3_endpoint, bucket="riverbed-shared", prefix="two")
+    first.put("k", b"1")
+    second.put("k", b"2")
+    assert (first.get("k"), second.get("k")) == (b"1", b"2")
+    assert first.list_keys() == ["k"]
+    unprefixed = make_s3_object_store(moto_s3_endpoint, bucket="riverbed-shared")
+    assert unprefixed.list_keys() == ["one/k", "two/k"]

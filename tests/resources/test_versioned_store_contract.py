@@ -8,6 +8,7 @@ from resources.versioned_store import (
     NoChangesError,
     NotFoundError,
     VersionedStore,
+    VersionedStoreError,
 )
 
 
@@ -153,3 +154,126 @@ def test_unknown_objects_and_refs_raise_not_found(versioned_store: VersionedStor
         versioned_store.get_object("main", "does/not/exist")
     with pytest.raises(NotFoundError):
         versioned_store.get_commit("no-such-branch")
+
+
+def test_staged_deletes_hide_the_path_on_the_branch_but_not_at_earlier_commits(versioned_store: VersionedStore) -> None:
+    versioned_store.create_branch("del", "main")
+    kept = _commit_file(versioned_store, "del", "tables/a.parquet", b"a")
+    versioned_store.delete_object("del", "tables/a.parquet")
+    assert versioned_store.list_objects("del") == []
+    assert versioned_store.get_object(kept, "tables/a.parquet") == b"a"
+    versioned_store.delete_object("del", "never/there")  # deleting a missing path is not an error
+    after = versioned_store.commit("del", "remove a").id
+    with pytest.raises(NotFoundError):
+        versioned_store.get_object(after, "tables/a.parquet")
+
+
+def test_list_objects_filters_by_prefix_and_sorts(versioned_store: VersionedStore) -> None:
+    versioned_store.create_branch("ls", "main")
+    for path in ("b/2", "a/1", "b/1", "bb/3"):
+        versioned_store.put_object("ls", path, path.encode())
+    assert [s.path for s in versioned_store.list_objects("ls")] == ["a/1", "b/1", "b/2", "bb/3"]
+    assert [s.path for s in versioned_store.list_objects("ls", prefix="b/")] == ["b/1", "b/2"]
+    stat = versioned_store.list_objects("ls", prefix="a/")[0]
+    assert stat.size_bytes == 3 and stat.checksum
+
+
+def test_unknown_refs_are_not_found_everywhere(versioned_store: VersionedStore) -> None:
+    with pytest.raises(NotFoundError):
+        versioned_store.delete_branch("no-such-branch")
+    with pytest.raises(NotFoundError):
+        versioned_store.create_tag("t-missing", "no-such-ref")
+    with pytest.raises(NotFoundError):
+        versioned_store.log("no-such-ref")
+    with pytest.raises(NotFoundError):
+        versioned_store.list_objects("no-such-ref")
+    with pytest.raises(NotFoundError):
+        versioned_store.put_object("no-such-branch", "x", b"x")
+
+
+def test_merge_of_nothing_new_raises_and_changes_nothing(versioned_store: VersionedStore) -> None:
+    versioned_store.create_branch("idle", "main")
+    before = versioned_store.resolve_ref("main")
+    with pytest.raises(NoChangesError):
+        versioned_store.merge("idle", "main")
+    assert versioned_store.resolve_ref("main") == before
+
+
+def test_merge_creates_a_merge_commit_with_both_parents_and_log_follows_both(versioned_store: VersionedStore) -> None:
+    main_head = versioned_store.resolve_ref("main")
+    versioned_store.create_branch("feature", "main")
+    feature_commit = _commit_file(versioned_store, "feature", "f", b"f")
+    merged = versioned_store.merge("feature", "main", "merge feature", {"riverbed.source_branch": "feature"})
+    info = versioned_store.get_commit(merged)
+    assert info.parents == (main_head, feature_commit)
+    assert info.metadata["riverbed.source_branch"] == "feature"
+    log_ids = [c.id for c in versioned_store.log("main", limit=10)]
+    assert log_ids[0] == merged
+    assert {feature_commit, main_head} <= set(log_ids)
+    assert log_ids.index(feature_commit) < log_ids.index(main_head)
+
+
+def test_merge_combines_disjoint_changes_from_both_sides(versioned_store: VersionedStore) -> None:
+    versioned_store.create_branch("base", "main")
+    _commit_file(versioned_store, "base", "shared", b"0")
+    _commit_file(versioned_store, "base", "doomed", b"0")
+    versioned_store.merge("base", "main")
+    versioned_store.create_branch("mine", "main")
+    versioned_store.create_branch("theirs", "main")
+    _commit_file(versioned_store, "mine", "mine", b"m")
+    versioned_store.delete_object("theirs", "doomed")
+    versioned_store.put_object("theirs", "shared", b"1")
+    versioned_store.commit("theirs", "theirs")
+    versioned_store.merge("theirs", "main")
+    versioned_store.merge("mine", "main")
+    assert {s.path: versioned_store.get_object("main", s.path) for s in versioned_store.list_objects("main")} == {
+        "mine": b"m",
+        "shared": b"1",
+    }
+
+
+def test_merge_into_a_dirty_branch_is_refused(versioned_store: VersionedStore) -> None:
+    versioned_store.create_branch("src", "main")
+    versioned_store.create_branch("dirty", "main")
+    _commit_file(versioned_store, "src", "a", b"a")
+    versioned_store.put_object("dirty", "staged-only", b"s")
+    before = versioned_store.resolve_ref("dirty")
+    with pytest.raises(VersionedStoreError):
+        versioned_store.merge("src", "dirty")
+    assert versioned_store.resolve_ref("dirty") == before
+    assert versioned_store.get_object("dirty", "staged-only") == b"s"
+
+
+def test_interleaved_transactions_on_different_paths_both_land(versioned_store: VersionedStore) -> None:
+    with versioned_store.transaction("first") as first:
+        versioned_store.put_object(first.branch, "tables/first.parquet", b"1")
+        versioned_store.commit_into(first, "first")
+        with versioned_store.transaction("second") as second:
+            versioned_store.put_object(second.branch, "tables/second.parquet", b"2")
+            versioned_store.commit_into(second, "second")
+    assert versioned_store.get_object("main", "tables/first.parquet") == b"1"
+    assert versioned_store.get_object("main", "tables/second.parquet") == b"2"
+    log_ids = {c.id for c in versioned_store.log("main", limit=20)}
+    assert {first.commits[0].id, second.commits[0].id, first.merge_commit_id, second.merge_commit_id} <= log_ids
+
+
+def test_interleaved_transactions_on_the_same_path_conflict_and_the_loser_leaves_no_trace(
+    versioned_store: VersionedStore,
+) -> None:
+    with pytest.raises(ConflictError), versioned_store.transaction("loser") as loser:
+        versioned_store.put_object(loser.branch, "model.json", b"loser")
+        versioned_store.commit_into(loser, "loser")
+        with versioned_store.transaction("winner") as winner:
+            versioned_store.put_object(winner.branch, "model.json", b"winner")
+            versioned_store.commit_into(winner, "winner")
+    assert versioned_store.get_object("main", "model.json") == b"winner"
+    assert versioned_store.list_branches() == [versioned_store.main_branch]
+
+
+def test_a_transaction_without_commits_changes_nothing(versioned_store: VersionedStore) -> None:
+    before = versioned_store.resolve_ref("main")
+    with versioned_store.transaction("idle") as tx:
+        pass
+    assert tx.merge_commit_id is None
+    assert versioned_store.resolve_ref("main") == before
+    assert versioned_store.list_branches() == [versioned_store.main_branch]

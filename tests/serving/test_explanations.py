@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from platform_assets.training.model_training import build_pipeline, encoded_feature_groups, model_inputs
-from serving.explanations import ExplanationError, predict_and_explain
+from serving.explanations import ExplanationError, FastEncoder, predict_and_explain, verified_fast_encoder
 from tests.platform_assets.training.test_model_training import SPEC, _frame
 
 
@@ -46,3 +46,28 @@ def test_wrong_feature_groups_are_refused(fitted) -> None:
         predict_and_explain(pipeline, broken, model_inputs(SPEC, _frame(3, 15)))
     with pytest.raises(ExplanationError, match="Pipeline"):
         predict_and_explain(object(), groups, pd.DataFrame())
+
+
+def test_fast_encoder_matches_the_pipeline_and_gives_identical_explanations(fitted) -> None:
+    pipeline, groups = fitted
+    fast = verified_fast_encoder(pipeline, SPEC.feature_names)
+    assert fast is not None
+    inputs = model_inputs(SPEC, _frame(300, 16))
+    inputs.loc[0, "income"] = np.nan
+    inputs.loc[1, "group"] = "never-seen"
+    inputs.loc[2, "region"] = None
+    encoder = pipeline.steps[0][1]
+    np.testing.assert_array_equal(fast.transform(inputs), np.asarray(encoder.transform(inputs), dtype=np.float32))
+    slow = predict_and_explain(pipeline, groups, inputs)
+    quick = predict_and_explain(pipeline, groups, inputs, fast_encoder=fast)
+    np.testing.assert_array_equal(slow.contributions, quick.contributions)
+    np.testing.assert_array_equal(slow.positive_probability, quick.positive_probability)
+
+
+def test_fast_encoder_declines_encoders_it_does_not_know(fitted) -> None:
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pipeline, _ = fitted
+    odd = Pipeline([("encode", StandardScaler()), ("classifier", pipeline.steps[-1][1])])
+    assert FastEncoder.compile(odd) is None

@@ -1,12 +1,6 @@
 """The runtime inside a real ``mlserver start`` process, over the V2 HTTP protocol, batching on and off."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import cloudpickle
 import httpx
@@ -14,18 +8,12 @@ import numpy as np
 import pytest
 
 from platform_assets.training.model_training import build_pipeline, encoded_feature_groups, model_inputs
-from riverbed.settings import PROJECT_ROOT
 from serving.explanations import predict_and_explain
+from serving.mlserver_process import MLServerProcess
 from serving.runtime import FEATURE_GROUPS_FILE, MODEL_FILE, MODEL_INFO_FILE
 from tests.platform_assets.training.test_model_training import SPEC, _frame
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +33,6 @@ def model_directory(tmp_path_factory: pytest.TempPathFactory):
 def mlserver_url(request: pytest.FixtureRequest, model_directory, tmp_path_factory: pytest.TempPathFactory):
     folder, _ = model_directory
     root = tmp_path_factory.mktemp("mlserver")
-    http, grpc, metrics = _free_port(), _free_port(), _free_port()
-    (root / "settings.json").write_text(
-        json.dumps(
-            {"http_port": http, "grpc_port": grpc, "metrics_port": metrics, "parallel_workers": 0, "host": "127.0.0.1"}
-        )
-    )
     model_settings = {
         "name": "toy-credit",
         "implementation": "serving.runtime.RiverbedModelRuntime",
@@ -60,28 +42,8 @@ def mlserver_url(request: pytest.FixtureRequest, model_directory, tmp_path_facto
         model_settings.update({"max_batch_size": 16, "max_batch_time": 0.01})
     (root / "toy-credit").mkdir()
     (root / "toy-credit" / "model-settings.json").write_text(json.dumps(model_settings))
-    log = (root / "mlserver.log").open("wb")
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
-    mlserver = Path(sys.executable).with_name("mlserver")
-    process = subprocess.Popen([str(mlserver), "start", str(root)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{http}"
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/v2/models/toy-credit/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, (root / "mlserver.log").read_text()[-3000:]
-            time.sleep(0.5)
-        else:
-            pytest.fail("MLServer did not become ready: " + (root / "mlserver.log").read_text()[-3000:])
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
+    with MLServerProcess(root, wait_for_models=["toy-credit"], log_file=root / "mlserver.log") as mlserver:
+        yield mlserver.url
 
 
 def _request(rows) -> dict:
@@ -122,7 +84,7 @@ def test_predictions_and_exact_explanations_over_http(mlserver_url: str, model_d
     np.testing.assert_allclose(probabilities[:, 1], expected.positive_probability, atol=1e-6)
     margin = np.log(probabilities[:, 1] / probabilities[:, 0])
     np.testing.assert_allclose(base + contributions.sum(axis=1), margin, atol=1e-4)
-    assert set(outputs["label"]["data"]) <= {"0", "1"}
+    assert set(outputs["label"]["data"]) <= set(SPEC.target.classes)
 
 
 def test_single_rows_in_parallel_are_all_answered(mlserver_url: str) -> None:

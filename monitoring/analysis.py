@@ -1,0 +1,274 @@
+"""Drift and performance of one monitoring window with NannyML, as rows for ``monitoring_results``.
+
+Per chunk of ``chunk_size`` predicted records (NannyML size-based chunks, in order of arrival):
+- ``univariate_drift``: Jensen-Shannon distance per feature against the reference, alert beyond NannyML's
+  thresholds (mean +- 3 standard deviations of the reference chunks);
+- ``multivariate_drift``: PCA data-reconstruction error (name ``reconstruction_error``);
+- ``cbpe``: performance estimated without labels (confidence-based), per metric;
+- ``realised``: performance on the records that have a label, per metric (only chunks with labels).
+
+``import nannyml`` takes several seconds, so it happens inside :func:`analyse_window` only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import logging
+import math
+import os
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from monitoring.reference import PREDICTION, PROBABILITY, TRUTH
+from riverbed.specs import DatasetSpec
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("roc_auc", "accuracy", "f1")
+RESULT_KINDS = ("univariate_drift", "multivariate_drift", "cbpe", "realised")
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One value of one chunk: a row of ``monitoring_results``."""
+
+    day: dt.date
+    chunk: int
+    chunk_start: dt.datetime | None
+    chunk_end: dt.datetime | None
+    rows: int
+    kind: str
+    name: str
+    value: float | None
+    lower_threshold: float | None
+    upper_threshold: float | None
+    alert: bool
+    model_version: str | None
+
+
+@dataclass(frozen=True)
+class WindowAnalysis:
+    """What one window's analysis found."""
+
+    rows: list[ResultRow]
+    records: int
+    labelled: int
+    chunks: int
+
+    def drifted_features(self) -> dict[int, list[str]]:
+        found: dict[int, list[str]] = {}
+        for row in self.rows:
+            if row.kind == "univariate_drift" and row.alert:
+                found.setdefault(row.chunk, []).append(row.name)
+        return found
+
+    def latest(self, kind: str, name: str) -> float | None:
+        values = [r for r in self.rows if r.kind == kind and r.name == name and r.value is not None]
+        return max(values, key=lambda r: r.chunk).value if values else None
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) or math.isinf(number) else number
+
+
+def _moment(value: Any) -> dt.datetime | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT:
+        return None
+    return pd.Timestamp(value).to_pydatetime()
+
+
+def _chunk_bounds(analysis: pd.DataFrame, start_index: int, end_index: int) -> tuple[Any, Any]:
+    times = analysis["received_at"] if "received_at" in analysis else None
+    if times is None or times.empty:
+        return None, None
+    return _moment(times.iloc[start_index]), _moment(times.iloc[min(end_index, len(times) - 1)])
+
+
+def analyse_window(
+    spec: DatasetSpec,
+    reference: pd.DataFrame,
+    analysis: pd.DataFrame,
+    *,
+    day: dt.date,
+    chunk_size: int,
+    model_version: str | None = None,
+) -> WindowAnalysis:
+    """Univariate and multivariate drift, CBPE and realised performance of ``analysis`` against ``reference``."""
+    os.environ.setdefault("NML_DISABLE_USAGE_LOGGING", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import nannyml as nml
+
+    features = spec.feature_names
+    categorical = list(spec.categorical_features)
+    if len(analysis) == 0:
+        return WindowAnalysis([], 0, 0, 0)
+    if len(reference) < 2 * chunk_size:
+        raise ValueError(
+            f"chunk_size: {chunk_size} leaves the reference ({len(reference)} records) fewer than 2 chunks, so no "
+            "drift threshold can be estimated; lower monitoring.chunk_size"
+        )
+    analysis = analysis.reset_index(drop=True)
+    reference = reference.reset_index(drop=True)
+    rows: list[ResultRow] = []
+
+    def add(result_frame: pd.DataFrame, kind: str, names: Iterable[str], key: Any) -> None:
+        for _, chunk in result_frame.iterrows():
+            info = chunk["chunk"] if isinstance(chunk["chunk"], pd.Series) else chunk
+            index = int(_get(info, "chunk_index"))
+            start_index, end_index = int(_get(info, "start_index")), int(_get(info, "end_index"))
+            start, end = _chunk_bounds(analysis, start_index, end_index)
+            for name in names:
+                column = key(name)
+                value = _number(chunk[(*column, "value")])
+                if kind == "realised" and value is None:
+                    continue
+                rows.append(
+                    ResultRow(
+                        day=day,
+                        chunk=index,
+                        chunk_start=start,
+                        chunk_end=end,
+                        rows=end_index - start_index + 1,
+                        kind=kind,
+                        name=name,
+                        value=value,
+                        lower_threshold=_number(chunk.get((*column, "lower_threshold"))),
+                        upper_threshold=_number(chunk.get((*column, "upper_threshold"))),
+                        alert=bool(chunk.get((*column, "alert"), False)) and value is not None,
+                        model_version=model_version,
+                    )
+                )
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        univariate = nml.UnivariateDriftCalculator(
+            column_names=features,
+            treat_as_categorical=categorical,
+            continuous_methods=["jensen_shannon"],
+            categorical_methods=["jensen_shannon"],
+            chunk_size=chunk_size,
+        ).fit(reference[features])
+        found = univariate.calculate(analysis[features]).filter(period="analysis").to_df()
+        add(found, "univariate_drift", features, lambda name: (name, "jensen_shannon"))
+
+        multivariate = nml.DataReconstructionDriftCalculator(column_names=features, chunk_size=chunk_size).fit(
+            reference[features]
+        )
+        found = multivariate.calculate(analysis[features]).filter(period="analysis").to_df()
+        add(found, "multivariate_drift", ["reconstruction_error"], lambda name: (name,))
+
+        performance_columns = {"y_pred_proba": PROBABILITY, "y_pred": PREDICTION, "y_true": TRUTH}
+        cbpe = nml.CBPE(
+            **performance_columns,
+            problem_type="classification_binary",
+            metrics=list(METRICS),
+            chunk_size=chunk_size,
+        ).fit(reference)
+        found = cbpe.estimate(analysis.drop(columns=[TRUTH])).filter(period="analysis").to_df()
+        add(found, "cbpe", METRICS, lambda name: (name,))
+
+        labelled = int(analysis[TRUTH].notna().sum())
+        if labelled:
+            realised = nml.PerformanceCalculator(
+                **performance_columns,
+                problem_type="classification_binary",
+                metrics=list(METRICS),
+                chunk_size=chunk_size,
+            ).fit(reference)
+            found = realised.calculate(analysis).filter(period="analysis").to_df()
+            add(found, "realised", METRICS, lambda name: (name,))
+    chunks = len({row.chunk for row in rows})
+    return WindowAnalysis(rows, len(analysis), labelled, chunks)
+
+
+def _get(info: Any, name: str) -> Any:
+    try:
+        return info[name]
+    except KeyError:
+        return info[("chunk", "chunk", name)] if ("chunk", "chunk", name) in info else info[("chunk", name)]
+
+
+# ----------------------------------------------------------------------------------------------- storage
+_INSERT = """
+insert into monitoring_results (dataset, day, chunk, chunk_start, chunk_end, rows, kind, name, value,
+                                lower_threshold, upper_threshold, alert, model_version)
+values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+"""
+
+
+def store_results(dsn: str, dataset: str, day: dt.date, rows: list[ResultRow]) -> None:
+    """Replace the results of ``dataset``'s window ``day`` in one transaction."""
+    import psycopg
+
+    with psycopg.connect(dsn, connect_timeout=5) as conn, conn.cursor() as cursor:
+        cursor.execute("delete from monitoring_results where dataset = %s and day = %s", (dataset, day))
+        cursor.executemany(
+            _INSERT,
+            [
+                (
+                    dataset,
+                    r.day,
+                    r.chunk,
+                    r.chunk_start,
+                    r.chunk_end,
+                    r.rows,
+                    r.kind,
+                    r.name,
+                    r.value,
+                    r.lower_threshold,
+                    r.upper_threshold,
+                    r.alert,
+                    r.model_version,
+                )
+                for r in rows
+            ],
+        )
+
+
+# ------------------------------------------------------------------------------------------------ report
+def html_report(spec: DatasetSpec, day: dt.date, analysis: WindowAnalysis) -> str:
+    """A self-contained HTML page: one table per result kind, chunks as columns, alerts highlighted."""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>Riverbed monitoring: {html.escape(spec.name)} {day}</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th:first-child,td:first-child{text-align:left}"
+        ".alert{background:#fdd;font-weight:bold}</style></head><body>",
+        f"<h1>{html.escape(spec.name)}: monitoring window {day}</h1>",
+        f"<p>{analysis.records} predicted records in {analysis.chunks} chunk(s), {analysis.labelled} with a label. "
+        "Highlighted cells are alerts.</p>",
+    ]
+    chunks = sorted({r.chunk for r in analysis.rows})
+    for kind in RESULT_KINDS:
+        selected = [r for r in analysis.rows if r.kind == kind]
+        if not selected:
+            continue
+        cells = {(r.name, r.chunk): r for r in selected}
+        names = list(dict.fromkeys(r.name for r in selected))
+        parts.append(f"<h2>{kind.replace('_', ' ')}</h2><table><tr><th>name</th>")
+        parts.extend(f"<th>chunk {c}</th>" for c in chunks)
+        parts.append("</tr>")
+        for name in names:
+            parts.append(f"<tr><td>{html.escape(name)}</td>")
+            for chunk in chunks:
+                row = cells.get((name, chunk))
+                if row is None or row.value is None:
+                    parts.append("<td>-</td>")
+                else:
+                    parts.append(f"<td class='{'alert' if row.alert else ''}'>{row.value:.4f}</td>")
+            parts.append("</tr>")
+        parts.append("</table>")
+    parts.append("</body></html>")
+    return "".join(parts)

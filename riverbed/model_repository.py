@@ -1,0 +1,250 @@
+"""MLServer's model repository folder and the deployment pointer of each dataset.
+
+Layout under the repository root (the folder ``mlserver start`` is given)::
+
+    <dataset>-v<version>/          one served model: model.pkl, feature_groups.json, model.json,
+                                   model-settings.json (MLServer finds models by that file)
+    deployments/<dataset>.json     which served model answers for the dataset, with its lineage
+    .staging-*/                    folders being written; hidden, so MLServer's recursive scan skips them
+
+A model folder is written under a hidden staging name and renamed into place, and a pointer is replaced
+with ``os.replace`` after an fsync, so neither MLServer nor the gateway ever reads half a model or pointer.
+No Dagster or MLflow here: the gateway imports this module.
+"""
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+logger = logging.getLogger(__name__)
+
+POINTER_POLL_SECONDS = 0.5
+DEPLOYMENTS_DIR = "deployments"
+STAGING_PREFIX = ".staging-"
+MODEL_SETTINGS_FILE = "model-settings.json"
+MODEL_FILE = "model.pkl"  # the names serving/runtime.py reads
+FEATURE_GROUPS_FILE = "feature_groups.json"
+MODEL_INFO_FILE = "model.json"
+RUNTIME_IMPLEMENTATION = "serving.runtime.RiverbedModelRuntime"
+# MLServer's adaptive batching: concurrent single-row requests share one predict + TreeSHAP call. Measured
+# on 2 cores (benchmarks/RESULTS.md): ~200 -> ~300 requests/s at 8 clients; adds at most 2 ms of waiting.
+ADAPTIVE_BATCHING: dict[str, float | int] = {"max_batch_size": 16, "max_batch_time": 0.002}
+
+
+class ModelRepositoryError(RuntimeError):
+    """The model repository folder cannot be read or written as needed."""
+
+
+class DeployedModel(BaseModel):
+    """What a dataset's deployment pointer holds: the served model and the lineage behind it."""
+
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    dataset: str
+    served_model_name: str
+    registered_model_name: str
+    version: int
+    mlflow_run_id: str
+    model_uri: str = Field(description="Pinned registry URI, models:/<name>/<version>.")
+    training_set_commit_id: str
+    data_commit_ids: dict[str, str] = Field(default_factory=dict, description="Feature partition -> commit id.")
+    dagster_run_id: str
+    classes: list[str]
+    features: list[str] = Field(description="Input feature names, in the order the model reads them.")
+    deployed_at: dt.datetime
+    previous_version: int | None = None
+
+
+def model_settings(served_name: str, folder: Path, version: int) -> dict[str, object]:
+    """MLServer's model-settings.json for one installed version (runtime, pinned folder, adaptive batching)."""
+    return {
+        "name": served_name,
+        "implementation": RUNTIME_IMPLEMENTATION,
+        "parameters": {"uri": str(folder), "version": str(version)},
+        **ADAPTIVE_BATCHING,
+    }
+
+
+def served_model_name(dataset: str, version: int) -> str:
+    """The name MLServer serves a registered model version under."""
+    return f"{dataset}-v{version}"
+
+
+def _fsync_directory(folder: Path) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:  # some filesystems do not allow opening a directory; the rename is still atomic
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so readers see the old content or the new, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+class ModelRepository:
+    """The model repository folder MLServer serves from, and the deployment pointers in it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+
+    def __repr__(self) -> str:
+        return f"ModelRepository({str(self.root)!r})"
+
+    # -- served model folders ---------------------------------------------------
+    def model_dir(self, served_name: str) -> Path:
+        if not served_name or "/" in served_name or served_name.startswith(".") or served_name == DEPLOYMENTS_DIR:
+            raise ValueError(f"served model name {served_name!r} is not a plain folder name")
+        return self.root / served_name
+
+    def is_installed(self, served_name: str) -> bool:
+        return (self.model_dir(served_name) / MODEL_SETTINGS_FILE).is_file()
+
+    def installed_models(self) -> list[str]:
+        """Served model names with a folder in the repository."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            entry.name
+            for entry in self.root.iterdir()
+            if entry.is_dir() and not entry.name.startswith(".") and (entry / MODEL_SETTINGS_FILE).is_file()
+        )
+
+    def install(
+        self,
+        model_file: Path,
+        feature_groups_file: Path,
+        info: DeployedModel,
+        *,
+        numeric_features: list[str] | None = None,
+    ) -> Path:
+        """Copy one model version into ``<root>/<served name>/`` with what MLServer and the runtime read.
+
+        The folder is assembled under a hidden staging name and renamed into place; an existing folder of the
+        same name is replaced (moved aside first, then deleted).
+        """
+        target = self.model_dir(info.served_model_name)
+        for source in (model_file, feature_groups_file):
+            if not Path(source).is_file():
+                raise ModelRepositoryError(f"cannot install {info.served_model_name}: {source} is not a file")
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = self.root / f"{STAGING_PREFIX}{info.served_model_name}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        try:
+            shutil.copyfile(model_file, staging / MODEL_FILE)
+            shutil.copyfile(feature_groups_file, staging / FEATURE_GROUPS_FILE)
+            model_info: dict[str, object] = {**info.model_dump(mode="json"), "installed_at": _now().isoformat()}
+            if numeric_features is not None:
+                model_info["numeric_features"] = list(numeric_features)
+            (staging / MODEL_INFO_FILE).write_text(json.dumps(model_info, indent=2))
+            settings = model_settings(info.served_model_name, target, info.version)
+            (staging / MODEL_SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+            for written in staging.iterdir():
+                with written.open("rb") as stream:
+                    os.fsync(stream.fileno())
+            if target.exists():
+                self._discard(target)
+            staging.rename(target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _fsync_directory(self.root)
+        logger.info(
+            "installed %s (%s version %d) at %s",
+            info.served_model_name,
+            info.registered_model_name,
+            info.version,
+            target,
+        )
+        return target
+
+    def refresh_model_settings(self, deployment: DeployedModel) -> None:
+        """Rewrite an installed version's model-settings.json with the current serving options (before a start)."""
+        folder = self.model_dir(deployment.served_model_name)
+        wanted = model_settings(deployment.served_model_name, folder, deployment.version)
+        path = folder / MODEL_SETTINGS_FILE
+        if json.loads(path.read_text()) != wanted:
+            atomic_write_text(path, json.dumps(wanted, indent=2))
+
+    def remove_version(self, served_name: str) -> bool:
+        """Delete a served model's folder (renamed to a hidden name first); False if it was not there."""
+        target = self.model_dir(served_name)
+        if not target.exists():
+            return False
+        self._discard(target)
+        logger.info("removed %s from the model repository", served_name)
+        return True
+
+    def _discard(self, folder: Path) -> None:
+        trash = self.root / f"{STAGING_PREFIX}removed-{folder.name}-{uuid.uuid4().hex[:8]}"
+        folder.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    # -- deployment pointers ----------------------------------------------------
+    @property
+    def deployments_dir(self) -> Path:
+        return self.root / DEPLOYMENTS_DIR
+
+    def pointer_path(self, dataset: str) -> Path:
+        if not dataset or "/" in dataset or dataset.startswith("."):
+            raise ValueError(f"dataset name {dataset!r} is not a plain file name")
+        return self.deployments_dir / f"{dataset}.json"
+
+    def read_deployment(self, dataset: str) -> DeployedModel | None:
+        """The dataset's deployment, or None if nothing is deployed."""
+        path = self.pointer_path(dataset)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            return DeployedModel.model_validate_json(text)
+        except ValidationError as error:
+            raise ModelRepositoryError(f"deployment pointer {path} is not a valid deployment record: {error}") from None
+
+    def list_deployments(self) -> list[DeployedModel]:
+        if not self.deployments_dir.is_dir():
+            return []
+        found = []
+        for path in sorted(self.deployments_dir.glob("*.json")):
+            if path.name.startswith("."):
+                continue
+            deployment = self.read_deployment(path.stem)
+            if deployment is not None:
+                found.append(deployment)
+        return found
+
+    def set_deployment(self, info: DeployedModel) -> Path:
+        """Point the dataset at ``info`` (temp file, fsync, os.replace)."""
+        path = self.pointer_path(info.dataset)
+        atomic_write_text(path, info.model_dump_json(indent=2))
+        logger.info("dataset %s now points at %s", info.dataset, info.served_model_name)
+        return path
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

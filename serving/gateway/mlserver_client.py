@@ -1,0 +1,140 @@
+"""MLServer over the V2 inference protocol: one long-lived connection pool per gateway process."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import numpy as np
+import orjson
+
+logger = logging.getLogger(__name__)
+
+OUTPUTS_WITH_EXPLANATIONS = ("label", "probabilities", "contributions", "base_value")
+OUTPUTS_WITHOUT_EXPLANATIONS = ("label", "probabilities")
+
+
+class MLServerUnavailableError(Exception):
+    """MLServer could not be reached or answered with a server error."""
+
+
+class ServedModelNotFoundError(Exception):
+    """MLServer does not (or no longer) serve the requested model; the caller may re-resolve and retry."""
+
+
+class ScoringError(Exception):
+    """MLServer refused the inputs (a 4xx other than an unknown model)."""
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    labels: list[str]
+    probabilities: np.ndarray  # (n, 2): class 0, class 1
+    contributions: np.ndarray | None  # (n, features)
+    base_value: np.ndarray | None  # (n,)
+    feature_names: list[str]
+    model_version: str | None
+
+
+def encode_inputs(features: list[str], numeric: set[str], columns: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """V2 inputs, one per feature: numbers as FP64 (BYTES with "" for missing ones), categories as BYTES."""
+    inputs = []
+    for name in features:
+        values = columns[name]
+        size = len(values)
+        if name in numeric and all(v is not None for v in values):
+            inputs.append({"name": name, "datatype": "FP64", "shape": [size], "data": [float(v) for v in values]})
+        else:
+            data = ["" if v is None else str(v) for v in values]
+            inputs.append({"name": name, "datatype": "BYTES", "shape": [size], "data": data})
+    return inputs
+
+
+class MLServerClient:
+    """Async V2 client; create in the gateway's lifespan, close at shutdown."""
+
+    def __init__(self, base_url: str, *, timeout_seconds: float = 30.0, max_connections: int = 100) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds, sock_connect=2.0)
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=60)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, json_serialize=lambda v: orjson.dumps(v).decode()
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise MLServerUnavailableError("the MLServer client is not started")
+        return self._session
+
+    async def live(self) -> bool:
+        try:
+            async with self.session.get(
+                f"{self.base_url}/v2/health/live", timeout=aiohttp.ClientTimeout(total=1.0)
+            ) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def model_ready(self, served_name: str) -> bool:
+        try:
+            async with self.session.get(
+                f"{self.base_url}/v2/models/{served_name}/ready", timeout=aiohttp.ClientTimeout(total=1.0)
+            ) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def infer(
+        self,
+        served_name: str,
+        request_id: str,
+        inputs: list[dict[str, Any]],
+        *,
+        explain: bool,
+    ) -> ScoredBatch:
+        outputs = OUTPUTS_WITH_EXPLANATIONS if explain else OUTPUTS_WITHOUT_EXPLANATIONS
+        payload = {"id": request_id, "inputs": inputs, "outputs": [{"name": name} for name in outputs]}
+        url = f"{self.base_url}/v2/models/{served_name}/infer"
+        try:
+            async with self.session.post(
+                url, data=orjson.dumps(payload), headers={"Content-Type": "application/json"}
+            ) as response:
+                body = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise MLServerUnavailableError(f"MLServer is unreachable ({type(error).__name__})") from None
+        if status == 200:
+            return _decode(orjson.loads(body), explain)
+        text = body.decode(errors="replace")[:300]
+        if status == 404 or (status == 400 and ("not found" in text.lower() or "unavailable" in text.lower())):
+            raise ServedModelNotFoundError(f"MLServer does not serve {served_name!r}: {text}")
+        if status >= 500:
+            raise MLServerUnavailableError(f"MLServer answered {status}: {text}")
+        raise ScoringError(f"MLServer refused the inputs ({status}): {text}")
+
+
+def _decode(body: dict[str, Any], explain: bool) -> ScoredBatch:
+    outputs = {output["name"]: output for output in body.get("outputs", [])}
+    labels = [str(v) for v in outputs["label"]["data"]]
+    count = len(labels)
+    probabilities = np.asarray(outputs["probabilities"]["data"], dtype=np.float64).reshape(count, 2)
+    parameters = body.get("parameters") or {}
+    names = parameters.get("feature_names")
+    feature_names = orjson.loads(names) if isinstance(names, str) else list(names or [])
+    contributions = base_value = None
+    if explain:
+        contributions = np.asarray(outputs["contributions"]["data"], dtype=np.float64).reshape(count, -1)
+        base_value = np.asarray(outputs["base_value"]["data"], dtype=np.float64).reshape(count)
+    return ScoredBatch(labels, probabilities, contributions, base_value, feature_names, body.get("model_version"))

@@ -1,0 +1,269 @@
+"""Promotion gate, deployment and rollback on the real asset graph (real MLflow on SQLite, local store).
+
+The hot swap against a real ``mlserver start`` is the slow test at the end.
+"""
+
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from platform_assets.definitions import build_definitions
+from platform_assets.deployment import (
+    CHAMPION_ALIAS,
+    GATE_CHECK_NAME,
+    GATE_REASON_TAG,
+    GATE_TAG,
+    PREVIOUS_ALIAS,
+    RollbackError,
+    decide_promotion,
+    largest_disparity,
+    rollback_deployment,
+)
+from platform_assets.model_registry import list_model_versions
+from platform_assets.runner import QUIET_LOGGING, local_instance, run_pipeline
+from riverbed.mlserver_admin import MLServerAdmin
+from riverbed.model_repository import ModelRepository
+from riverbed.settings import RiverbedSettings
+from riverbed.specs import PromotionGateSpec
+from serving.mlserver_process import MLServerProcess, free_port
+from serving.routing import RoutedInferenceClient
+
+DATASET = "loan_default"
+PARTITIONS = ["2026-09-01", "2026-09-02", "2026-09-03"]
+FAST_TRAINING = {"optuna_trials": 1, "max_estimators": 20}
+LENIENT_GATE = {"min_improvement": -1.0, "max_fairness_disparity": 1.0}
+
+
+def _write_dataset(folder: Path) -> None:
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(600):
+        amount = float(rng.uniform(100, 5000))
+        term = str(rng.choice(["short", "long"]))
+        region = str(rng.choice(["north", "south", "east"]))
+        default = "yes" if (amount > 3000 and term == "long") or rng.random() < 0.05 else "no"
+        rows.append(f"L{i},{amount:.2f},{term},{region},{default}")
+    (folder / "loans.csv").write_text("loan_id,amount,term,region,defaulted\n" + "\n".join(rows) + "\n")
+    (folder / f"{DATASET}.yaml").write_text(
+        textwrap.dedent(
+            """\
+            name: loan_default
+            description: Whether a small loan defaults (test dataset).
+            source: {kind: csv, files: [loans.csv]}
+            record_id: {name: loan_id, source_column: loan_id}
+            event_time: {assign_start: 2026-09-01, assign_days: 3}
+            target: {name: defaulted, classes: ["no", "yes"], positive_class: "yes"}
+            protected_attributes: [region]
+            features:
+              - {name: amount, type: numeric, minimum: 0, maximum: 10000}
+              - {name: term, type: category, categories: [short, long]}
+              - {name: region, type: category, categories: [north, south, east]}
+            training: {optuna_trials: 1, max_estimators: 20, seed: 1}
+            promotion: {metric: roc_auc, min_improvement: 0.0, max_fairness_disparity: 0.3}
+            """
+        )
+    )
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> RiverbedSettings:
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    _write_dataset(specs)
+    # A port nobody listens on: these tests deploy with MLServer down unless they start one.
+    return RiverbedSettings(home=tmp_path / "home", specs_dirs=[specs], mlserver_url=f"http://127.0.0.1:{free_port()}")
+
+
+def _train(settings: RiverbedSettings, instance, gate: dict | None = None, seed: int = 1):
+    ops = {f"model_{DATASET}": {"config": {**FAST_TRAINING, "seed": seed}}}
+    if gate:
+        ops[f"model_{DATASET}_{GATE_CHECK_NAME}"] = {"config": gate}
+    return (
+        build_definitions(settings)
+        .resolve_job_def(f"train_{DATASET}")
+        .execute_in_process(instance=instance, run_config={**QUIET_LOGGING, "ops": ops}, raise_on_error=False)
+    )
+
+
+def _client(settings: RiverbedSettings):
+    import mlflow
+
+    uri = settings.resolved_mlflow_tracking_uri
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _aliases(settings: RiverbedSettings) -> dict[str, str]:
+    aliases = _client(settings).get_registered_model(f"riverbed-{DATASET}").aliases
+    return {alias: str(version) for alias, version in aliases.items()}
+
+
+def _materialized(result) -> set[str]:
+    return {
+        e.event_specific_data.materialization.asset_key.to_user_string()
+        for e in result.get_asset_materialization_events()
+    }
+
+
+def test_decide_promotion_rules() -> None:
+    gate = PromotionGateSpec(metric="log_loss", min_improvement=0.01, max_fairness_disparity=0.2)
+    fair = {"sex": {"demographic_parity_difference": 0.1}, "race": {"demographic_parity_difference": 0.15}}
+    first = decide_promotion(gate, {"log_loss": 0.5}, fair, None)
+    assert first.passed and "no champion" in first.reason and first.disparity_attribute == "race"
+    better = decide_promotion(gate, {"log_loss": 0.40}, fair, {"log_loss": 0.45}, champion_version=3)
+    assert better.passed and better.margin == pytest.approx(0.05)
+    slightly = decide_promotion(gate, {"log_loss": 0.445}, fair, {"log_loss": 0.45}, champion_version=3)
+    assert not slightly.passed and "does not beat the champion" in slightly.reason
+    unfair = decide_promotion(gate, {"log_loss": 0.1}, {"sex": {"demographic_parity_difference": 0.3}}, None)
+    assert not unfair.passed and "'sex'" in unfair.reason and "exceeds" in unfair.reason
+    # Groups too small to estimate a selection rate do not count (fairlearn's figure would be 1.0 here).
+    groups = {
+        "demographic_parity_difference": 1.0,
+        **{"selection_rate[a]": 0.30, "count[a]": 500.0, "selection_rate[b]": 0.20, "count[b]": 200.0},
+        **{"selection_rate[c]": 1.0, "count[c]": 2.0},
+    }
+    assert largest_disparity({"race": groups}) == ("race", pytest.approx(0.10))
+    assert decide_promotion(gate, {"log_loss": 0.1}, {"race": groups}, None).passed
+
+
+def test_gate_deploys_the_first_model_blocks_a_worse_one_and_rollback_repoints(settings: RiverbedSettings) -> None:
+    instance = local_instance(settings)
+    repository = ModelRepository(settings.model_repository_dir)
+    client = _client(settings)
+    name = f"riverbed-{DATASET}"
+
+    # 1. No champion yet: the gate passes, v1 becomes champion and is installed with its pointer.
+    first = run_pipeline(settings, DATASET, PARTITIONS, train_config=FAST_TRAINING, instance=instance)
+    assert first.gate_passed is True and first.deployment is not None
+    assert first.deployment.version == 1 and first.deployment.mlserver_loaded is False
+    assert _aliases(settings) == {CHAMPION_ALIAS: "1"}
+    pointer = repository.read_deployment(DATASET)
+    assert pointer is not None and pointer.served_model_name == f"{DATASET}-v1"
+    assert pointer.mlflow_run_id == first.model.mlflow_run_id
+    assert pointer.data_commit_ids == first.model.data_commit_ids
+    assert pointer.training_set_commit_id == first.model.training_set_commit_id
+    assert pointer.classes == ["no", "yes"] and pointer.features == ["amount", "term", "region"]
+    assert repository.installed_models() == [f"{DATASET}-v1"]
+    assert client.get_model_version(name, "1").tags[GATE_TAG] == "passed"
+
+    # 2. A candidate that must beat the champion by 0.5 ROC AUC fails the blocking check: no deployment.
+    blocked = _train(settings, instance, gate={"min_improvement": 0.5, "max_fairness_disparity": 0.0}, seed=2)
+    assert not blocked.success
+    assert _materialized(blocked) == {f"training_set_{DATASET}", f"model_{DATASET}"}
+    evaluation = next(
+        e.asset_check_evaluation_data for e in blocked.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    )
+    assert not evaluation.passed and "does not beat the champion" in (evaluation.description or "")
+    metadata = {k: getattr(v, "value", v) for k, v in evaluation.metadata.items()}
+    assert {"candidate_score", "champion_score", "margin", "disparity", "reason"} <= set(metadata)
+    assert metadata["champion_version"] == 1 and metadata["candidate_version"] == 2
+    tags = client.get_model_version(name, "2").tags
+    assert tags[GATE_TAG] == "failed" and "does not beat the champion" in tags[GATE_REASON_TAG]
+    if metadata["disparity"] > 0.0:  # the 0.0 fairness bound fails too, unless the model's selection rates are equal
+        assert "demographic parity difference" in tags[GATE_REASON_TAG]
+    assert _aliases(settings) == {CHAMPION_ALIAS: "1"}
+    assert repository.read_deployment(DATASET).version == 1
+
+    # 3. A candidate that passes replaces the champion; the old one becomes 'previous' and leaves the repository.
+    promoted = _train(settings, instance, gate=LENIENT_GATE, seed=3)
+    assert promoted.success, [e.message for e in promoted.all_events if e.is_failure]
+    record = promoted.asset_value(f"deployment_{DATASET}")
+    assert record.version == 3 and record.previous_version == 1
+    assert _aliases(settings) == {CHAMPION_ALIAS: "3", PREVIOUS_ALIAS: "1"}
+    assert repository.read_deployment(DATASET).version == 3
+    assert repository.installed_models() == [f"{DATASET}-v3"]
+
+    # 4. Rollback re-points the aliases, reinstalls v1 and moves the pointer back.
+    rolled = rollback_deployment(DATASET, None, settings=settings)
+    assert rolled.version == 1 and rolled.previous_version == 3
+    assert _aliases(settings) == {CHAMPION_ALIAS: "1", PREVIOUS_ALIAS: "3"}
+    assert repository.read_deployment(DATASET) == rolled
+    assert rolled.data_commit_ids == first.model.data_commit_ids  # lineage read back from the model card
+    assert rolled.dagster_run_id == first.model.dagster_run_id
+    assert repository.installed_models() == [f"{DATASET}-v1"]
+    again = rollback_deployment(DATASET, 3, settings=settings)
+    assert again.version == 3 and _aliases(settings) == {CHAMPION_ALIAS: "3", PREVIOUS_ALIAS: "1"}
+
+    # 5. The registry listing behind `riverbed models`: aliases, reasons and the gate's verdict per version.
+    listed = {v.version: v for v in list_model_versions(settings, [DATASET])}
+    assert sorted(listed) == [1, 2, 3]
+    assert listed[3].aliases == [CHAMPION_ALIAS] and listed[1].aliases == [PREVIOUS_ALIAS] and listed[2].aliases == []
+    assert (listed[1].gate, listed[2].gate, listed[3].gate) == ("passed", "failed", "passed")
+    assert "does not beat the champion" in listed[2].gate_reason
+    assert listed[1].reason == "manual" and "roc_auc" in listed[1].metrics
+
+    with pytest.raises(RollbackError, match="no version 99"):
+        rollback_deployment(DATASET, 99, settings=settings)
+    with pytest.raises(RollbackError, match="unknown dataset"):
+        rollback_deployment("nope", None, settings=settings)
+
+
+def test_rollback_without_a_previous_version_is_a_clear_error(settings: RiverbedSettings) -> None:
+    run_pipeline(settings, DATASET, PARTITIONS, train_config=FAST_TRAINING, instance=local_instance(settings))
+    with pytest.raises(RollbackError, match="no 'previous' version"):
+        rollback_deployment(DATASET, None, settings=settings)
+
+
+def _infer_payload() -> dict:
+    return {
+        "parameters": {"content_type": "pd"},
+        "inputs": [
+            {"name": "amount", "datatype": "FP64", "shape": [2], "data": [4200.0, 300.0]},
+            {"name": "term", "datatype": "BYTES", "shape": [2], "data": ["long", "short"]},
+            {"name": "region", "datatype": "BYTES", "shape": [2], "data": ["north", "east"]},
+        ],
+    }
+
+
+@pytest.mark.slow
+def test_hot_swap_under_load_fails_no_request(settings: RiverbedSettings, tmp_path: Path) -> None:
+    port = free_port()
+    settings = settings.model_copy(update={"mlserver_url": f"http://127.0.0.1:{port}"})
+    repository = ModelRepository(settings.model_repository_dir)
+    repository.root.mkdir(parents=True)
+    instance = local_instance(settings)
+    with MLServerProcess(repository.root, http_port=port, log_file=tmp_path / "mlserver.log") as mlserver:
+        first = run_pipeline(settings, DATASET, PARTITIONS, train_config=FAST_TRAINING, instance=instance)
+        assert first.deployment is not None and first.deployment.mlserver_loaded
+
+        served: list[str] = []
+        failures: list[str] = []
+        stop = threading.Event()
+
+        def fire() -> None:
+            with RoutedInferenceClient(mlserver.url, repository) as client:
+                while not stop.is_set():
+                    deployment, response = client.infer(DATASET, _infer_payload())
+                    if response.status_code == 200:
+                        served.append(response.json()["model_name"])
+                    else:
+                        failures.append(f"{deployment.served_model_name}: {response.status_code} {response.text}")
+
+        worker = threading.Thread(target=fire, daemon=True)
+        worker.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not served and time.monotonic() < deadline:
+                time.sleep(0.05)
+            swapped = _train(settings, instance, gate=LENIENT_GATE, seed=2)
+            assert swapped.success
+            record = swapped.asset_value(f"deployment_{DATASET}")
+            assert record.mlserver_loaded and record.old_model_unloaded
+            seen = len(served)
+            deadline = time.monotonic() + 10
+            while len(served) < seen + 20 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            worker.join(timeout=30)
+
+        assert failures == []
+        assert served[0] == f"{DATASET}-v1" and served[-1] == f"{DATASET}-v2"
+        switch = served.index(f"{DATASET}-v2")
+        assert set(served[:switch]) == {f"{DATASET}-v1"} and set(served[switch:]) == {f"{DATASET}-v2"}
+        with MLServerAdmin(mlserver.url) as admin:
+            assert admin.loaded_models() == [f"{DATASET}-v2"]
+        assert repository.installed_models() == [f"{DATASET}-v2"]

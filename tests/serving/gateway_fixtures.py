@@ -1,0 +1,92 @@
+"""Shared set-up for gateway tests: a quickly trained salary_band model installed in a model repository."""
+
+import datetime as dt
+import json
+import uuid
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import pandas as pd
+import psycopg
+
+from platform_assets.training.model_training import build_pipeline, encoded_feature_groups, model_inputs
+from platform_assets.transforms import build_features
+from riverbed.model_repository import DeployedModel, ModelRepository, served_model_name
+from riverbed.settings import PROJECT_ROOT
+from riverbed.sources import load_source_records
+from riverbed.specs import DatasetSpec, load_specs
+from riverbed.validation import validate_records
+
+ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+
+
+def salary_band_spec() -> DatasetSpec:
+    return load_specs([PROJECT_ROOT / "datasets"])["salary_band"]
+
+
+def salary_band_features(rows: int = 3000) -> pd.DataFrame:
+    spec = salary_band_spec()
+    records = load_source_records(spec).head(rows)
+    return build_features(spec, validate_records(spec, records).valid).reset_index(drop=True)
+
+
+def api_records(frame: pd.DataFrame, spec: DatasetSpec) -> list[dict]:
+    """Rows as the gateway's JSON records (None for missing values)."""
+    out = []
+    for row in frame[spec.feature_names].to_dict("records"):
+        record = {}
+        for name, value in row.items():
+            if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+                record[name] = None
+            elif name in spec.numeric_features:
+                record[name] = int(value) if float(value).is_integer() else float(value)
+            else:
+                record[name] = str(value)
+        out.append(record)
+    return out
+
+
+def install_trained_model(
+    repository: ModelRepository, version: int, trees: int, folder: Path, *, point: bool = True
+) -> DeployedModel:
+    """Train a small pipeline, install it as ``salary_band-v<version>`` and point the deployment at it."""
+    spec = salary_band_spec()
+    frame = salary_band_features()
+    pipeline = build_pipeline(spec, {"n_estimators": trees, "max_depth": 3}, seed=version)
+    pipeline.fit(model_inputs(spec, frame), frame[spec.target.name])
+    folder.mkdir(parents=True, exist_ok=True)
+    model_file, groups_file = folder / f"model-{version}.pkl", folder / f"groups-{version}.json"
+    model_file.write_bytes(cloudpickle.dumps(pipeline))
+    groups_file.write_text(json.dumps(encoded_feature_groups(pipeline, spec)))
+    info = DeployedModel(
+        dataset=spec.name,
+        served_model_name=served_model_name(spec.name, version),
+        registered_model_name="riverbed-salary_band",
+        version=version,
+        mlflow_run_id=uuid.uuid4().hex,
+        model_uri=f"models:/riverbed-salary_band/{version}",
+        training_set_commit_id=uuid.uuid4().hex,
+        data_commit_ids={"2026-10-01": uuid.uuid4().hex, "2026-10-02": uuid.uuid4().hex},
+        dagster_run_id=str(uuid.uuid4()),
+        classes=list(spec.target.classes),
+        features=spec.feature_names,
+        deployed_at=dt.datetime.now(dt.UTC),
+    )
+    repository.install(model_file, groups_file, info, numeric_features=spec.numeric_features)
+    if point:
+        repository.set_deployment(info)
+    return info
+
+
+def create_database() -> tuple[str, str]:
+    """A fresh database on the machine's PostgreSQL; returns (name, dsn)."""
+    name = f"riverbed_gw_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name, f"host=127.0.0.1 port=5432 user=postgres dbname={name}"
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

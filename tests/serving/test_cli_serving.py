@@ -1,0 +1,112 @@
+"""`riverbed serve`, `apikey create` and `audit` as a user runs them: embedded PostgreSQL, real processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import psycopg
+import pytest
+
+from riverbed.model_repository import ModelRepository
+from serving.mlserver_process import free_port
+from tests.serving.gateway_fixtures import api_records, install_trained_model, salary_band_features, salary_band_spec
+
+pytestmark = pytest.mark.slow
+
+
+def _riverbed(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "riverbed.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("serve-home")
+    install_trained_model(ModelRepository(home / "model-repository"), 1, trees=20, folder=home / "trained")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RIVERBED_")},
+        "RIVERBED_HOME": str(home),
+        "RIVERBED_GATEWAY_PORT": str(free_port()),
+        "RIVERBED_MLSERVER_URL": f"http://127.0.0.1:{free_port()}",
+        "RIVERBED_MLSERVER_GRPC_PORT": str(free_port()),
+        "RIVERBED_MLSERVER_METRICS_PORT": str(free_port()),
+    }
+    log = (home / "serve.out").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "riverbed.cli", "serve", "salary_band"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    stack_file = home / "stack.json"
+    deadline = time.monotonic() + 120
+    while not stack_file.exists():
+        assert process.poll() is None, (home / "serve.out").read_text()
+        assert time.monotonic() < deadline, "riverbed serve did not write stack.json"
+        time.sleep(0.3)
+    try:
+        yield env, process, json.loads(stack_file.read_text()), home
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def test_serve_writes_the_stack_file_and_uses_the_embedded_database(served) -> None:
+    _, _, stack, home = served
+    assert stack["gateway"].startswith("http://") and stack["mlserver"].startswith("http://")
+    assert f"host={home / 'postgres'}" in stack["database"]
+    assert httpx.get(f"{stack['gateway']}/readyz", timeout=5).status_code == 200
+    assert httpx.get(f"{stack['mlserver']}/v2/models/salary_band-v1/ready", timeout=5).status_code == 200
+
+
+def test_apikey_predict_audit_and_verify_from_the_cli(served) -> None:
+    env, _, stack, home = served
+    created = _riverbed(env, "apikey", "create", "--roles", "predict,audit")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("rb_") and " " not in key
+    bad_role = _riverbed(env, "apikey", "create", "--roles", "predict,admin")
+    assert bad_role.returncode != 0 and "admin" in bad_role.stdout + bad_role.stderr
+
+    records = api_records(salary_band_features(20), salary_band_spec())
+    with httpx.Client(base_url=stack["gateway"], headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+        ids = [client.post("/v1/salary_band/predict", json=r).headers["X-Request-ID"] for r in records[:5]]
+        batch = client.post("/v1/salary_band/predict", json={"records": records})
+        assert batch.status_code == 200
+
+    shown = _riverbed(env, "audit", "show", ids[0])
+    assert shown.returncode == 0, shown.stderr
+    detail = json.loads(shown.stdout)
+    assert detail["request"]["request_id"] == ids[0] and detail["lineage"]["model"]["version"] == "1"
+
+    listed = _riverbed(env, "audit", "query", "--dataset", "salary_band", "--status", "ok", "--json", "--limit", "100")
+    assert listed.returncode == 0, listed.stderr
+    assert set(ids) <= {row["request_id"] for row in json.loads(listed.stdout)["predictions"]}
+
+    exported = home / "export.csv"
+    assert _riverbed(env, "audit", "export", "--output", str(exported), "--status", "ok").returncode == 0
+    assert sum(1 for _ in exported.open()) >= 7  # header + 6 requests (CSV fields may hold no newlines)
+
+    verified = _riverbed(env, "audit", "verify")
+    assert verified.returncode == 0 and "intact" in verified.stdout
+
+    with psycopg.connect(stack["database"], autocommit=True) as conn:
+        conn.execute("UPDATE inference_log SET labels = ARRAY['tampered'] WHERE request_id = %s", (ids[2],))
+    tampered = _riverbed(env, "audit", "verify")
+    assert tampered.returncode == 1 and ids[2] in tampered.stdout
+
+
+def test_sigterm_stops_everything_cleanly(served) -> None:
+    _, process, stack, home = served
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0, (home / "serve.out").read_text()
+    assert not (home / "stack.json").exists()
+    for pid in (stack["gateway_pid"], stack["mlserver_pid"]):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{stack['gateway']}/healthz", timeout=2)
