@@ -89,7 +89,7 @@ def _moment(value: Any) -> dt.datetime | None:
 
 
 def _chunk_bounds(analysis: pd.DataFrame, start_index: int, end_index: int) -> tuple[Any, Any]:
-    times = analysis["received_at"] if "received_at" in analysis else None
+    times = analysis.get("received_at")
     if times is None or times.empty:
         return None, None
     return _moment(times.iloc[start_index]), _moment(times.iloc[min(end_index, len(times) - 1)])

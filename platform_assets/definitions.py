@@ -10,10 +10,12 @@ import dagster as dg
 
 from platform_assets.dataset_assets import build_dataset_definitions
 from platform_assets.environments import build_resources
+from platform_assets.monitoring_assets import build_monitoring_definitions
 from riverbed.settings import RiverbedSettings, get_settings
 from riverbed.specs import load_specs
 from riverbed.stack_file import inference_log_dsn
 from sensors.kafka_ingestion import build_kafka_ingestion_sensor
+from sensors.kafka_labels import build_kafka_labels_sensor
 from sensors.retraining import build_retraining_schedule, build_retraining_sensor
 
 
@@ -28,6 +30,11 @@ def build_definitions(settings: RiverbedSettings | None = None) -> dg.Definition
     for spec in specs.values():
         sensors.append(build_retraining_sensor(spec, lambda: inference_log_dsn(settings)))
         sensors.append(build_kafka_ingestion_sensor(spec, settings))
+        sensors.append(build_kafka_labels_sensor(spec, settings))
+        monitoring, monitor_job, monitor_schedule = build_monitoring_definitions(spec)
+        assets.append(monitoring)
+        jobs.append(monitor_job)
+        schedules.append(monitor_schedule)
         schedule = build_retraining_schedule(spec)
         if schedule is not None:
             schedules.append(schedule)

@@ -552,6 +552,7 @@ def build_deployment_definitions(
         model: ModelRecord,
         mlflow: MlflowTrackingResource,
         mlserver: MLServerResource,
+        data_store: VersionedDataStoreResource,
     ) -> DeploymentRecord:
         client = _mlflow_client(mlflow.tracking_uri)
         tags = client.get_model_version(model.registered_model_name, str(model.version)).tags or {}
@@ -571,8 +572,19 @@ def build_deployment_definitions(
                 admin=admin,
                 lineage=lineage_from_record(model),
             )
+        # Monitoring's reference: the champion's predictions on its own frozen holdout.
+        from monitoring.reference import build_reference, write_reference
+
+        training_set = parquet_to_dataframe(
+            data_store.get_store().get_object(model.training_set_commit_id, table_path(training_set_key, None))
+        )
+        pipeline = load_registered_pipeline(mlflow.tracking_uri, model.registered_model_name, model.version)
+        reference = build_reference(spec, pipeline, holdout_of(training_set, split_column))
+        reference_file = write_reference(mlserver.repository().root, name, model.version, reference)
         context.add_output_metadata(
             {
+                "monitoring_reference": dg.MetadataValue.path(str(reference_file)),
+                "reference_rows": len(reference),
                 "version": record.version,
                 "served_model_name": record.served_model_name,
                 "model_uri": record.model_uri,

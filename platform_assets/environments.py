@@ -9,12 +9,13 @@ from typing import Any
 import dagster as dg
 
 from resources.data_store_resource import ObjectStoreResource, VersionedDataStoreResource
+from resources.inference_log_resource import InferenceLogResource
 from resources.mlflow_resource import MlflowTrackingResource
 from resources.mlserver_resource import MLServerResource
 from resources.versioned_io_manager import VersionedDataIOManager
 from riverbed.settings import Environment, RiverbedSettings
 
-RESOURCE_KEYS = ("data_store", "object_store", "io_manager", "mlflow", "mlserver")
+RESOURCE_KEYS = ("data_store", "object_store", "io_manager", "mlflow", "mlserver", "inference_log")
 
 
 def build_resources(settings: RiverbedSettings) -> dict[str, Any]:
@@ -31,6 +32,10 @@ def build_resources(settings: RiverbedSettings) -> dict[str, Any]:
             tracking_uri=settings.resolved_mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
         )
         mlserver = MLServerResource(url=settings.mlserver_url, model_repository=str(settings.model_repository_dir))
+        inference_log = InferenceLogResource(
+            dsn=settings.inference_log_dsn.get_secret_value() if settings.inference_log_dsn else None,
+            home=str(settings.home),
+        )
     else:
         objects = ObjectStoreResource(
             backend="s3",
@@ -54,10 +59,12 @@ def build_resources(settings: RiverbedSettings) -> dict[str, Any]:
         mlserver = MLServerResource(
             url=dg.EnvVar("RIVERBED_MLSERVER_URL"), model_repository=str(settings.model_repository_dir)
         )
+        inference_log = InferenceLogResource(dsn=dg.EnvVar("RIVERBED_INFERENCE_LOG_DSN"))
     return {
         "data_store": data_store,
         "object_store": objects,
         "io_manager": VersionedDataIOManager(data_store=data_store),
         "mlflow": mlflow,
         "mlserver": mlserver,
+        "inference_log": inference_log,
     }

@@ -182,6 +182,17 @@ class TrainingDefaults(_Strict):
     max_estimators: int = Field(default=200, ge=10)
 
 
+class MonitoringSpec(_Strict):
+    """How predictions are monitored: NannyML chunks of this many predicted records."""
+
+    chunk_size: int = Field(
+        default=500,
+        ge=50,
+        le=100_000,
+        description="Records per monitoring chunk; the reference (test set) must hold at least two chunks.",
+    )
+
+
 class PromotionGateSpec(_Strict):
     """When a newly trained model may replace the champion (each can be overridden in the launchpad)."""
 
@@ -244,6 +255,7 @@ class DatasetSpec(_Strict):
     training: TrainingDefaults = Field(default_factory=TrainingDefaults)
     promotion: PromotionGateSpec = Field(default_factory=PromotionGateSpec)
     retraining: RetrainingSpec = Field(default_factory=RetrainingSpec)
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
     license: str | None = None
     spec_path: Path | None = Field(default=None, exclude=True)
 

@@ -57,7 +57,11 @@ def test_drift_counts_consecutive_chunks_within_and_across_days() -> None:
     same_day = tuple(DaySignals(DAY, ("age",), chunk=i) for i in range(3))
     fired = _decide(config, same_day)
     assert fired.reason is TrainingReason.DRIFT and fired.evidence == "drift:2026-11-10#2"
-    skipped = (DaySignals(DAY, ("age",), chunk=0), DaySignals(DAY, ("age",), chunk=2), DaySignals(DAY, ("age",), chunk=3))
+    skipped = (
+        DaySignals(DAY, ("age",), chunk=0),
+        DaySignals(DAY, ("age",), chunk=2),
+        DaySignals(DAY, ("age",), chunk=3),
+    )
     assert _decide(config, skipped).reason is None  # chunk 1 missing
     across = (
         DaySignals(DAY, ("age",), chunk=4),

@@ -1,0 +1,32 @@
+"""The inference log (PostgreSQL) as a Dagster resource: monitoring reads it, the labels sensor writes to it.
+
+``dsn`` set: that database (production, from ``RIVERBED_INFERENCE_LOG_DSN``). Unset: the database of the
+local serving stack started by ``riverbed serve`` (recorded in ``<home>/stack.json``).
+"""
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from riverbed.settings import RiverbedSettings
+from riverbed.stack_file import inference_log_dsn
+
+
+class InferenceLogResource(dg.ConfigurableResource):
+    """Where the gateway's inference log lives; migrations are applied on first use."""
+
+    dsn: str | None = Field(default=None, description="libpq DSN; unset means the local stack's database.")
+    home: str | None = Field(default=None, description="Riverbed home of the local stack (when dsn is unset).")
+
+    def get_dsn(self) -> str:
+        """The DSN with the schema migrated (idempotent); raises when no database is configured or running."""
+        from serving.migrations import apply_migrations
+
+        if self.dsn:
+            dsn = self.dsn
+        else:
+            settings = RiverbedSettings(home=Path(self.home)) if self.home else RiverbedSettings()
+            dsn = inference_log_dsn(settings)
+        apply_migrations(dsn)
+        return dsn
