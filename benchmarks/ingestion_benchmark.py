@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from benchmarks.report import replace_section
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -213,13 +214,7 @@ def render(r: dict[str, Any]) -> str:
 
 
 def write_section(text: str) -> None:
-    current = RESULTS_MD.read_text() if RESULTS_MD.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: text + "\n", current, count=1)
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text
-    RESULTS_MD.write_text(updated)
+    replace_section(RESULTS_MD, SECTION, text)
 
 
 def main() -> None:

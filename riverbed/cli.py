@@ -86,6 +86,9 @@ def demo(
     days: Annotated[int, typer.Option(min=1, max=366, help="Daily partitions to ingest.")] = 30,
     trials: Annotated[int | None, typer.Option(min=1, help="Optuna trials (default: the spec's).")] = None,
     serve: Annotated[bool, typer.Option(help="Then serve the champion, predict, audit and verify.")] = True,
+    drift: Annotated[
+        bool, typer.Option(help="Then the drift scenario: Kafka, drift found, automatic retraining, v2 served.")
+    ] = True,
 ) -> None:
     """Run the main job headless (ingest, featurise, train, gate, deploy), then serve and audit predictions."""
     _quiet_environment()
@@ -126,6 +129,15 @@ def demo(
             raise typer.Exit(1) from None
         if not summary.get("chain_ok"):
             raise typer.Exit(1)
+    if drift:
+        from riverbed.drift_demo import run_drift_demo
+
+        console.rule("Drift scenario: machine_failure over Kafka, monitoring, automatic retraining")
+        try:
+            run_drift_demo(settings, console)
+        except Exception as error:  # a clear line, not a stack trace
+            console.print(f"[red]drift scenario failed: {error}[/red] (state: {settings.home / 'drift-demo'})")
+            raise typer.Exit(1) from None
     console.print("[green]demo finished[/green]")
 
 

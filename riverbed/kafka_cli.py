@@ -5,16 +5,21 @@ Imports of confluent-kafka and pandas happen inside the commands.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
 import threading
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from riverbed.settings import get_settings
+
+if TYPE_CHECKING:
+    from riverbed.generators import DriftScenario
+    from riverbed.specs import DatasetSpec
 
 kafka_app = typer.Typer(help="Kafka: the embedded dev broker and the event schemas.", no_args_is_help=True)
 console = Console()
@@ -50,7 +55,8 @@ def dev_broker(
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    console.print(f"Kafka dev broker (mock cluster, {brokers} broker(s)) listening; Ctrl-C stops it", style="dim")
+    status = Console(stderr=True)  # stdout carries the address alone
+    status.print(f"Kafka dev broker (mock cluster, {brokers} broker(s)) listening; Ctrl-C stops it", style="dim")
     typer.echo(address)
     try:
         while not stop.wait(0.5):
@@ -61,7 +67,7 @@ def dev_broker(
                 record.unlink()
         except (OSError, ValueError):
             pass
-        console.print("Kafka dev broker stopped", style="dim")
+        status.print("Kafka dev broker stopped", style="dim")
 
 
 @kafka_app.command("schemas")
@@ -86,5 +92,260 @@ def schemas(
     typer.echo(f"{len(changed)} schema file(s) written under {SCHEMAS_DIR}")
 
 
+def _day_option(value: str | None, option: str) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=f"'{option}'") from None
+
+
+def _assignment(text: str, option: str, value_name: str) -> tuple[str, float]:
+    """``FEATURE=NUMBER`` -> (feature, number), BadParameter naming ``option`` otherwise."""
+    feature, sep, number = text.partition("=")
+    feature = feature.strip()
+    if not sep or not feature:
+        raise typer.BadParameter(f"{text!r} is not FEATURE={value_name}", param_hint=f"'{option}'")
+    try:
+        value = float(number)
+    except ValueError:
+        raise typer.BadParameter(f"{number.strip()!r} in {text!r} is not a number", param_hint=f"'{option}'") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise typer.BadParameter(f"{text!r}: {value_name} must be a finite number", param_hint=f"'{option}'")
+    return feature, value
+
+
+def _drift_option(
+    spec: DatasetSpec, drift_from: str | None, shifts: list[str], label_flip: str | None
+) -> DriftScenario | None:
+    """The drift scenario the options describe (None without any), validated against the spec."""
+    from riverbed.generators import DriftScenario
+    from riverbed.specs import FeatureType
+
+    if drift_from is None:
+        if shifts or label_flip:
+            option = "--shift" if shifts else "--label-flip"
+            raise typer.BadParameter("needs --drift-from (when the drift starts)", param_hint=f"'{option}'")
+        return None
+    try:
+        start = dt.datetime.fromisoformat(drift_from)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{drift_from!r} is not an ISO 8601 date-time (e.g. 2026-10-15T00:00:00Z)", param_hint="'--drift-from'"
+        ) from None
+    if not shifts and not label_flip:
+        raise typer.BadParameter("give --shift and/or --label-flip (what drifts)", param_hint="'--drift-from'")
+    features = spec.feature_names
+    feature_shifts: dict[str, float] = {}
+    for text in shifts:
+        feature, value = _assignment(text, "--shift", "STD_SHIFT")
+        if feature not in features:
+            raise typer.BadParameter(
+                f"{feature!r} is not a feature of {spec.name} (features: {', '.join(features)})", param_hint="'--shift'"
+            )
+        if feature in feature_shifts:
+            raise typer.BadParameter(f"{feature!r} is given more than once", param_hint="'--shift'")
+        if spec.feature(feature).type is FeatureType.CATEGORY and not 0.0 <= value <= 1.0:
+            raise typer.BadParameter(
+                f"{feature!r} is a category feature: the value is the fraction (0 to 1) of records moved to its "
+                f"rarest category, not {value:g}",
+                param_hint="'--shift'",
+            )
+        feature_shifts[feature] = value
+    flip_feature: str | None = None
+    flip_probability = 0.0
+    if label_flip is not None:
+        flip_feature, flip_probability = _assignment(label_flip, "--label-flip", "PROBABILITY")
+        if flip_feature not in features:
+            raise typer.BadParameter(
+                f"{flip_feature!r} is not a feature of {spec.name} (features: {', '.join(features)})",
+                param_hint="'--label-flip'",
+            )
+        if not 0.0 <= flip_probability <= 1.0:
+            raise typer.BadParameter(
+                f"probability {flip_probability:g} is not within [0, 1]", param_hint="'--label-flip'"
+            )
+    try:
+        drift = DriftScenario(
+            start=start,
+            feature_shifts=feature_shifts,
+            label_flip_feature=flip_feature,
+            label_flip_probability=flip_probability,
+        )
+        drift.validate(spec)
+    except ValueError as error:  # the checks above cover the known rules; keep any other one readable
+        raise typer.BadParameter(str(error), param_hint="'--shift' / '--label-flip'") from None
+    return drift
+
+
+def _known_spec(dataset: str) -> DatasetSpec:
+    from riverbed.specs import load_specs
+
+    specs = load_specs(get_settings().specs_dirs)
+    if dataset not in specs:
+        known = ", ".join(sorted(specs)) or "none (check RIVERBED_SPECS_DIRS)"
+        raise typer.BadParameter(f"unknown dataset {dataset!r}; known datasets: {known}", param_hint="'DATASET'")
+    return specs[dataset]
+
+
+def produce(
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset to replay (see `riverbed specs list`).")],
+    rate: Annotated[
+        float | None, typer.Option("--rate", metavar="N", help="Records per second (default: as fast as possible).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", metavar="N", help="Send at most this many records.")] = None,
+    from_day: Annotated[
+        str | None,
+        typer.Option(
+            "--from", metavar="YYYY-MM-DD", help="First day to replay, YYYY-MM-DD (default: the dataset's first)."
+        ),
+    ] = None,
+    to_day: Annotated[
+        str | None,
+        typer.Option("--to", metavar="YYYY-MM-DD", help="Last day to replay, inclusive (default: the dataset's last)."),
+    ] = None,
+    drift_from: Annotated[
+        str | None,
+        typer.Option(
+            "--drift-from", metavar="ISO-DATETIME", help="Drift records at/after this ISO date-time (naive = UTC)."
+        ),
+    ] = None,
+    shift: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--shift",
+            metavar="FEATURE=STD_SHIFT",
+            help="Shift a numeric feature by this many standard deviations; for a category feature, the fraction "
+            "of records moved to its rarest category. Repeatable.",
+        ),
+    ] = None,
+    label_flip: Annotated[
+        str | None,
+        typer.Option(
+            "--label-flip",
+            metavar="FEATURE=PROBABILITY",
+            help="Flip labels with this probability in the group above the feature's median (numeric) or in "
+            "its most common category.",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the drift's random draws.")] = 0,
+    labels_after: Annotated[
+        float | None,
+        typer.Option(
+            "--labels-after",
+            metavar="SECONDS",
+            help="Then act as the labeller: publish each replayed record's true label this many seconds after "
+            "its prediction event appears.",
+        ),
+    ] = None,
+    labels_for: Annotated[
+        float | None,
+        typer.Option("--labels-for", metavar="SECONDS", help="How long to keep labelling (default 60)."),
+    ] = None,
+) -> None:
+    """Simulate a data provider: replay DATASET's records onto its raw topic, optionally drifted and paced.
+
+    Records are sent in event-time order, keyed by sample id. With --labels-after, their true labels follow
+    their prediction events on the labels topic, like a delayed ground-truth feed.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from riverbed.events import TopicKind, topic_name
+    from riverbed.kafka_config import KafkaNotConfiguredError, client_config
+    from riverbed.producer import (
+        KafkaUnavailableError,
+        produce_records,
+        publish_labels_for_predictions,
+        replay_frame,
+    )
+
+    if rate is not None and rate < 0:
+        raise typer.BadParameter(
+            f"{rate:g} is negative; give records per second (0 or no --rate: as fast as possible)",
+            param_hint="'--rate'",
+        )
+    if limit is not None and limit < 1:
+        raise typer.BadParameter(f"{limit} is not a positive number of records", param_hint="'--limit'")
+    if labels_after is not None and labels_after < 0:
+        raise typer.BadParameter(f"{labels_after:g} is negative", param_hint="'--labels-after'")
+    if labels_for is not None:
+        if labels_after is None:
+            raise typer.BadParameter("only applies with --labels-after", param_hint="'--labels-for'")
+        if labels_for <= 0:
+            raise typer.BadParameter(f"{labels_for:g} is not a positive number of seconds", param_hint="'--labels-for'")
+    start_day = _day_option(from_day, "--from")
+    end_day = _day_option(to_day, "--to")
+    if start_day and end_day and end_day < start_day:
+        raise typer.BadParameter(f"{end_day} is before --from {start_day}", param_hint="'--to'")
+    spec = _known_spec(dataset)
+    drift = _drift_option(spec, drift_from, shift or [], label_flip)
+
+    settings = get_settings()
+    err = Console(stderr=True)
+    try:
+        kafka = client_config(settings)
+    except KafkaNotConfiguredError as error:
+        err.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+    frame = replay_frame(spec, start_day, end_day, drift, seed, limit)
+    if frame.empty:
+        err.print(f"[red]no records of {spec.name} between {start_day or 'its start'} and {end_day or 'its end'}[/red]")
+        raise typer.Exit(1)
+    topic = topic_name(spec.name, TopicKind.RAW, prefix=settings.kafka_topic_prefix)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(f"{spec.name} -> {topic}", total=len(frame))
+        try:
+            report = produce_records(
+                spec,
+                frame,
+                kafka,
+                topic,
+                rate,
+                progress=lambda queued: bar.update(task, completed=queued),
+                drift_start=drift.start if drift else None,
+            )
+        except KafkaUnavailableError as error:
+            err.print(f"[red]{error}[/red]")
+            raise typer.Exit(1) from None
+    window = f"event times {report.first_event_time:%Y-%m-%d %H:%M} to {report.last_event_time:%Y-%m-%d %H:%M} UTC"
+    drifted = f", {report.drifted} drifted" if drift else ""
+    failed = f", {report.failed} FAILED" if report.failed else ""
+    typer.echo(
+        f"sent {report.sent} record(s) to {topic} in {report.seconds:.1f} s "
+        f"({report.rate:.0f} records/s){failed}{drifted}; {window}"
+    )
+    if report.failed:
+        raise typer.Exit(1)
+    if labels_after is None:
+        return
+    target = spec.target.name
+    known = frame[frame[target].notna()]
+    truth = dict(zip(known[spec.record_id.name].astype(str), known[target].astype(str), strict=True))
+    duration = labels_for if labels_for is not None else 60.0
+    err.print(
+        f"labelling predictions of the {len(truth)} record(s) {labels_after:g} s after they appear, "
+        f"for up to {duration:g} s",
+        style="dim",
+    )
+    try:
+        labelled = publish_labels_for_predictions(
+            spec, kafka, truth, labels_after, duration, settings.kafka_topic_prefix
+        )
+    except KafkaUnavailableError as error:
+        err.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+    labels_topic = topic_name(spec.name, TopicKind.LABELS, prefix=settings.kafka_topic_prefix)
+    typer.echo(f"published {labelled} label(s) of {len(truth)} record(s) to {labels_topic}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(kafka_app, name="kafka")
+    app.command("produce")(produce)

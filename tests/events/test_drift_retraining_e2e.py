@@ -13,60 +13,21 @@ from pathlib import Path
 
 import dagster as dg
 import httpx
-import pandas as pd
 import pytest
-from confluent_kafka import Producer
 
 from platform_assets.definitions import build_definitions
 from platform_assets.runner import local_instance, run_pipeline
-from riverbed.event_schemas import raw_message
-from riverbed.events import TopicKind, topic_name
-from riverbed.generators import DriftScenario, apply_drift
+from riverbed.drift_demo import DRIFT_START, gateway_records, ingest_until_drained, produce_frame, scenario_data
 from riverbed.records import TrainingReason
 from riverbed.settings import PROJECT_ROOT, RiverbedSettings
-from riverbed.sources import records_for_window
-from riverbed.specs import load_specs
-from sensors.kafka_ingestion import IngestionLimits, build_kafka_ingestion_sensor
 from sensors.retraining import build_retraining_sensor
 
 DATASET = "machine_failure"
 FIRST_DAY = dt.date(2026, 10, 1)
-CLEAN_DAYS = 20
-DRIFT_START = dt.datetime(2026, 10, 21, tzinfo=dt.UTC)
-DRIFT = DriftScenario(start=DRIFT_START, feature_shifts={"torque_nm": 2.5, "rotational_speed_rpm": -2.0})
 
 
 def _days(first: dt.date, count: int) -> list[str]:
     return [(first + dt.timedelta(days=i)).isoformat() for i in range(count)]
-
-
-def _produce(settings: RiverbedSettings, frame: pd.DataFrame) -> None:
-    spec = load_specs(settings.specs_dirs)[DATASET]
-    topic = topic_name(DATASET, TopicKind.RAW, prefix=settings.kafka_topic_prefix)
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "linger.ms": 20})
-    for row in frame.to_dict("records"):
-        producer.produce(topic, key=str(row[spec.record_id.name]).encode(), value=raw_message(spec, row))
-        producer.poll(0)
-    assert producer.flush(30) == 0
-
-
-def _ingest_from_kafka(settings: RiverbedSettings, instance: dg.DagsterInstance, cursor: str | None) -> tuple[str, set]:
-    """Sensor ticks until the topic is drained; returns the cursor and the days it asked to materialise."""
-    spec = load_specs(settings.specs_dirs)[DATASET]
-    defs = build_definitions(settings)
-    sensor = build_kafka_ingestion_sensor(spec, settings, IngestionLimits(max_records=50_000))
-    days: set[str] = set()
-    for _ in range(10):
-        with dg.build_sensor_context(
-            cursor=cursor, instance=instance, resources={"data_store": defs.resources["data_store"]}
-        ) as context:
-            result = sensor(context)
-        if isinstance(result, dg.SkipReason):
-            break
-        days |= {r.partition_key for r in result.run_requests}
-        cursor = result.cursor
-    assert cursor is not None
-    return cursor, days
 
 
 def _predict_all(client: httpx.Client, records: list[dict], batch: int = 100) -> list[dict]:
@@ -78,17 +39,6 @@ def _predict_all(client: httpx.Client, records: list[dict], batch: int = 100) ->
         assert response.status_code == 200, response.text
         bodies.append(response.json())
     return bodies
-
-
-def _api_records(frame: pd.DataFrame, features: list[str], id_column: str) -> list[dict]:
-    out = []
-    for row in frame.to_dict("records"):
-        record = {"sample_id": str(row[id_column])}
-        for name in features:
-            value = row[name]
-            record[name] = value.item() if hasattr(value, "item") else value
-        out.append(record)
-    return out
 
 
 @pytest.mark.slow
@@ -105,18 +55,14 @@ def test_drift_triggers_retraining_and_v2_replaces_v1_without_a_failed_request(
         kafka_topic_prefix=f"e2e{uuid.uuid4().hex[:8]}",
         inference_log_dsn=postgres_dsn,
     )
-    spec = load_specs(settings.specs_dirs)[DATASET]
     instance = local_instance(settings)
-    start = dt.datetime.combine(FIRST_DAY, dt.time(), dt.UTC)
-    everything = records_for_window(spec, start, start + dt.timedelta(days=30))
-    times = pd.to_datetime(everything[spec.event_time.name], utc=True)
-    clean = everything[times < DRIFT_START].reset_index(drop=True)
-    drifted = apply_drift(spec, everything[times >= DRIFT_START].reset_index(drop=True), DRIFT, seed=3)
+    data = scenario_data(settings)
+    spec, clean, drifted = data.spec, data.clean, data.drifted
 
     # 1. Clean data through Kafka; v1 trained and deployed (reason initial).
-    _produce(settings, clean)
-    cursor, clean_days = _ingest_from_kafka(settings, instance, None)
-    assert clean_days == set(_days(FIRST_DAY, CLEAN_DAYS))
+    assert produce_frame(settings, spec, clean) == len(clean)
+    cursor, clean_days = ingest_until_drained(settings, instance, None)
+    assert clean_days == set(_days(spec.event_time.first_partition_day, (DRIFT_START.date() - FIRST_DAY).days))
     first = run_pipeline(settings, DATASET, sorted(clean_days), reason=TrainingReason.INITIAL, instance=instance)
     assert first.deployment is not None and first.gate_passed
     v1 = first.model.version
@@ -128,8 +74,8 @@ def test_drift_triggers_retraining_and_v2_replaces_v1_without_a_failed_request(
         client = httpx.Client(base_url=stack.gateway_url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
 
         # 2. Drifted data arrives on Kafka and lands; predictions are requested on clean, then drifted records.
-        _produce(settings, drifted)
-        cursor, drift_days = _ingest_from_kafka(settings, instance, cursor)
+        produce_frame(settings, spec, drifted)
+        cursor, drift_days = ingest_until_drained(settings, instance, cursor)
         assert drift_days == set(_days(DRIFT_START.date(), 10))
         ingest = (
             build_definitions(serving_settings)
@@ -144,8 +90,8 @@ def test_drift_triggers_retraining_and_v2_replaces_v1_without_a_failed_request(
         )
         assert ingest.success
         chunk = spec.monitoring.chunk_size
-        served = _predict_all(client, _api_records(clean.tail(2 * chunk), spec.feature_names, spec.record_id.name))
-        served += _predict_all(client, _api_records(drifted.head(3 * chunk), spec.feature_names, spec.record_id.name))
+        served = _predict_all(client, gateway_records(clean.tail(2 * chunk), spec))
+        served += _predict_all(client, gateway_records(drifted.head(3 * chunk), spec))
         assert {b["model"]["version"] for b in served} == {v1}
 
         # 3. Monitoring today's predictions finds the drift and stores it for the sensor.
@@ -174,7 +120,7 @@ def test_drift_triggers_retraining_and_v2_replaces_v1_without_a_failed_request(
         failures: list[str] = []
         versions: list[int] = []
         stop = threading.Event()
-        probe = _api_records(drifted.tail(20), spec.feature_names, spec.record_id.name)
+        probe = gateway_records(drifted.tail(20), spec)
 
         def fire() -> None:
             with httpx.Client(base_url=stack.gateway_url, headers=client.headers, timeout=30) as own:

@@ -1,0 +1,258 @@
+"""The drift scenario of ``riverbed demo``: clean data -> v1 served; drifted data -> drift found -> retraining -> v2.
+
+Everything runs for real on embedded parts under its own state directory (``<home>/drift-demo``, kept for
+inspection): librdkafka's mock cluster as the broker, the Kafka ingestion sensor, Dagster jobs, MLflow,
+the embedded PostgreSQL inference log, MLServer and the gateway. The steps are public functions so the
+end-to-end test drives the same code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from riverbed.settings import RiverbedSettings
+from riverbed.specs import DatasetSpec, load_specs
+
+DATASET = "machine_failure"
+DRIFT_START = dt.datetime(2026, 10, 21, tzinfo=dt.UTC)
+DRIFT_SHIFTS = {"torque_nm": 2.5, "rotational_speed_rpm": -2.0}
+
+
+@dataclass
+class ScenarioData:
+    """The dataset's records split at the drift start, the later part drifted."""
+
+    spec: DatasetSpec
+    clean: pd.DataFrame
+    drifted: pd.DataFrame
+
+
+def scenario_data(settings: RiverbedSettings, seed: int = 3) -> ScenarioData:
+    from riverbed.generators import DriftScenario, apply_drift
+    from riverbed.sources import records_for_window
+
+    spec = load_specs(settings.specs_dirs)[DATASET]
+    start = dt.datetime.combine(spec.event_time.first_partition_day, dt.time(), dt.UTC)
+    everything = records_for_window(spec, start, start + dt.timedelta(days=30))
+    times = pd.to_datetime(everything[spec.event_time.name], utc=True)
+    clean = everything[times < DRIFT_START].reset_index(drop=True)
+    drift = DriftScenario(start=DRIFT_START, feature_shifts=dict(DRIFT_SHIFTS))
+    drifted = apply_drift(spec, everything[times >= DRIFT_START].reset_index(drop=True), drift, seed=seed)
+    return ScenarioData(spec, clean, drifted)
+
+
+def produce_frame(settings: RiverbedSettings, spec: DatasetSpec, frame: pd.DataFrame) -> int:
+    """Publish records on the raw topic (key = sample id); returns how many were acknowledged."""
+    from confluent_kafka import Producer
+
+    from riverbed.event_schemas import raw_message
+    from riverbed.events import TopicKind, topic_name
+    from riverbed.kafka_config import client_config
+
+    topic = topic_name(spec.name, TopicKind.RAW, prefix=settings.kafka_topic_prefix)
+    producer = Producer(client_config(settings, **{"linger.ms": 20}))
+    for row in frame.to_dict("records"):
+        while True:
+            try:
+                producer.produce(topic, key=str(row[spec.record_id.name]).encode(), value=raw_message(spec, row))
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+    remaining = producer.flush(60)
+    if remaining:
+        raise RuntimeError(f"{remaining} record(s) not acknowledged by the broker")
+    return len(frame)
+
+
+def ingest_until_drained(settings: RiverbedSettings, instance: Any, cursor: str | None) -> tuple[str, set[str]]:
+    """Ticks of the ingestion sensor until the raw topic is drained: the new cursor and the days it requested."""
+    import dagster as dg
+
+    from platform_assets.environments import build_resources
+    from sensors.kafka_ingestion import IngestionLimits, build_kafka_ingestion_sensor
+
+    spec = load_specs(settings.specs_dirs)[DATASET]
+    sensor = build_kafka_ingestion_sensor(spec, settings, IngestionLimits(max_records=50_000))
+    data_store = build_resources(settings)["data_store"]
+    days: set[str] = set()
+    for _ in range(20):
+        with dg.build_sensor_context(cursor=cursor, instance=instance, resources={"data_store": data_store}) as context:
+            result = sensor(context)
+        if isinstance(result, dg.SkipReason):
+            break
+        days |= {r.partition_key for r in result.run_requests}
+        cursor = result.cursor
+    if cursor is None:
+        raise RuntimeError("the ingestion sensor found nothing on the raw topic")
+    return cursor, days
+
+
+def gateway_records(frame: pd.DataFrame, spec: DatasetSpec) -> list[dict[str, Any]]:
+    """Records as the gateway's JSON, with their sample id."""
+    records = []
+    for row in frame.to_dict("records"):
+        record: dict[str, Any] = {"sample_id": str(row[spec.record_id.name])}
+        for name in spec.feature_names:
+            value = row[name]
+            record[name] = value.item() if hasattr(value, "item") else value
+        records.append(record)
+    return records
+
+
+def unseen_drifted_records(spec: DatasetSpec, rows: int = 3000, seed: int = 99) -> pd.DataFrame:
+    """Fresh records from the drifted distribution that no model trained on (for comparing v1 and v2)."""
+    import numpy as np
+
+    from riverbed.generators import DriftScenario, apply_drift, generate_machine_failure
+
+    frame = generate_machine_failure(spec, rows, seed).reset_index(drop=True)
+    frame[spec.record_id.name] = [f"mf-unseen-{i}" for i in range(rows)]
+    frame[spec.event_time.name] = pd.Timestamp(DRIFT_START) + pd.to_timedelta(np.arange(rows), unit="min")
+    return apply_drift(spec, frame, DriftScenario(start=DRIFT_START, feature_shifts=dict(DRIFT_SHIFTS)), seed)
+
+
+def holdout_metrics(
+    settings: RiverbedSettings, spec: DatasetSpec, frame: pd.DataFrame, registered_model_name: str, version: int
+) -> dict[str, float]:
+    """A registered version's metrics on a set of records (validated and featurised as the graph does)."""
+    from platform_assets.deployment import load_registered_pipeline
+    from platform_assets.training.model_training import evaluate
+    from platform_assets.transforms import build_features
+    from riverbed.validation import validate_records
+
+    features = build_features(spec, validate_records(spec, frame).valid)
+    pipeline = load_registered_pipeline(settings.resolved_mlflow_tracking_uri, registered_model_name, version)
+    return evaluate(spec, pipeline, features)
+
+
+@dataclass
+class DriftDemoOutcome:
+    v1: int
+    v2: int | None = None
+    drifted_features: dict[str, list[str]] = field(default_factory=dict)
+    reason: str | None = None
+    trigger: str | None = None
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    failed_requests: int = 0
+    seconds_to_v2: float | None = None
+
+
+def run_drift_demo(base: RiverbedSettings, console: Any) -> DriftDemoOutcome:
+    """The whole scenario, printing each step; state is left in ``<home>/drift-demo``."""
+    import dagster as dg
+    import httpx
+
+    from platform_assets.definitions import build_definitions
+    from platform_assets.runner import local_instance, run_pipeline
+    from riverbed.kafka_cli import start_mock_cluster
+    from riverbed.records import TrainingReason
+    from riverbed.serving_stack import ServingStack
+    from riverbed.stack_file import inference_log_dsn
+    from sensors.retraining import build_retraining_sensor
+    from serving.api_keys import create_api_key
+
+    home = base.home / "drift-demo"
+    shutil.rmtree(home, ignore_errors=True)
+    broker, address = start_mock_cluster()
+    settings = base.model_copy(update={"home": home, "kafka_bootstrap_servers": address})
+    instance = local_instance(settings)
+    data = scenario_data(settings)
+    spec = data.spec
+    console.print(f"state: {home}   broker (mock cluster): {address}")
+
+    with console.status("clean data through Kafka, ingest, train v1..."):
+        produce_frame(settings, spec, data.clean)
+        cursor, clean_days = ingest_until_drained(settings, instance, None)
+        first = run_pipeline(settings, DATASET, sorted(clean_days), reason=TrainingReason.INITIAL, instance=instance)
+    if first.deployment is None:
+        raise RuntimeError(f"v1 was not deployed: {first.gate_reason}")
+    outcome = DriftDemoOutcome(v1=first.model.version)
+    console.print(f"v{outcome.v1} trained on {len(data.clean):,} clean records and deployed")
+
+    with console.status("starting the inference log, MLServer and the gateway..."):
+        stack = ServingStack(settings, [DATASET], ephemeral_ports=True).start()
+    try:
+        serving = settings.model_copy(update={"mlserver_url": stack.mlserver_url})
+        dsn = inference_log_dsn(serving)
+        key = create_api_key(dsn, ["predict"], "drift-demo").key
+        headers = {"Authorization": f"Bearer {key}"}
+        first_drifted = time.perf_counter()
+        with console.status("drifted data through Kafka; predictions on clean, then drifted records..."):
+            produce_frame(settings, spec, data.drifted)
+            cursor, drift_days = ingest_until_drained(settings, instance, cursor)
+            defs = build_definitions(serving)
+            defs.resolve_job_def(f"ingest_{DATASET}").execute_in_process(
+                instance=instance,
+                tags={
+                    "dagster/asset_partition_range_start": min(drift_days),
+                    "dagster/asset_partition_range_end": max(drift_days),
+                },
+            )
+            chunk = spec.monitoring.chunk_size
+            with httpx.Client(base_url=stack.gateway_url, headers=headers, timeout=60) as client:
+                for frame in (data.clean.tail(2 * chunk), data.drifted.head(3 * chunk)):
+                    records = gateway_records(frame, spec)
+                    for start in range(0, len(records), 100):
+                        body = {"records": records[start : start + 100], "explain": False}
+                        client.post(f"/v1/{DATASET}/predict", json=body).raise_for_status()
+        console.print(
+            f"{len(data.drifted):,} drifted records landed for {len(drift_days)} days; {5 * chunk} predictions"
+        )
+
+        with console.status("monitoring today's predictions (NannyML)..."):
+            today = dt.datetime.now(dt.UTC).date().isoformat()
+            monitored = defs.resolve_job_def(f"monitor_{DATASET}").execute_in_process(
+                instance=instance, partition_key=today
+            )
+        metadata = monitored.get_asset_materialization_events()[0].materialization.metadata
+        outcome.drifted_features = metadata["drifted_features"].value
+        console.print(f"drift found (chunk -> features): {outcome.drifted_features or 'none'}")
+
+        sensor = build_retraining_sensor(spec, lambda: dsn)
+        with dg.build_sensor_context(instance=instance) as context:
+            decision = sensor(context)
+        if not isinstance(decision, dg.SensorResult):
+            raise RuntimeError(f"no retraining requested: {decision.skip_message}")
+        (request,) = decision.run_requests
+        outcome.reason = request.tags["riverbed/reason"]
+        outcome.trigger = request.tags["riverbed/trigger"]
+        console.print(f"retraining requested: reason [bold]{outcome.reason}[/bold], evidence {outcome.trigger}")
+
+        with console.status("retraining, gate, hot swap (requests keep flowing)..."):
+            train = defs.resolve_job_def(f"train_{DATASET}").execute_in_process(
+                instance=instance, tags=dict(request.tags), raise_on_error=False
+            )
+        outcome.seconds_to_v2 = time.perf_counter() - first_drifted
+        if not train.success:
+            raise RuntimeError("the retraining run failed or its candidate was kept out by the gate")
+        outcome.v2 = train.asset_value(dg.AssetKey(f"model_{DATASET}")).version
+        window = unseen_drifted_records(spec)
+        name = first.model.registered_model_name
+        for version in (outcome.v1, outcome.v2):
+            outcome.metrics[f"v{version}"] = holdout_metrics(settings, spec, window, name, version)
+        table_rows = ", ".join(
+            f"v{v}: ROC AUC {m.get('roc_auc', float('nan')):.4f}, accuracy {m.get('accuracy', float('nan')):.4f}"
+            for v, m in (
+                (outcome.v1, outcome.metrics[f"v{outcome.v1}"]),
+                (outcome.v2, outcome.metrics[f"v{outcome.v2}"]),
+            )
+        )
+        console.print(f"on {len(window):,} unseen drifted records: {table_rows}")
+        with httpx.Client(base_url=stack.gateway_url, headers=headers, timeout=60) as client:
+            time.sleep(2)
+            served = client.post(f"/v1/{DATASET}/predict", json=gateway_records(window.head(1), spec)[0]).json()
+        console.print(
+            f"the gateway now serves v{served['model']['version']}; first drifted record to v2 serving: "
+            f"{outcome.seconds_to_v2:.0f} s"
+        )
+    finally:
+        stack.stop()
+        del broker
+    return outcome
