@@ -10,7 +10,7 @@ export DAGSTER_DISABLE_TELEMETRY := true
 export OMP_NUM_THREADS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help uv sync demo test test-fast lint format dev bench clean
+.PHONY: help uv sync demo test test-fast lint format dev bench bench-serving bench-events clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -47,7 +47,11 @@ bench: sync ## run the benchmarks and rewrite benchmarks/RESULTS.md
 	$(RUN) python -m benchmarks.run_all
 
 bench-serving: sync ## load-test the serving stack; rewrites the Serving section of benchmarks/RESULTS.md
-	$(RUN) python benchmarks/serving_benchmark.py
+	$(RUN) python -m benchmarks.serving_benchmark
+
+bench-events: sync ## Kafka ingestion (1,000,000 records) and monitoring (100,000 predictions) benchmarks
+	$(RUN) python -m benchmarks.ingestion_benchmark
+	$(RUN) python -m benchmarks.monitoring_benchmark
 
 clean: ## remove local state (.riverbed/)
 	rm -rf .riverbed

@@ -8,17 +8,13 @@ with ingestion: produce a chunk, then tick the real sensor (``build_sensor_conte
 Only the ticks are timed: consume + parse + dead-letter + land (Parquet, one commit on main per tick).
 Afterwards the raw asset materialises the 30 affected partitions from the landing zone in one run.
 
-Usage: ``uv run python benchmarks/ingestion_benchmark.py [--records 1000000] [--chunk 100000]``.
+Usage: ``uv run python -m benchmarks.ingestion_benchmark [--records 1000000] [--chunk 100000]``.
 Writes ``benchmarks/results/kafka_ingestion.json`` and the ``## Kafka ingestion`` section of ``RESULTS.md``.
 """
 
 import argparse
-import datetime as dt
-import json
 import logging
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import replace_section
+from benchmarks.report import machine, publish
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -38,24 +34,6 @@ RESULTS_MD = HERE / "RESULTS.md"
 RESULTS_JSON = HERE / "results" / "kafka_ingestion.json"
 SECTION = "## Kafka ingestion"
 TARGET_RECORDS_PER_SECOND = 20_000
-
-
-def machine() -> dict[str, Any]:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    uname = subprocess.run(["uname", "-a"], capture_output=True, text=True, check=False).stdout.strip()
-    return {
-        "uname": uname,
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu,
-        "memory_gb": round(memory_gb),
-        "python": platform.python_version(),
-        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
 
 
 def run(records: int, chunk: int, home: Path) -> dict[str, Any]:
@@ -186,7 +164,7 @@ def render(r: dict[str, Any]) -> str:
             SECTION,
             "",
             f"Machine: `{m['uname']}`; {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gb']} GB RAM, "
-            f"Python {m['python']}. Date: {m['date']}. Command: `uv run python benchmarks/ingestion_benchmark.py`.",
+            f"Python {m['python']}. Date: {m['date']}. Command: `uv run python -m benchmarks.ingestion_benchmark`.",
             "",
             f"{r['records']:,} generated `machine_failure` records (30 days, {r['value_bytes_mean']} bytes of JSON "
             "each) on librdkafka's mock cluster (4 partitions, lz4), landed by the real sensor "
@@ -213,10 +191,6 @@ def render(r: dict[str, Any]) -> str:
     )
 
 
-def write_section(text: str) -> None:
-    replace_section(RESULTS_MD, SECTION, text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
@@ -227,11 +201,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ingestion-bench-") as home:
         result = run(args.records, args.chunk, Path(home))
     text = render(result)
-    print(text)
-    if not args.no_write:
-        RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS_JSON.write_text(json.dumps(result, indent=2))
-        write_section(text)
+    if args.no_write:
+        print(text)
+    else:
+        publish(result, text, RESULTS_JSON, RESULTS_MD, SECTION)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.ingestion_benchmark import machine
-from benchmarks.report import replace_section
+from benchmarks.report import machine, publish
 
 HERE = Path(__file__).resolve().parent
 RESULTS_MD = HERE / "RESULTS.md"
@@ -181,10 +180,6 @@ def render(r: dict[str, Any]) -> str:
     )
 
 
-def write_section(text: str) -> None:
-    replace_section(RESULTS_MD, SECTION, text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=100_000)
@@ -193,11 +188,10 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     result = run(args.records)
     text = render(result)
-    print(text)
-    if not args.no_write:
-        RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS_JSON.write_text(json.dumps(result, indent=2))
-        write_section(text)
+    if args.no_write:
+        print(text)
+    else:
+        publish(result, text, RESULTS_JSON, RESULTS_MD, SECTION)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ Measured in one run on this machine (targets in ``TARGETS``):
 - RSS of the gateway and MLServer after the load;
 - audit integrity: every 2xx X-Request-ID has exactly one committed ``ok`` row, and the hash chain verifies.
 
-Usage: ``uv run python benchmarks/serving_benchmark.py [--home DIR] [--duration 30]``
+Usage: ``uv run python -m benchmarks.serving_benchmark [--home DIR] [--duration 30]``
 (``--render-only`` rewrites the Serving section of RESULTS.md from ``benchmarks/results/serving.json``).
 Writes ``benchmarks/results/serving.json`` and the ``## Serving`` section of ``benchmarks/RESULTS.md``.
 """
@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -34,6 +32,8 @@ import uuid
 import warnings
 from pathlib import Path
 from typing import Any
+
+from benchmarks.report import machine
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -484,24 +484,6 @@ def audit_integrity(dsn: str, ids_by_scenario: dict[str, list[str]]) -> dict[str
 
 
 # ---------------------------------------------------------------------------------------------- orchestration
-def machine() -> dict[str, Any]:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    uname = subprocess.run(["uname", "-a"], capture_output=True, text=True, check=False).stdout.strip()
-    return {
-        "uname": uname,
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu,
-        "memory_gb": round(memory_gb),
-        "python": platform.python_version(),
-        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
-
-
 def run(home: Path, duration: int, warmup: int) -> dict[str, Any]:
     import logging
 
@@ -657,7 +639,7 @@ def render(r: dict[str, Any]) -> str:
         SECTION,
         "",
         f"Machine: `{m['uname']}`; {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gb']} GB RAM, Python {m['python']}. "
-        f"Date: {m['date']}. Command: `make bench-serving` (`uv run python benchmarks/serving_benchmark.py`).",
+        f"Date: {m['date']}. Command: `make bench-serving` (`uv run python -m benchmarks.serving_benchmark`).",
         "",
         f"One run: the gateway (uvicorn, one process) in front of MLServer (one process) serving the deployed "
         f"`{r['model']['served_model_name']}` (the demo's tuned XGBoost), logging every request to PostgreSQL 15 on "

@@ -48,27 +48,16 @@ def scenario_data(settings: RiverbedSettings, seed: int = 3) -> ScenarioData:
 
 
 def produce_frame(settings: RiverbedSettings, spec: DatasetSpec, frame: pd.DataFrame) -> int:
-    """Publish records on the raw topic (key = sample id); returns how many were acknowledged."""
-    from confluent_kafka import Producer
-
-    from riverbed.event_schemas import raw_message
+    """Publish records on the raw topic as fast as possible (the simulator's code); returns how many were sent."""
     from riverbed.events import TopicKind, topic_name
     from riverbed.kafka_config import client_config
+    from riverbed.producer import produce_records
 
     topic = topic_name(spec.name, TopicKind.RAW, prefix=settings.kafka_topic_prefix)
-    producer = Producer(client_config(settings, **{"linger.ms": 20}))
-    for row in frame.to_dict("records"):
-        while True:
-            try:
-                producer.produce(topic, key=str(row[spec.record_id.name]).encode(), value=raw_message(spec, row))
-                break
-            except BufferError:
-                producer.poll(0.1)
-        producer.poll(0)
-    remaining = producer.flush(60)
-    if remaining:
-        raise RuntimeError(f"{remaining} record(s) not acknowledged by the broker")
-    return len(frame)
+    report = produce_records(spec, frame, client_config(settings), topic, rate=None)
+    if report.failed:
+        raise RuntimeError(f"{report.failed} record(s) not acknowledged by the broker")
+    return report.sent
 
 
 def ingest_until_drained(settings: RiverbedSettings, instance: Any, cursor: str | None) -> tuple[str, set[str]]:

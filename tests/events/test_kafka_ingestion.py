@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,20 +43,9 @@ DATASET = "machine_failure"
 
 
 @pytest.fixture(scope="session")
-def _own_mock_cluster() -> Iterator[str]:
-    producer = Producer({"test.mock.num.brokers": 1})
-    brokers = producer.list_topics(timeout=10).brokers.values()
-    yield ",".join(f"{broker.host}:{broker.port}" for broker in brokers)
-    producer.flush(5)
-
-
-@pytest.fixture(scope="session")
-def bootstrap(request: pytest.FixtureRequest) -> str:
-    """The shared mock cluster (``kafka_bootstrap`` from tests/events/conftest.py) or one of our own."""
-    try:
-        return str(request.getfixturevalue("kafka_bootstrap"))
-    except pytest.FixtureLookupError:
-        return str(request.getfixturevalue("_own_mock_cluster"))
+def bootstrap(kafka_bootstrap: str) -> str:
+    """The session's mock cluster (tests/events/conftest.py)."""
+    return kafka_bootstrap
 
 
 @dataclass
