@@ -252,7 +252,16 @@ def create_app(settings: RiverbedSettings | None = None) -> FastAPI:
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics.", include_in_schema=True)
     async def metrics() -> Response:
-        return Response(generate_latest(state().metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        gateway = state()
+
+        async def fetch(query: str) -> list[tuple[Any, ...]]:
+            async with gateway.writer.pool.connection(timeout=2) as conn:
+                cursor = await conn.execute(query)
+                return await cursor.fetchall()
+
+        if not gateway.writer.degraded:
+            await gateway.metrics.monitoring.refresh(fetch)
+        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # ---------------------------------------------------------------- models
     @app.get("/v1/models", tags=["models"], summary="Deployed models with their lineage.")

@@ -7,6 +7,7 @@ import time
 
 import httpx
 import pandas as pd
+import psycopg
 import pytest
 
 from riverbed.mlserver_admin import MLServerAdmin
@@ -202,7 +203,15 @@ def test_export_streams_csv_and_parquet(client, keys) -> None:
     assert set(pd.read_parquet(io.BytesIO(parquet.content))["request_id"]) == set(frame["request_id"])
 
 
-def test_health_readiness_metrics_and_docs(client, keys, records) -> None:
+def test_health_readiness_metrics_and_docs(stack, client, keys, records) -> None:
+    with psycopg.connect(stack.dsn, autocommit=True) as conn:  # what the monitoring asset writes
+        for chunk, (value, alert) in enumerate([(0.02, False), (0.31, True)]):
+            conn.execute(
+                "insert into monitoring_results (dataset, day, chunk, kind, name, value, alert) values "
+                "('salary_band', current_date, %s, 'univariate_drift', 'age', %s, %s), "
+                "('salary_band', current_date, %s, 'cbpe', 'roc_auc', %s, false)",
+                (chunk, value, alert, chunk, 0.9 - chunk / 10),
+            )
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["models"]["salary_band"]["ready"] is True
@@ -211,6 +220,9 @@ def test_health_readiness_metrics_and_docs(client, keys, records) -> None:
     assert 'riverbed_gateway_requests_total{route="/v1/salary_band/predict",status="200"}' in metrics
     assert 'riverbed_predictions_total{dataset="salary_band"' in metrics
     assert "riverbed_audit_write_seconds_bucket" in metrics and "riverbed_audit_spool_depth 0.0" in metrics
+    assert 'riverbed_monitoring_drift_alert{dataset="salary_band",feature="age"} 1.0' in metrics  # latest chunk
+    assert 'riverbed_monitoring_drift{dataset="salary_band",feature="age"} 0.31' in metrics
+    assert 'riverbed_monitoring_estimated_performance{dataset="salary_band",metric="roc_auc"} 0.8' in metrics
     document = client.get("/openapi.json").json()
     record = document["components"]["schemas"]["SalaryBandRecord"]
     assert record["properties"]["age"]["minimum"] == 17 and record["properties"]["age"]["maximum"] == 100
