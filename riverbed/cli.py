@@ -43,6 +43,8 @@ def _quiet_environment() -> None:
         os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\..*)?")
+    warnings.filterwarnings("ignore", message=r".*is currently in beta.*")  # Dagster's beta parameters
+    logging.getLogger("nannyml").setLevel(logging.ERROR)  # threshold clipping notes on every chunk
 
 
 @specs_app.command("list")

@@ -139,7 +139,7 @@ def run_drift_demo(base: RiverbedSettings, console: Any) -> DriftDemoOutcome:
     import httpx
 
     from platform_assets.definitions import build_definitions
-    from platform_assets.runner import local_instance, run_pipeline
+    from platform_assets.runner import QUIET_LOGGING, local_instance, run_pipeline
     from riverbed.kafka_cli import start_mock_cluster
     from riverbed.records import TrainingReason
     from riverbed.serving_stack import ServingStack
@@ -179,6 +179,7 @@ def run_drift_demo(base: RiverbedSettings, console: Any) -> DriftDemoOutcome:
             defs = build_definitions(serving)
             defs.resolve_job_def(f"ingest_{DATASET}").execute_in_process(
                 instance=instance,
+                run_config=QUIET_LOGGING,
                 tags={
                     "dagster/asset_partition_range_start": min(drift_days),
                     "dagster/asset_partition_range_end": max(drift_days),
@@ -198,7 +199,7 @@ def run_drift_demo(base: RiverbedSettings, console: Any) -> DriftDemoOutcome:
         with console.status("monitoring today's predictions (NannyML)..."):
             today = dt.datetime.now(dt.UTC).date().isoformat()
             monitored = defs.resolve_job_def(f"monitor_{DATASET}").execute_in_process(
-                instance=instance, partition_key=today
+                instance=instance, partition_key=today, run_config=QUIET_LOGGING
             )
         metadata = monitored.get_asset_materialization_events()[0].materialization.metadata
         outcome.drifted_features = metadata["drifted_features"].value
@@ -216,7 +217,7 @@ def run_drift_demo(base: RiverbedSettings, console: Any) -> DriftDemoOutcome:
 
         with console.status("retraining, gate, hot swap (requests keep flowing)..."):
             train = defs.resolve_job_def(f"train_{DATASET}").execute_in_process(
-                instance=instance, tags=dict(request.tags), raise_on_error=False
+                instance=instance, tags=dict(request.tags), run_config=QUIET_LOGGING, raise_on_error=False
             )
         outcome.seconds_to_v2 = time.perf_counter() - first_drifted
         if not train.success:
