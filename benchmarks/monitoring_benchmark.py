@@ -129,6 +129,13 @@ def run(records: int) -> dict[str, Any]:
         )
         analysis_seconds = time.perf_counter() - t0
         drifted = found.drifted_features()
+        torque = sorted(chunk for chunk, features in drifted.items() if "torque_nm" in features)
+        clean_half = found.chunks // 2
+        false_alerts: dict[str, int] = {}
+        for chunk, features in drifted.items():
+            if chunk < clean_half:
+                for feature in features:
+                    false_alerts[feature] = false_alerts.get(feature, 0) + 1
         return {
             "machine": machine(),
             "records": records,
@@ -137,7 +144,9 @@ def run(records: int) -> dict[str, Any]:
             "chunk_size": spec.monitoring.chunk_size,
             "result_rows": len(found.rows),
             "drifted_chunks": len(drifted),
-            "first_drifted_chunk": min(drifted) if drifted else None,
+            "torque_alert_chunks": len(torque),
+            "first_torque_alert_chunk": torque[0] if torque else None,
+            "clean_half_alerts_by_feature": false_alerts,
             "load_seconds": round(load_seconds, 1),
             "import_seconds": round(import_seconds, 1),
             "query_seconds": round(query_seconds, 2),
@@ -172,9 +181,11 @@ def render(r: dict[str, Any]) -> str:
             f"{'met' if met else 'missed'} |",
             f"| `import nannyml` (once per process) | - | {r['import_seconds']} s | |",
             "",
-            f"Drift alerts in {r['drifted_chunks']} chunks, the first at chunk {r['first_drifted_chunk']} (the shift "
-            f"starts at chunk {r['chunks'] // 2}). Not timed: loading the rows with COPY {r['load_seconds']} s. Raw "
-            "figures: `benchmarks/results/monitoring.json`.",
+            f"`torque_nm` (shifted from chunk {r['chunks'] // 2} on) alerts in {r['torque_alert_chunks']} chunks, the "
+            f"first at chunk {r['first_torque_alert_chunk']}. Alerts in the unshifted half, by feature: "
+            f"{r['clean_half_alerts_by_feature'] or 'none'} (the generator's temperatures follow a slow random walk "
+            "by design, which 500-record chunks of consecutive requests see). Not timed: loading the rows with COPY "
+            f"{r['load_seconds']} s. Raw figures: `benchmarks/results/monitoring.json`.",
             "",
         ]
     )
