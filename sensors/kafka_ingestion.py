@@ -183,6 +183,55 @@ def _fault(name: str) -> None:
     os._exit(9)
 
 
+@dataclass(frozen=True)
+class ReadPlan:
+    """Where a tick starts in each partition (the cursor, or the earliest retained offset) and where it ends."""
+
+    start: dict[int, int]
+    targets: dict[int, int]  # partitions with something new -> their end offset at planning time
+    expired: int  # offsets the broker dropped before they were read
+
+
+def plan_read(
+    consumer: Consumer,
+    topic: str,
+    cursor: Mapping[int, int],
+    limits: IngestionLimits,
+    kafka: Mapping[str, Any],
+    log: logging.Logger | Any = logger,
+) -> ReadPlan | str:
+    """The offsets one tick reads, or a skip reason (broker unreachable, topic not there yet)."""
+    try:
+        metadata = consumer.list_topics(topic, timeout=limits.connect_timeout_seconds)
+    except KafkaException as error:
+        return f"Kafka unreachable at {kafka.get('bootstrap.servers')}: {error}"
+    topic_metadata = metadata.topics.get(topic)
+    if topic_metadata is None or topic_metadata.error is not None or not topic_metadata.partitions:
+        problem = topic_metadata.error if topic_metadata is not None else "not in the metadata"
+        return f"topic {topic} has no partitions yet ({problem})"
+    start: dict[int, int] = {}
+    targets: dict[int, int] = {}
+    expired = 0
+    for partition in sorted(topic_metadata.partitions):
+        try:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=limits.connect_timeout_seconds
+            )
+        except KafkaException as error:
+            return f"Kafka unreachable reading offsets of {topic}[{partition}]: {error}"
+        position = cursor.get(partition, low)
+        if position < low:
+            expired += low - position
+            log.warning(
+                f"{topic}[{partition}]: offsets {position}..{low - 1} expired before they were read; resuming at {low}"
+            )
+            position = low
+        start[partition] = position
+        if position < high:
+            targets[partition] = high
+    return ReadPlan(start, targets, expired)
+
+
 def ingest_once(
     spec: DatasetSpec,
     store: VersionedStore,
@@ -201,36 +250,10 @@ def ingest_once(
     started = time.perf_counter()
     consumer = Consumer(_consumer_config(kafka, name, limits), logger=logger)
     try:
-        try:
-            metadata = consumer.list_topics(topic, timeout=limits.connect_timeout_seconds)
-        except KafkaException as error:
-            return TickOutcome(skip_reason=f"Kafka unreachable at {kafka.get('bootstrap.servers')}: {error}")
-        topic_metadata = metadata.topics.get(topic)
-        if topic_metadata is None or topic_metadata.error is not None or not topic_metadata.partitions:
-            problem = topic_metadata.error if topic_metadata is not None else "not in the metadata"
-            return TickOutcome(skip_reason=f"topic {topic} has no partitions yet ({problem})")
-
-        start: dict[int, int] = {}
-        targets: dict[int, int] = {}
-        expired = 0
-        for partition in sorted(topic_metadata.partitions):
-            try:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=limits.connect_timeout_seconds
-                )
-            except KafkaException as error:
-                return TickOutcome(skip_reason=f"Kafka unreachable reading offsets of {topic}[{partition}]: {error}")
-            position = cursor.get(partition, low)
-            if position < low:
-                expired += low - position
-                log.warning(
-                    f"{topic}[{partition}]: offsets {position}..{low - 1} expired before they were ingested; "
-                    f"resuming at {low}"
-                )
-                position = low
-            start[partition] = position
-            if position < high:
-                targets[partition] = high
+        plan = plan_read(consumer, topic, cursor, limits, kafka, log)
+        if isinstance(plan, str):
+            return TickOutcome(skip_reason=plan)
+        start, targets, expired = plan.start, plan.targets, plan.expired
         if not targets:
             return TickOutcome(skip_reason=f"no new messages on {topic}", expired_offsets=expired)
 

@@ -20,7 +20,14 @@ from riverbed.events import LabelEvent, TopicKind, topic_name
 from riverbed.kafka_config import KafkaNotConfiguredError, client_config
 from riverbed.settings import RiverbedSettings, get_settings
 from riverbed.specs import DatasetSpec
-from sensors.kafka_ingestion import IngestionLimits, _consumer_config, _DeadLetters, format_cursor, parse_cursor
+from sensors.kafka_ingestion import (
+    IngestionLimits,
+    _consumer_config,
+    _DeadLetters,
+    format_cursor,
+    parse_cursor,
+    plan_read,
+)
 
 
 @dataclass
@@ -68,22 +75,10 @@ def ingest_labels_once(
     letters = _DeadLetters(topic_name(spec.name, TopicKind.DLQ, prefix=topic_prefix))
     labels: list[LabelMessage] = []
     try:
-        try:
-            metadata = consumer.list_topics(topic, timeout=limits.connect_timeout_seconds)
-        except KafkaException as error:
-            return LabelTick(skip_reason=f"Kafka unreachable at {kafka.get('bootstrap.servers')}: {error}")
-        described = metadata.topics.get(topic)
-        if described is None or described.error is not None or not described.partitions:
-            return LabelTick(skip_reason=f"topic {topic} has no partitions yet")
-        start: dict[int, int] = {}
-        targets: dict[int, int] = {}
-        for partition in sorted(described.partitions):
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=limits.connect_timeout_seconds
-            )
-            start[partition] = max(cursor.get(partition, low), low)
-            if start[partition] < high:
-                targets[partition] = high
+        plan = plan_read(consumer, topic, cursor, limits, kafka)
+        if isinstance(plan, str):
+            return LabelTick(skip_reason=plan)
+        start, targets = plan.start, plan.targets
         if not targets:
             return LabelTick(skip_reason=f"no new messages on {topic}")
         consumer.assign([TopicPartition(topic, p, start[p]) for p in sorted(targets)])
