@@ -65,7 +65,7 @@ def run(records: int, chunk: int, home: Path) -> dict[str, Any]:
     limits = IngestionLimits()
     resources = build_resources(settings)
     instance = dg.DagsterInstance.ephemeral()
-    sensor = build_kafka_ingestion_sensor(spec, settings, limits)
+    sensor = build_kafka_ingestion_sensor(spec, limits)
 
     t0 = time.perf_counter()
     frame = load_source_records(spec, rows=records, seed=11)
@@ -98,7 +98,7 @@ def run(records: int, chunk: int, home: Path) -> dict[str, Any]:
         while True:
             t0 = time.perf_counter()
             with dg.build_sensor_context(
-                cursor=cursor, instance=instance, resources={"data_store": resources["data_store"]}
+                cursor=cursor, instance=instance, resources={k: resources[k] for k in ("data_store", "kafka")}
             ) as context:
                 result = sensor(context)
             seconds = time.perf_counter() - t0

@@ -29,8 +29,8 @@ def build_definitions(settings: RiverbedSettings | None = None) -> dg.Definition
     schedules: list[dg.ScheduleDefinition] = []
     for spec in specs.values():
         sensors.append(build_retraining_sensor(spec, lambda: inference_log_dsn(settings)))
-        sensors.append(build_kafka_ingestion_sensor(spec, settings))
-        sensors.append(build_kafka_labels_sensor(spec, settings))
+        sensors.append(build_kafka_ingestion_sensor(spec))
+        sensors.append(build_kafka_labels_sensor(spec))
         monitoring, monitor_job, monitor_schedule = build_monitoring_definitions(spec)
         assets.append(monitoring)
         jobs.append(monitor_job)

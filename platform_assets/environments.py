@@ -10,12 +10,13 @@ import dagster as dg
 
 from resources.data_store_resource import ObjectStoreResource, VersionedDataStoreResource
 from resources.inference_log_resource import InferenceLogResource
+from resources.kafka_resource import kafka_resource_for
 from resources.mlflow_resource import MlflowTrackingResource
 from resources.mlserver_resource import MLServerResource
 from resources.versioned_io_manager import VersionedDataIOManager
 from riverbed.settings import Environment, RiverbedSettings
 
-RESOURCE_KEYS = ("data_store", "object_store", "io_manager", "mlflow", "mlserver", "inference_log")
+RESOURCE_KEYS = ("data_store", "object_store", "io_manager", "mlflow", "mlserver", "inference_log", "kafka")
 
 
 def build_resources(settings: RiverbedSettings) -> dict[str, Any]:
@@ -36,6 +37,7 @@ def build_resources(settings: RiverbedSettings) -> dict[str, Any]:
             dsn=settings.inference_log_dsn.get_secret_value() if settings.inference_log_dsn else None,
             home=str(settings.home),
         )
+        kafka = kafka_resource_for(settings)
     else:
         objects = ObjectStoreResource(
             backend="s3",
@@ -60,6 +62,7 @@ def build_resources(settings: RiverbedSettings) -> dict[str, Any]:
             url=dg.EnvVar("RIVERBED_MLSERVER_URL"), model_repository=str(settings.model_repository_dir)
         )
         inference_log = InferenceLogResource(dsn=dg.EnvVar("RIVERBED_INFERENCE_LOG_DSN"))
+        kafka = kafka_resource_for(settings, bootstrap_servers=dg.EnvVar("RIVERBED_KAFKA_BOOTSTRAP_SERVERS"))
     return {
         "data_store": data_store,
         "object_store": objects,
@@ -67,4 +70,5 @@ def build_resources(settings: RiverbedSettings) -> dict[str, Any]:
         "mlflow": mlflow,
         "mlserver": mlserver,
         "inference_log": inference_log,
+        "kafka": kafka,
     }

@@ -68,11 +68,12 @@ def ingest_until_drained(settings: RiverbedSettings, instance: Any, cursor: str 
     from sensors.kafka_ingestion import IngestionLimits, build_kafka_ingestion_sensor
 
     spec = load_specs(settings.specs_dirs)[DATASET]
-    sensor = build_kafka_ingestion_sensor(spec, settings, IngestionLimits(max_records=50_000))
-    data_store = build_resources(settings)["data_store"]
+    sensor = build_kafka_ingestion_sensor(spec, IngestionLimits(max_records=50_000))
+    resources = build_resources(settings)
+    needed = {"data_store": resources["data_store"], "kafka": resources["kafka"]}
     days: set[str] = set()
     for _ in range(20):
-        with dg.build_sensor_context(cursor=cursor, instance=instance, resources={"data_store": data_store}) as context:
+        with dg.build_sensor_context(cursor=cursor, instance=instance, resources=needed) as context:
             result = sensor(context)
         if isinstance(result, dg.SkipReason):
             break

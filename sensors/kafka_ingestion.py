@@ -30,11 +30,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from platform_assets.dataset_assets import REASON_TAG, daily_partitions
 from resources.data_store_resource import VersionedDataStoreResource
+from resources.kafka_resource import KafkaResource
 from resources.landing_zone import OFFSET_COLUMN, PARTITION_COLUMN, LandingBatch, land_batches
 from resources.versioned_store import VersionedStore, VersionedStoreError
 from riverbed.events import SAMPLE_ID_FIELD, DeadLetter, TopicKind, topic_name
-from riverbed.kafka_config import KafkaNotConfiguredError, client_config
-from riverbed.settings import RiverbedSettings, get_settings
+from riverbed.kafka_config import KafkaNotConfiguredError
 from riverbed.specs import DatasetSpec
 
 logger = logging.getLogger(__name__)
@@ -410,9 +410,7 @@ def _batches(
     return batches
 
 
-def build_kafka_ingestion_sensor(
-    spec: DatasetSpec, settings: RiverbedSettings | None = None, limits: IngestionLimits | None = None
-) -> dg.SensorDefinition:
+def build_kafka_ingestion_sensor(spec: DatasetSpec, limits: IngestionLimits | None = None) -> dg.SensorDefinition:
     """``kafka_ingest_<dataset>``: lands new raw messages and requests ``ingest_<dataset>`` for each affected day."""
     name = spec.name
     limits = limits or IngestionLimits()
@@ -426,20 +424,19 @@ def build_kafka_ingestion_sensor(
         "materialise the affected daily partitions.",
     )
     def kafka_ingest(
-        context: dg.SensorEvaluationContext, data_store: VersionedDataStoreResource
+        context: dg.SensorEvaluationContext, data_store: VersionedDataStoreResource, kafka: KafkaResource
     ) -> dg.SensorResult | dg.SkipReason:
-        resolved = settings or get_settings()
         try:
-            kafka = client_config(resolved)
+            config = kafka.client_config()
         except KafkaNotConfiguredError as error:
             return dg.SkipReason(str(error))
         outcome = ingest_once(
             spec,
             data_store.get_store(),
-            kafka,
+            config,
             parse_cursor(context.cursor),
             limits,
-            topic_prefix=resolved.kafka_topic_prefix,
+            topic_prefix=kafka.topic_prefix,
             log=context.log,
         )
         if outcome.cursor is None:

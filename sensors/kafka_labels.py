@@ -16,9 +16,9 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from pydantic import ValidationError
 
 from resources.inference_log_resource import InferenceLogResource
+from resources.kafka_resource import KafkaResource
 from riverbed.events import LabelEvent, TopicKind, topic_name
-from riverbed.kafka_config import KafkaNotConfiguredError, client_config
-from riverbed.settings import RiverbedSettings, get_settings
+from riverbed.kafka_config import KafkaNotConfiguredError
 from riverbed.specs import DatasetSpec
 from sensors.kafka_ingestion import (
     IngestionLimits,
@@ -122,9 +122,7 @@ def ingest_labels_once(
     )
 
 
-def build_kafka_labels_sensor(
-    spec: DatasetSpec, settings: RiverbedSettings | None = None, limits: IngestionLimits | None = None
-) -> dg.SensorDefinition:
+def build_kafka_labels_sensor(spec: DatasetSpec, limits: IngestionLimits | None = None) -> dg.SensorDefinition:
     """``kafka_labels_<dataset>``: stores new labels for monitoring's realised performance."""
     name = spec.name
 
@@ -135,18 +133,17 @@ def build_kafka_labels_sensor(
         description=f"Consume {name}'s labels topic into prediction_labels (cursor = next offset per partition).",
     )
     def kafka_labels(
-        context: dg.SensorEvaluationContext, inference_log: InferenceLogResource
+        context: dg.SensorEvaluationContext, inference_log: InferenceLogResource, kafka: KafkaResource
     ) -> dg.SensorResult | dg.SkipReason:
-        resolved = settings or get_settings()
         try:
-            kafka = client_config(resolved)
+            config = kafka.client_config()
             dsn = inference_log.get_dsn()
         except (KafkaNotConfiguredError, RuntimeError) as error:
             return dg.SkipReason(str(error))
         except Exception as error:  # database unreachable
             return dg.SkipReason(f"inference log unavailable: {error}")
         tick = ingest_labels_once(
-            spec, dsn, kafka, parse_cursor(context.cursor), limits, topic_prefix=resolved.kafka_topic_prefix
+            spec, dsn, config, parse_cursor(context.cursor), limits, topic_prefix=kafka.topic_prefix
         )
         if tick.cursor is None:
             return dg.SkipReason(tick.skip_reason)

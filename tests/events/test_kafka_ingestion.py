@@ -64,10 +64,9 @@ class Env:
         return topic_name(DATASET, TopicKind.RAW, prefix=self.settings.kafka_topic_prefix)
 
     def tick(self, cursor: str | None, limits: IngestionLimits | None = None):
-        sensor = build_kafka_ingestion_sensor(self.spec, self.settings, limits)
-        with dg.build_sensor_context(
-            cursor=cursor, instance=self.instance, resources={"data_store": self.resources["data_store"]}
-        ) as context:
+        sensor = build_kafka_ingestion_sensor(self.spec, limits)
+        resources = {"data_store": self.resources["data_store"], "kafka": self.resources["kafka"]}
+        with dg.build_sensor_context(cursor=cursor, instance=self.instance, resources=resources) as context:
             return sensor(context)
 
 
@@ -260,9 +259,10 @@ from sensors.kafka_ingestion import IngestionLimits, build_kafka_ingestion_senso
 settings = RiverbedSettings.model_validate_json(sys.argv[1])
 cursor = sys.argv[2] or None
 spec = load_specs(settings.specs_dirs)["machine_failure"]
-sensor = build_kafka_ingestion_sensor(spec, settings, IngestionLimits(max_records=int(sys.argv[3])))
+sensor = build_kafka_ingestion_sensor(spec, IngestionLimits(max_records=int(sys.argv[3])))
 resources = build_resources(settings)
-with dg.build_sensor_context(cursor=cursor, resources={"data_store": resources["data_store"]}) as context:
+needed = {"data_store": resources["data_store"], "kafka": resources["kafka"]}
+with dg.build_sensor_context(cursor=cursor, resources=needed) as context:
     result = sensor(context)
 sys.stdout.write(json.dumps({"cursor": getattr(result, "cursor", None)}))
 """
