@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 
 from benchmarks.report import machine, publish
+from tests.scratch_postgres import create_database, drop_database
 
 HERE = Path(__file__).resolve().parent
 RESULTS_MD = HERE / "RESULTS.md"
 RESULTS_JSON = HERE / "results" / "monitoring.json"
 SECTION = "## Monitoring"
 TARGET_SECONDS = 30.0
-ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
 
 
 def _load(dsn: str, spec: Any, records: int, start: dt.datetime) -> None:
@@ -83,8 +83,6 @@ def _load(dsn: str, spec: Any, records: int, start: dt.datetime) -> None:
 
 
 def run(records: int) -> dict[str, Any]:
-    import psycopg
-    from psycopg import sql
 
     from monitoring.reference import PREDICTION, PROBABILITY, TRUTH
     from riverbed.generators import generate_machine_failure
@@ -93,10 +91,7 @@ def run(records: int) -> dict[str, Any]:
     from serving.migrations import apply_migrations
 
     spec = load_specs([PROJECT_ROOT / "datasets"])["machine_failure"]
-    name = f"riverbed_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    dsn = f"host=127.0.0.1 port=5432 user=postgres dbname={name}"
+    name, dsn = create_database("riverbed_bench")
     try:
         apply_migrations(dsn)
         start = dt.datetime(2026, 11, 22, tzinfo=dt.UTC)
@@ -154,8 +149,7 @@ def run(records: int) -> dict[str, Any]:
             "total_seconds": round(query_seconds + analysis_seconds, 2),
         }
     finally:
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-            admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        drop_database(name)
 
 
 def render(r: dict[str, Any]) -> str:

@@ -28,12 +28,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any
 
 from benchmarks.report import machine
+from tests.scratch_postgres import create_database, drop_database
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -55,7 +55,6 @@ RESULTS_DIR = HERE / "results"
 RESULTS_JSON = RESULTS_DIR / "serving.json"
 RESULTS_MD = HERE / "RESULTS.md"
 DATASET = "salary_band"
-ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 SECTION = "## Serving"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -178,22 +177,6 @@ class CpuMeter:
 
 
 # ---------------------------------------------------------------------------------------------- state and floor
-def create_database() -> tuple[str, str]:
-    import psycopg
-
-    name = f"riverbed_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name, f"host=127.0.0.1 port=5432 user=postgres dbname={name}"
-
-
-def drop_database(name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def ensure_champion(settings: Any, spec: Any) -> dict[str, Any]:
     """The deployed salary_band champion; trains and deploys the demo's model first if the home has none."""
     from riverbed.model_repository import ModelRepository
@@ -495,7 +478,7 @@ def run(home: Path, duration: int, warmup: int) -> dict[str, Any]:
     from serving.api_keys import create_api_key
 
     result: dict[str, Any] = {"machine": machine(), "duration_seconds": duration, "warmup_seconds": warmup}
-    db_name, dsn = create_database()
+    db_name, dsn = create_database("riverbed_bench")
     result["database"] = db_name
     work = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     try:

@@ -10,29 +10,21 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
-ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
-
-
-def _admin() -> psycopg.Connection:
-    try:
-        return psycopg.connect(ADMIN_DSN, autocommit=True)
-    except psycopg.OperationalError as error:  # the machine's PostgreSQL is part of the test environment
-        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is not reachable: {error}")
+from tests.scratch_postgres import create_database, drop_database
 
 
 @pytest.fixture
 def postgres_dsn() -> Iterator[str]:
     """DSN of a new, uniquely named, empty database, dropped after the test."""
-    name = f"riverbed_test_{uuid.uuid4().hex[:12]}"
-    with _admin() as admin:
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
     try:
-        yield f"host=127.0.0.1 port=5432 user=postgres dbname={name} connect_timeout=5"
+        name, dsn = create_database()
+    except psycopg.OperationalError as error:  # the machine's PostgreSQL is part of the test environment
+        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is not reachable: {error}")
+    try:
+        yield dsn
     finally:
-        with _admin() as admin:
-            admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        drop_database(name)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from pathlib import Path
 import cloudpickle
 import numpy as np
 import pandas as pd
-import psycopg
 
 from platform_assets.training.model_training import build_pipeline, encoded_feature_groups, model_inputs
 from platform_assets.transforms import build_features
@@ -17,8 +16,6 @@ from riverbed.settings import PROJECT_ROOT
 from riverbed.sources import load_source_records
 from riverbed.specs import DatasetSpec, load_specs
 from riverbed.validation import validate_records
-
-ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 
 
 def salary_band_spec() -> DatasetSpec:
@@ -77,16 +74,3 @@ def install_trained_model(
     if point:
         repository.set_deployment(info)
     return info
-
-
-def create_database() -> tuple[str, str]:
-    """A fresh database on the machine's PostgreSQL; returns (name, dsn)."""
-    name = f"riverbed_gw_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name, f"host=127.0.0.1 port=5432 user=postgres dbname={name}"
-
-
-def drop_database(name: str) -> None:
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

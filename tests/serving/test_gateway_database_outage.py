@@ -15,10 +15,9 @@ from riverbed.settings import RiverbedSettings
 from serving.api_keys import create_api_key
 from serving.inference_log import verify_chain
 from serving.mlserver_process import free_port
+from tests.scratch_postgres import create_database, drop_database
 from tests.serving.gateway_fixtures import (
     api_records,
-    create_database,
-    drop_database,
     install_trained_model,
     salary_band_features,
     salary_band_spec,
