@@ -3,12 +3,10 @@
 The hot swap against a real ``mlserver start`` is the slow test at the end.
 """
 
-import textwrap
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from platform_assets.definitions import build_definitions
@@ -31,49 +29,20 @@ from riverbed.settings import RiverbedSettings
 from riverbed.specs import PromotionGateSpec
 from serving.mlserver_process import MLServerProcess, free_port
 from serving.routing import RoutedInferenceClient
+from tests.platform_assets.loan_dataset import LOAN_DATASET, LOAN_PARTITIONS, write_loan_dataset
 
-DATASET = "loan_default"
-PARTITIONS = ["2026-09-01", "2026-09-02", "2026-09-03"]
+DATASET = LOAN_DATASET
+PARTITIONS = LOAN_PARTITIONS
+GATE_SPEC = "promotion: {metric: roc_auc, min_improvement: 0.0, max_fairness_disparity: 0.3}\n"
 FAST_TRAINING = {"optuna_trials": 1, "max_estimators": 20}
 LENIENT_GATE = {"min_improvement": -1.0, "max_fairness_disparity": 1.0}
-
-
-def _write_dataset(folder: Path) -> None:
-    rng = np.random.default_rng(3)
-    rows = []
-    for i in range(600):
-        amount = float(rng.uniform(100, 5000))
-        term = str(rng.choice(["short", "long"]))
-        region = str(rng.choice(["north", "south", "east"]))
-        default = "yes" if (amount > 3000 and term == "long") or rng.random() < 0.05 else "no"
-        rows.append(f"L{i},{amount:.2f},{term},{region},{default}")
-    (folder / "loans.csv").write_text("loan_id,amount,term,region,defaulted\n" + "\n".join(rows) + "\n")
-    (folder / f"{DATASET}.yaml").write_text(
-        textwrap.dedent(
-            """\
-            name: loan_default
-            description: Whether a small loan defaults (test dataset).
-            source: {kind: csv, files: [loans.csv]}
-            record_id: {name: loan_id, source_column: loan_id}
-            event_time: {assign_start: 2026-09-01, assign_days: 3}
-            target: {name: defaulted, classes: ["no", "yes"], positive_class: "yes"}
-            protected_attributes: [region]
-            features:
-              - {name: amount, type: numeric, minimum: 0, maximum: 10000}
-              - {name: term, type: category, categories: [short, long]}
-              - {name: region, type: category, categories: [north, south, east]}
-            training: {optuna_trials: 1, max_estimators: 20, seed: 1}
-            promotion: {metric: roc_auc, min_improvement: 0.0, max_fairness_disparity: 0.3}
-            """
-        )
-    )
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> RiverbedSettings:
     specs = tmp_path / "specs"
     specs.mkdir()
-    _write_dataset(specs)
+    write_loan_dataset(specs, GATE_SPEC)
     # A port nobody listens on: these tests deploy with MLServer down unless they start one.
     return RiverbedSettings(home=tmp_path / "home", specs_dirs=[specs], mlserver_url=f"http://127.0.0.1:{free_port()}")
 

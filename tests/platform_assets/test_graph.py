@@ -1,7 +1,6 @@
 """The asset graph end to end on embedded parts: real local versioned store, real MLflow (SQLite)."""
 
 import io
-import textwrap
 from pathlib import Path
 
 import dagster as dg
@@ -16,6 +15,7 @@ from resources.versioned_io_manager import materialized_commit, table_path
 from riverbed.records import TrainingReason
 from riverbed.settings import RiverbedSettings
 from riverbed.specs import load_specs
+from tests.platform_assets.loan_dataset import LOAN_DATASET, LOAN_PARTITIONS, write_loan_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -146,40 +146,12 @@ def test_a_partition_without_data_fails_its_blocking_check(local_settings: River
 def test_a_third_dataset_needs_only_a_spec_and_its_data(tmp_path: Path) -> None:
     specs_dir = tmp_path / "specs"
     specs_dir.mkdir()
-    rows = []
-    import numpy as np
-
-    rng = np.random.default_rng(3)
-    for i in range(600):
-        amount = float(rng.uniform(100, 5000))
-        term = str(rng.choice(["short", "long"]))
-        region = str(rng.choice(["north", "south", "east"]))
-        default = "yes" if (amount > 3000 and term == "long") or rng.random() < 0.05 else "no"
-        rows.append(f"L{i},{amount:.2f},{term},{region},{default}")
-    (specs_dir / "loans.csv").write_text("loan_id,amount,term,region,defaulted\n" + "\n".join(rows) + "\n")
-    (specs_dir / "loan_default.yaml").write_text(
-        textwrap.dedent(
-            """\
-            name: loan_default
-            description: Whether a small loan defaults (test dataset).
-            source: {kind: csv, files: [loans.csv]}
-            record_id: {name: loan_id, source_column: loan_id}
-            event_time: {assign_start: 2026-09-01, assign_days: 3}
-            target: {name: defaulted, classes: ["no", "yes"], positive_class: "yes"}
-            protected_attributes: [region]
-            features:
-              - {name: amount, type: numeric, minimum: 0, maximum: 10000}
-              - {name: term, type: category, categories: [short, long]}
-              - {name: region, type: category, categories: [north, south, east]}
-            training: {optuna_trials: 1, max_estimators: 20, seed: 1}
-            """
-        )
-    )
+    write_loan_dataset(specs_dir)
     settings = RiverbedSettings(home=tmp_path / "home", specs_dirs=[specs_dir])
     run = run_pipeline(
         settings,
-        "loan_default",
-        ["2026-09-01", "2026-09-02", "2026-09-03"],
+        LOAN_DATASET,
+        LOAN_PARTITIONS,
         instance=local_instance(settings),
     )
     assert run.model.registered_model_name.endswith("loan_default")
