@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,7 +108,7 @@ def _day_of(event_time: str) -> str:
     return moment.date().isoformat()
 
 
-def _consumer_config(kafka: Mapping[str, Any], dataset: str, limits: IngestionLimits) -> dict[str, Any]:
+def consumer_config(kafka: Mapping[str, Any], dataset: str, limits: IngestionLimits) -> dict[str, Any]:
     timeout_ms = int(limits.connect_timeout_seconds * 1000)
     return {
         **kafka,
@@ -127,7 +127,7 @@ def _consumer_config(kafka: Mapping[str, Any], dataset: str, limits: IngestionLi
     }
 
 
-class _DeadLetters:
+class DeadLetters:
     """Collects refused messages; published (and flushed) before anything is landed."""
 
     def __init__(self, topic: str) -> None:
@@ -232,6 +232,45 @@ def plan_read(
     return ReadPlan(start, targets, expired)
 
 
+class PlannedReader:
+    """The messages of one tick's plan, in offset order per partition, until the plan's end offsets,
+    ``max_records`` or ``max_seconds``. Redeliveries and transient consumer errors are skipped; ``next_offset``
+    and ``consumed`` advance as each message is handed out."""
+
+    def __init__(self, consumer: Consumer, topic: str, plan: ReadPlan, limits: IngestionLimits) -> None:
+        self.consumer = consumer
+        self.topic = topic
+        self.targets = plan.targets
+        self.limits = limits
+        self.next_offset = dict(plan.start)
+        self.consumed = 0
+        consumer.assign([TopicPartition(topic, p, plan.start[p]) for p in sorted(plan.targets)])
+
+    def __iter__(self) -> Iterator[Any]:
+        remaining = set(self.targets)
+        deadline = time.monotonic() + self.limits.max_seconds
+        while remaining and self.consumed < self.limits.max_records:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            wanted = min(_BATCH_MESSAGES, self.limits.max_records - self.consumed)
+            for message in self.consumer.consume(num_messages=wanted, timeout=min(left, 0.5)):
+                error = message.error()
+                if error is not None:
+                    if error.fatal():
+                        raise KafkaException(error)
+                    logger.warning("%s: consumer error: %s", self.topic, error)
+                    continue
+                partition, offset = message.partition(), message.offset()
+                if partition not in self.targets or offset < self.next_offset[partition]:
+                    continue  # a redelivery of something this tick already has
+                self.next_offset[partition] = offset + 1
+                self.consumed += 1
+                if self.next_offset[partition] >= self.targets[partition]:
+                    remaining.discard(partition)
+                yield message
+
+
 def ingest_once(
     spec: DatasetSpec,
     store: VersionedStore,
@@ -248,7 +287,7 @@ def ingest_once(
     name = spec.name
     topic = topic_name(name, TopicKind.RAW, prefix=topic_prefix)
     started = time.perf_counter()
-    consumer = Consumer(_consumer_config(kafka, name, limits), logger=logger)
+    consumer = Consumer(consumer_config(kafka, name, limits), logger=logger)
     try:
         plan = plan_read(consumer, topic, cursor, limits, kafka, log)
         if isinstance(plan, str):
@@ -257,11 +296,9 @@ def ingest_once(
         if not targets:
             return TickOutcome(skip_reason=f"no new messages on {topic}", expired_offsets=expired)
 
-        consumer.assign([TopicPartition(topic, partition, start[partition]) for partition in sorted(targets)])
-        dead_letters = _DeadLetters(topic_name(name, TopicKind.DLQ, prefix=topic_prefix))
-        outcome, batches, letters = _consume(
-            spec, consumer, topic, start, targets, limits, dead_letters, parse_raw_message, RawMessageError
-        )
+        dead_letters = DeadLetters(topic_name(name, TopicKind.DLQ, prefix=topic_prefix))
+        reader = PlannedReader(consumer, topic, plan, limits)
+        outcome, batches, letters = _consume(spec, reader, start, dead_letters, parse_raw_message, RawMessageError)
         outcome.expired_offsets = expired
     finally:
         consumer.close()
@@ -305,73 +342,47 @@ def ingest_once(
 
 def _consume(
     spec: DatasetSpec,
-    consumer: Consumer,
-    topic: str,
+    reader: PlannedReader,
     start: dict[int, int],
-    targets: dict[int, int],
-    limits: IngestionLimits,
-    letters: _DeadLetters,
+    letters: DeadLetters,
     parse: Callable[[DatasetSpec, bytes], dict[str, Any]],
     refused: type[Exception],
-) -> tuple[TickOutcome, list[LandingBatch], _DeadLetters]:
+) -> tuple[TickOutcome, list[LandingBatch], DeadLetters]:
     partitions = daily_partitions(spec)
     first_day = spec.event_time.first_partition_day.isoformat()
     last_day = partitions.get_last_partition_key() or first_day
     fault_after = int(os.environ.get(FAULT_DURING_CONSUMPTION_ENV) or 0)
 
-    next_offset = dict(start)
-    remaining = set(targets)
     rows: list[dict[str, Any]] = []
     days: list[str] = []
-    consumed = 0
-    deadline = time.monotonic() + limits.max_seconds
-    while remaining and consumed < limits.max_records:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        wanted = min(_BATCH_MESSAGES, limits.max_records - consumed)
-        messages = consumer.consume(num_messages=wanted, timeout=min(left, 0.5))
-        for message in messages:
-            error = message.error()
-            if error is not None:
-                if error.fatal():
-                    raise KafkaException(error)
-                logger.warning("%s: consumer error: %s", topic, error)
-                continue
-            partition, offset = message.partition(), message.offset()
-            if partition not in targets or offset < next_offset[partition]:
-                continue  # a redelivery of something this tick already has
-            try:
-                value = message.value()
-                if value is None:
-                    raise refused("value: missing (a tombstone carries no record)")
-                record = parse(spec, value)
-                day = _day_of(str(record[_EVENT_TIME_FIELD]))
-            except (refused, ValueError, TypeError, KeyError) as error:
-                letters.add(message, str(error) or type(error).__name__)
+    for message in reader:
+        try:
+            value = message.value()
+            if value is None:
+                raise refused("value: missing (a tombstone carries no record)")
+            record = parse(spec, value)
+            day = _day_of(str(record[_EVENT_TIME_FIELD]))
+        except (refused, ValueError, TypeError, KeyError) as error:
+            letters.add(message, str(error) or type(error).__name__)
+        else:
+            if first_day <= day <= last_day:
+                record[PARTITION_COLUMN] = message.partition()
+                record[OFFSET_COLUMN] = message.offset()
+                rows.append(record)
+                days.append(day)
             else:
-                if first_day <= day <= last_day:
-                    record[PARTITION_COLUMN] = partition
-                    record[OFFSET_COLUMN] = offset
-                    rows.append(record)
-                    days.append(day)
-                else:
-                    letters.add(
-                        message,
-                        f"event_time: day {day} is outside the daily partitions of {spec.name} "
-                        f"({first_day} .. {last_day})",
-                    )
-            next_offset[partition] = offset + 1
-            consumed += 1
-            if next_offset[partition] >= targets[partition]:
-                remaining.discard(partition)
-            if fault_after and consumed >= fault_after:
-                _fault(FAULT_DURING_CONSUMPTION_ENV)
+                letters.add(
+                    message,
+                    f"event_time: day {day} is outside the daily partitions of {spec.name} ({first_day} .. {last_day})",
+                )
+        if fault_after and reader.consumed >= fault_after:
+            _fault(FAULT_DURING_CONSUMPTION_ENV)
 
-    outcome = TickOutcome(cursor=next_offset, consumed=consumed)
+    next_offset = reader.next_offset
+    outcome = TickOutcome(cursor=next_offset, consumed=reader.consumed)
     outcome.dead_letters = letters.reasons.total()
     outcome.dead_letter_reasons = dict(letters.reasons)
-    batches = _batches(spec, topic, rows, days, start, next_offset)
+    batches = _batches(spec, reader.topic, rows, days, start, next_offset)
     outcome.records_by_day = {b.day: 0 for b in batches}
     for batch in batches:
         outcome.records_by_day[batch.day] += len(batch.records)

@@ -6,13 +6,12 @@ transaction (idempotent on topic/partition/offset), and only then does the curso
 predicted (yet) are stored too: monitoring matches them at read time.
 """
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException
 from pydantic import ValidationError
 
 from resources.inference_log_resource import InferenceLogResource
@@ -21,9 +20,10 @@ from riverbed.events import LabelEvent, TopicKind, topic_name
 from riverbed.kafka_config import KafkaNotConfiguredError
 from riverbed.specs import DatasetSpec
 from sensors.kafka_ingestion import (
+    DeadLetters,
     IngestionLimits,
-    _consumer_config,
-    _DeadLetters,
+    PlannedReader,
+    consumer_config,
     format_cursor,
     parse_cursor,
     plan_read,
@@ -71,38 +71,23 @@ def ingest_labels_once(
 
     limits = limits or IngestionLimits()
     topic = topic_name(spec.name, TopicKind.LABELS, prefix=topic_prefix)
-    consumer = Consumer(_consumer_config(kafka, f"{spec.name}-labels", limits))
-    letters = _DeadLetters(topic_name(spec.name, TopicKind.DLQ, prefix=topic_prefix))
+    consumer = Consumer(consumer_config(kafka, f"{spec.name}-labels", limits))
+    letters = DeadLetters(topic_name(spec.name, TopicKind.DLQ, prefix=topic_prefix))
     labels: list[LabelMessage] = []
     try:
         plan = plan_read(consumer, topic, cursor, limits, kafka)
         if isinstance(plan, str):
             return LabelTick(skip_reason=plan)
-        start, targets = plan.start, plan.targets
-        if not targets:
+        if not plan.targets:
             return LabelTick(skip_reason=f"no new messages on {topic}")
-        consumer.assign([TopicPartition(topic, p, start[p]) for p in sorted(targets)])
-        next_offset = dict(start)
-        remaining = set(targets)
-        consumed = 0
-        deadline = time.monotonic() + limits.max_seconds
-        while remaining and consumed < limits.max_records and time.monotonic() < deadline:
-            for message in consumer.consume(num_messages=min(5000, limits.max_records - consumed), timeout=0.5):
-                if message.error() is not None:
-                    continue
-                partition, offset = message.partition(), message.offset()
-                if partition not in targets or offset < next_offset[partition]:
-                    continue
-                try:
-                    event = _parse_label(spec, message.value())
-                except ValueError as error:
-                    letters.add(message, str(error))
-                else:
-                    labels.append(LabelMessage(topic, partition, offset, event))
-                next_offset[partition] = offset + 1
-                consumed += 1
-                if next_offset[partition] >= targets[partition]:
-                    remaining.discard(partition)
+        reader = PlannedReader(consumer, topic, plan, limits)
+        for message in reader:
+            try:
+                event = _parse_label(spec, message.value())
+            except ValueError as error:
+                letters.add(message, str(error))
+            else:
+                labels.append(LabelMessage(topic, message.partition(), message.offset(), event))
     finally:
         consumer.close()
     try:
@@ -114,9 +99,9 @@ def ingest_labels_once(
     except Exception as error:  # database down: keep the cursor, the next tick reads the same offsets again
         return LabelTick(skip_reason=f"could not store labels, cursor kept: {error}")
     return LabelTick(
-        cursor=next_offset,
+        cursor=reader.next_offset,
         stored=stored,
-        consumed=consumed,
+        consumed=reader.consumed,
         dead_letters=letters.reasons.total(),
         reasons=dict(letters.reasons),
     )
