@@ -125,9 +125,10 @@ def analyse_window(
 
     def add(result_frame: pd.DataFrame, kind: str, names: Iterable[str], key: Any) -> None:
         for _, chunk in result_frame.iterrows():
-            info = chunk["chunk"] if isinstance(chunk["chunk"], pd.Series) else chunk
-            index = int(_get(info, "chunk_index"))
-            start_index, end_index = int(_get(info, "start_index")), int(_get(info, "end_index"))
+            info = chunk["chunk"]  # ("chunk", <field>) or, for univariate drift, ("chunk", "chunk", <field>)
+            if isinstance(info.index, pd.MultiIndex):
+                info = info["chunk"]
+            index, start_index, end_index = int(info["chunk_index"]), int(info["start_index"]), int(info["end_index"])
             start, end = _chunk_bounds(analysis, start_index, end_index)
             for name in names:
                 column = key(name)
@@ -191,13 +192,6 @@ def analyse_window(
             add(found, "realised", METRICS, lambda name: (name,))
     chunks = len({row.chunk for row in rows})
     return WindowAnalysis(rows, len(analysis), labelled, chunks)
-
-
-def _get(info: Any, name: str) -> Any:
-    try:
-        return info[name]
-    except KeyError:
-        return info[("chunk", "chunk", name)] if ("chunk", "chunk", name) in info else info[("chunk", name)]
 
 
 # ----------------------------------------------------------------------------------------------- storage

@@ -49,7 +49,8 @@ order by records.received_at, records.request_id, records.record_index
 
 
 def logged_predictions(dsn: str, spec: DatasetSpec, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
-    """Predicted records of ``spec`` received in ``[start, end)``: features, ``y_pred_proba``, ``y_pred``,
+    """Predicted records of ``spec`` received in ``[start, end)``: features, ``y_pred_proba``, ``y_pred`` (the served
+    label),
     ``y_true`` (NaN when no label yet), ``received_at``, ``model_version`` and ``sample_id``."""
     import psycopg
 
@@ -61,16 +62,15 @@ def logged_predictions(dsn: str, spec: DatasetSpec, start: dt.datetime, end: dt.
     if not rows:
         columns = [*features, PROBABILITY, PREDICTION, TRUTH, RECEIVED_AT, MODEL_VERSION, SAMPLE_ID]
         return pd.DataFrame(columns=columns)
-    received, versions, inputs, samples, probabilities, _labels, truths = zip(*rows, strict=True)
+    received, versions, inputs, samples, probabilities, labels, truths = zip(*rows, strict=True)
     loads = orjson.loads
     frame = pd.DataFrame.from_records([loads(text) for text in inputs], columns=features)
     for feature in spec.numeric_features:
         frame[feature] = pd.to_numeric(frame[feature], errors="coerce")
     for feature in spec.categorical_features:
         frame[feature] = frame[feature].astype("string")
-    probability = np.asarray(probabilities, dtype=float)
-    frame[PROBABILITY] = probability
-    frame[PREDICTION] = (probability >= 0.5).astype(int)
+    frame[PROBABILITY] = np.asarray(probabilities, dtype=float)
+    frame[PREDICTION] = (np.asarray(labels, dtype=object) == spec.target.positive_class).astype(int)  # as served
     frame[TRUTH] = positive_labels(spec, pd.Series(truths, dtype="object"))
     frame[RECEIVED_AT] = pd.to_datetime(pd.Series(received), utc=True)
     frame[MODEL_VERSION] = pd.Series(versions, dtype="string")

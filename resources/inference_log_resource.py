@@ -12,6 +12,8 @@ from pydantic import Field
 from riverbed.settings import RiverbedSettings
 from riverbed.stack_file import inference_log_dsn
 
+_MIGRATED: set[str] = set()
+
 
 class InferenceLogResource(dg.ConfigurableResource):
     """Where the gateway's inference log lives; migrations are applied on first use."""
@@ -28,5 +30,7 @@ class InferenceLogResource(dg.ConfigurableResource):
         else:
             settings = RiverbedSettings(home=Path(self.home)) if self.home else RiverbedSettings()
             dsn = inference_log_dsn(settings)
-        apply_migrations(dsn)
+        if dsn not in _MIGRATED:  # once per process: sensors call this on every tick
+            apply_migrations(dsn)
+            _MIGRATED.add(dsn)
         return dsn
