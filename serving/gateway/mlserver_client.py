@@ -78,23 +78,18 @@ class MLServerClient:
             raise MLServerUnavailableError("the MLServer client is not started")
         return self._session
 
-    async def live(self) -> bool:
+    async def _answers_ok(self, path: str) -> bool:
         try:
-            async with self.session.get(
-                f"{self.base_url}/v2/health/live", timeout=aiohttp.ClientTimeout(total=1.0)
-            ) as response:
+            async with self.session.get(f"{self.base_url}{path}", timeout=aiohttp.ClientTimeout(total=1.0)) as response:
                 return response.status == 200
         except (aiohttp.ClientError, TimeoutError):
             return False
 
+    async def live(self) -> bool:
+        return await self._answers_ok("/v2/health/live")
+
     async def model_ready(self, served_name: str) -> bool:
-        try:
-            async with self.session.get(
-                f"{self.base_url}/v2/models/{served_name}/ready", timeout=aiohttp.ClientTimeout(total=1.0)
-            ) as response:
-                return response.status == 200
-        except (aiohttp.ClientError, TimeoutError):
-            return False
+        return await self._answers_ok(f"/v2/models/{served_name}/ready")
 
     async def infer(
         self,
