@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -13,14 +14,12 @@ from riverbed.settings import RiverbedSettings
 from riverbed.specs import DatasetSpec
 
 
-def sample_records(spec: DatasetSpec, count: int) -> list[dict[str, Any]]:
-    """``count`` records from the dataset's own source, as the gateway's JSON (None for missing values)."""
-    from riverbed.sources import load_source_records
-
-    frame = load_source_records(spec).tail(count)
+def gateway_records(spec: DatasetSpec, frame: Any, sample_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of ``frame`` as the gateway's JSON records: None for missing values, numbers as int or float,
+    categories as text, and ``sample_id`` when given."""
     records = []
     for index, row in enumerate(frame[spec.feature_names].to_dict("records")):
-        record: dict[str, Any] = {"sample_id": f"demo-{index}"}
+        record: dict[str, Any] = {} if sample_ids is None else {"sample_id": str(sample_ids[index])}
         for name, value in row.items():
             missing = value is None or (isinstance(value, float) and math.isnan(value)) or str(value) in ("", "<NA>")
             if missing:
@@ -32,6 +31,14 @@ def sample_records(spec: DatasetSpec, count: int) -> list[dict[str, Any]]:
                 record[name] = str(value)
         records.append(record)
     return records
+
+
+def sample_records(spec: DatasetSpec, count: int) -> list[dict[str, Any]]:
+    """``count`` records from the dataset's own source, as the gateway's JSON, with ids ``demo-<n>``."""
+    from riverbed.sources import load_source_records
+
+    frame = load_source_records(spec).tail(count)
+    return gateway_records(spec, frame, [f"demo-{index}" for index in range(len(frame))])
 
 
 def exercise_serving(settings: RiverbedSettings, spec: DatasetSpec, console: Console) -> dict[str, Any]:

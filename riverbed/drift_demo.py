@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from riverbed.demo_serving import gateway_records
 from riverbed.settings import RiverbedSettings
 from riverbed.specs import DatasetSpec, load_specs
 
@@ -60,6 +61,11 @@ def produce_frame(settings: RiverbedSettings, spec: DatasetSpec, frame: pd.DataF
     return report.sent
 
 
+def records_with_ids(spec: DatasetSpec, frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Records as the gateway's JSON, each with its record id as ``sample_id`` (so labels can find it)."""
+    return gateway_records(spec, frame, list(frame[spec.record_id.name]))
+
+
 def ingest_until_drained(settings: RiverbedSettings, instance: Any, cursor: str | None) -> tuple[str, set[str]]:
     """Ticks of the ingestion sensor until the raw topic is drained: the new cursor and the days it requested."""
     import dagster as dg
@@ -82,18 +88,6 @@ def ingest_until_drained(settings: RiverbedSettings, instance: Any, cursor: str 
     if cursor is None:
         raise RuntimeError("the ingestion sensor found nothing on the raw topic")
     return cursor, days
-
-
-def gateway_records(frame: pd.DataFrame, spec: DatasetSpec) -> list[dict[str, Any]]:
-    """Records as the gateway's JSON, with their sample id."""
-    records = []
-    for row in frame.to_dict("records"):
-        record: dict[str, Any] = {"sample_id": str(row[spec.record_id.name])}
-        for name in spec.feature_names:
-            value = row[name]
-            record[name] = value.item() if hasattr(value, "item") else value
-        records.append(record)
-    return records
 
 
 def unseen_drifted_records(spec: DatasetSpec, rows: int = 3000, seed: int = 99) -> pd.DataFrame:
@@ -189,7 +183,7 @@ def run_drift_demo(base: RiverbedSettings, console: Any) -> DriftDemoOutcome:
             chunk = spec.monitoring.chunk_size
             with httpx.Client(base_url=stack.gateway_url, headers=headers, timeout=60) as client:
                 for frame in (data.clean.tail(2 * chunk), data.drifted.head(3 * chunk)):
-                    records = gateway_records(frame, spec)
+                    records = records_with_ids(spec, frame)
                     for start in range(0, len(records), 100):
                         body = {"records": records[start : start + 100], "explain": False}
                         client.post(f"/v1/{DATASET}/predict", json=body).raise_for_status()
@@ -238,7 +232,7 @@ def run_drift_demo(base: RiverbedSettings, console: Any) -> DriftDemoOutcome:
         console.print(f"on {len(window):,} unseen drifted records: {table_rows}")
         with httpx.Client(base_url=stack.gateway_url, headers=headers, timeout=60) as client:
             time.sleep(2)
-            served = client.post(f"/v1/{DATASET}/predict", json=gateway_records(window.head(1), spec)[0]).json()
+            served = client.post(f"/v1/{DATASET}/predict", json=gateway_records(spec, window.head(1))[0]).json()
         console.print(
             f"the gateway now serves v{served['model']['version']}; first drifted record to v2 serving: "
             f"{outcome.seconds_to_v2:.0f} s"

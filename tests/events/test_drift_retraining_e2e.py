@@ -17,7 +17,7 @@ import pytest
 
 from platform_assets.definitions import build_definitions
 from platform_assets.runner import local_instance, run_pipeline
-from riverbed.drift_demo import DRIFT_START, gateway_records, ingest_until_drained, produce_frame, scenario_data
+from riverbed.drift_demo import DRIFT_START, ingest_until_drained, produce_frame, records_with_ids, scenario_data
 from riverbed.records import TrainingReason
 from riverbed.settings import PROJECT_ROOT, RiverbedSettings
 from sensors.retraining import build_retraining_sensor
@@ -90,8 +90,8 @@ def test_drift_triggers_retraining_and_v2_replaces_v1_without_a_failed_request(
         )
         assert ingest.success
         chunk = spec.monitoring.chunk_size
-        served = _predict_all(client, gateway_records(clean.tail(2 * chunk), spec))
-        served += _predict_all(client, gateway_records(drifted.head(3 * chunk), spec))
+        served = _predict_all(client, records_with_ids(spec, clean.tail(2 * chunk)))
+        served += _predict_all(client, records_with_ids(spec, drifted.head(3 * chunk)))
         assert {b["model"]["version"] for b in served} == {v1}
 
         # 3. Monitoring today's predictions finds the drift and stores it for the sensor.
@@ -120,7 +120,7 @@ def test_drift_triggers_retraining_and_v2_replaces_v1_without_a_failed_request(
         failures: list[str] = []
         versions: list[int] = []
         stop = threading.Event()
-        probe = gateway_records(drifted.tail(20), spec)
+        probe = records_with_ids(spec, drifted.tail(20))
 
         def fire() -> None:
             with httpx.Client(base_url=stack.gateway_url, headers=client.headers, timeout=30) as own:

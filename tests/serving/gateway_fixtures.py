@@ -6,11 +6,11 @@ import uuid
 from pathlib import Path
 
 import cloudpickle
-import numpy as np
 import pandas as pd
 
 from platform_assets.training.model_training import build_pipeline, encoded_feature_groups, model_inputs
 from platform_assets.transforms import build_features
+from riverbed.demo_serving import gateway_records
 from riverbed.model_repository import DeployedModel, ModelRepository, served_model_name
 from riverbed.settings import PROJECT_ROOT
 from riverbed.sources import load_source_records
@@ -30,18 +30,7 @@ def salary_band_features(rows: int = 3000) -> pd.DataFrame:
 
 def api_records(frame: pd.DataFrame, spec: DatasetSpec) -> list[dict]:
     """Rows as the gateway's JSON records (None for missing values)."""
-    out = []
-    for row in frame[spec.feature_names].to_dict("records"):
-        record = {}
-        for name, value in row.items():
-            if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
-                record[name] = None
-            elif name in spec.numeric_features:
-                record[name] = int(value) if float(value).is_integer() else float(value)
-            else:
-                record[name] = str(value)
-        out.append(record)
-    return out
+    return gateway_records(spec, frame)
 
 
 def install_trained_model(
