@@ -245,7 +245,9 @@ class _RawParser:
         return record
 
 
-_PARSERS: dict[tuple[str, int, int], _RawParser] = {}
+# Compiled checks per spec object (a parser holds its spec, so an id is never reused while cached).
+_PARSERS: dict[int, _RawParser] = {}
+_MAX_PARSERS = 64
 
 
 def parse_raw_message(spec: DatasetSpec, value: bytes) -> dict[str, Any]:
@@ -253,8 +255,9 @@ def parse_raw_message(spec: DatasetSpec, value: bytes) -> dict[str, Any]:
 
     Raises :class:`RawMessageError` naming the field and the rule.
     """
-    key = (spec.name, spec.version, id(spec))
-    parser = _PARSERS.get(key)
+    parser = _PARSERS.get(id(spec))
     if parser is None:
-        parser = _PARSERS[key] = _RawParser(spec)
+        if len(_PARSERS) >= _MAX_PARSERS:  # specs reloaded many times in one process: start over
+            _PARSERS.clear()
+        parser = _PARSERS[id(spec)] = _RawParser(spec)
     return parser.parse(value)
