@@ -12,8 +12,8 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: help uv sync demo test test-fast lint format dev bench bench-serving bench-events clean
 
-help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+help: ## list every target
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
 
 uv: ## install uv with pip if it is missing
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
@@ -24,19 +24,20 @@ sync: uv ## create .venv from the lock file
 demo: sync ## run the main job on embedded defaults and print a summary
 	$(RUN) riverbed demo
 
-test: sync ## lint, then the whole test suite (slow end-to-end tests included)
-	$(RUN) ruff check .
-	$(RUN) ruff format --check .
+test: lint ## lint (ruff, import-linter, mypy, lock), then the whole test suite (slow end-to-end tests included)
 	$(RUN) pytest
 
 test-fast: sync ## the suite without tests marked slow
 	$(RUN) pytest -m "not slow"
 
-lint: sync
+lint: sync ## ruff, the layer contracts (import-linter), the type checker (mypy) and the lock check
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
+	$(RUN) lint-imports
+	$(RUN) mypy
+	$(UV) lock --check
 
-format: sync
+format: sync ## apply ruff's fixes and formatting
 	$(RUN) ruff check --fix .
 	$(RUN) ruff format .
 

@@ -45,7 +45,7 @@ def run(records: int, chunk: int, home: Path) -> dict[str, Any]:
     from platform_assets.environments import build_resources
     from resources import landing_zone
     from riverbed.event_schemas import raw_message
-    from riverbed.events import TopicKind, topic_name
+    from riverbed.names import TopicKind, topic_name
     from riverbed.settings import PROJECT_ROOT, RiverbedSettings
     from riverbed.sources import load_source_records
     from riverbed.specs import load_specs

@@ -88,7 +88,7 @@ def run(records: int) -> dict[str, Any]:
     from riverbed.generators import generate_machine_failure
     from riverbed.settings import PROJECT_ROOT
     from riverbed.specs import load_specs
-    from serving.migrations import apply_migrations
+    from riverbed.inference_log_schema import apply_migrations
 
     spec = load_specs([PROJECT_ROOT / "datasets"])["machine_failure"]
     name, dsn = create_database("riverbed_bench")

@@ -471,8 +471,8 @@ def run(home: Path, duration: int, warmup: int) -> dict[str, Any]:
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from riverbed.demo_serving import sample_records
-    from riverbed.serving_stack import ServingStack
+    from riverbed.cli.demo_serving import sample_records
+    from riverbed.cli.stack import ServingStack
     from riverbed.settings import RiverbedSettings
     from riverbed.specs import load_specs
     from serving.api_keys import create_api_key

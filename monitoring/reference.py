@@ -39,7 +39,7 @@ def positive_labels(spec: DatasetSpec, labels: pd.Series) -> np.ndarray:
 
 def build_reference(spec: DatasetSpec, pipeline: Any, holdout: pd.DataFrame) -> pd.DataFrame:
     """Score the holdout with the deployed pipeline: the reference NannyML calibrates on."""
-    from platform_assets.training.model_training import model_inputs
+    from riverbed.ml.training import model_inputs
 
     inputs = model_inputs(spec, holdout)
     probabilities = pipeline.predict_proba(inputs)[:, 1]

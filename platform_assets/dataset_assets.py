@@ -4,7 +4,7 @@
 ``training_set_<dataset>`` (window of partitions, frozen holdout) -> ``model_<dataset>`` (MLflow run +
 registered version; blocking gate ``beats_champion``) -> ``deployment_<dataset>`` (champion alias +
 MLServer). Asset bodies stay thin: the work is in plain functions (``riverbed.sources``,
-``riverbed.validation``, ``platform_assets.transforms``, ``platform_assets.training``,
+``riverbed.validation``, ``riverbed.ml.features``, ``platform_assets.training``,
 ``platform_assets.deployment``).
 """
 
@@ -184,7 +184,7 @@ def build_dataset_definitions(spec: DatasetSpec) -> DatasetDefinitions:
         metadata={"dataset": name},
     )
     def features(context: dg.AssetExecutionContext, raw: dict[str, pd.DataFrame]):
-        from platform_assets.transforms import build_features, check_features
+        from riverbed.ml.features import build_features, check_features
 
         started = time.perf_counter()
         # Featurise the range in one pass (per-call overhead dominates small partitions), then split by day.
@@ -250,7 +250,7 @@ def build_dataset_definitions(spec: DatasetSpec) -> DatasetDefinitions:
     def training_set(
         context: dg.AssetExecutionContext, config: TrainingSetConfig, features: dict[str, pd.DataFrame]
     ) -> pd.DataFrame:
-        from platform_assets.transforms import split_train_test
+        from riverbed.ml.features import split_train_test
 
         window_days = config.window_days or spec.training.window_days
         available = sorted(key for key, df in features.items() if len(df))
@@ -316,8 +316,8 @@ def build_dataset_definitions(spec: DatasetSpec) -> DatasetDefinitions:
         training_set: pd.DataFrame,
         mlflow: MlflowTrackingResource,
     ) -> ModelRecord:
-        from platform_assets.training.mlflow_logging import TrainingLineage, log_and_register
-        from platform_assets.training.model_training import TrainingParams, evaluate, fairness_report, tune_and_train
+        from platform_assets.mlflow_logging import TrainingLineage, log_and_register
+        from riverbed.ml.training import TrainingParams, evaluate, fairness_report, tune_and_train
 
         summary = TrainingSetSummary.model_validate_json(training_set.attrs["riverbed.training_set"])
         training_set_commit = str(training_set.attrs.get(ATTR_COMMIT_ID, ""))

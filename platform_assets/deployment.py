@@ -31,8 +31,10 @@ from platform_assets.groups import DEPLOYMENT_GROUP
 from resources.data_store_resource import VersionedDataStoreResource
 from resources.mlflow_resource import MlflowTrackingResource
 from resources.mlserver_resource import MLServerResource
-from riverbed.mlserver_admin import MLServerAdmin, MLServerModelError, MLServerUnavailableError
-from riverbed.model_repository import POINTER_POLL_SECONDS, DeployedModel, ModelRepository, served_model_name
+from resources.mlserver_admin import MLServerAdmin
+from riverbed.errors import MLServerModelError, MLServerUnavailableError
+from riverbed.model_repository import POINTER_POLL_SECONDS, DeployedModel, ModelRepository
+from riverbed.names import served_model_name
 from riverbed.records import DeploymentRecord, ModelRecord
 from riverbed.settings import RiverbedSettings
 from riverbed.specs import DatasetSpec, PromotionGateSpec
@@ -262,7 +264,7 @@ def run_promotion_gate(
     tracking_uri: str,
 ) -> GateDecision:
     """Score candidate and champion on the same holdout, decide, and tag the candidate's model version."""
-    from platform_assets.training.model_training import evaluate, fairness_report
+    from riverbed.ml.training import evaluate, fairness_report
 
     client = _mlflow_client(tracking_uri)
     name = candidate.registered_model_name

@@ -23,7 +23,7 @@ class InferenceLogResource(dg.ConfigurableResource):
 
     def get_dsn(self) -> str:
         """The DSN with the schema migrated (idempotent); raises when no database is configured or running."""
-        from serving.migrations import apply_migrations
+        from riverbed.inference_log_schema import apply_migrations
 
         if self.dsn:
             dsn = self.dsn

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from riverbed.mlserver_admin import MLServerAdmin
+from resources.mlserver_admin import MLServerAdmin
 from riverbed.model_repository import ModelRepository
 
 

@@ -9,7 +9,8 @@ Layout under the repository root (the folder ``mlserver start`` is given)::
 
 A model folder is written under a hidden staging name and renamed into place, and a pointer is replaced
 with ``os.replace`` after an fsync, so neither MLServer nor the gateway ever reads half a model or pointer.
-No Dagster or MLflow here: the gateway imports this module.
+No Dagster or MLflow here: the gateway imports this module. It is a contract between the deployment step
+(writer) and the gateway and MLServer runtime (readers), so it lives in the core.
 """
 
 import datetime as dt
@@ -21,7 +22,9 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
+
+from riverbed.records import ModelLineage
 
 logger = logging.getLogger(__name__)
 
@@ -42,20 +45,10 @@ class ModelRepositoryError(RuntimeError):
     """The model repository folder cannot be read or written as needed."""
 
 
-class DeployedModel(BaseModel):
+class DeployedModel(ModelLineage):
     """What a dataset's deployment pointer holds: the served model and the lineage behind it."""
 
-    model_config = ConfigDict(frozen=True, protected_namespaces=())
-
-    dataset: str
     served_model_name: str
-    registered_model_name: str
-    version: int
-    mlflow_run_id: str
-    model_uri: str = Field(description="Pinned registry URI, models:/<name>/<version>.")
-    training_set_commit_id: str
-    data_commit_ids: dict[str, str] = Field(default_factory=dict, description="Feature partition -> commit id.")
-    dagster_run_id: str
     classes: list[str]
     features: list[str] = Field(description="Input feature names, in the order the model reads them.")
     deployed_at: dt.datetime
@@ -70,11 +63,6 @@ def model_settings(served_name: str, folder: Path, version: int) -> dict[str, ob
         "parameters": {"uri": str(folder), "version": str(version)},
         **ADAPTIVE_BATCHING,
     }
-
-
-def served_model_name(dataset: str, version: int) -> str:
-    """The name MLServer serves a registered model version under."""
-    return f"{dataset}-v{version}"
 
 
 def _fsync_directory(folder: Path) -> None:

@@ -1,4 +1,10 @@
-"""Small typed records shared across the platform (assets, CLI, serving)."""
+"""Typed records shared across the platform: the lineage of a model version, and what assets return.
+
+``ModelLineage`` is the one lineage type. The model asset returns it (inside ``ModelRecord``), the deployment
+pointer carries it (``DeployedModel``), and the gateway writes it into every inference-log row
+(:meth:`ModelLineage.audit_fields`): model version -> MLflow run -> data commits -> Dagster run.
+``DataLineage`` is where a training's data came from (MLflow dataset inputs and the model card).
+"""
 
 from __future__ import annotations
 
@@ -33,8 +39,8 @@ class TrainingSetSummary(BaseModel):
     positive_rate_test: float
 
 
-class ModelRecord(BaseModel):
-    """A trained, registered model version and the lineage behind it (what the model asset returns)."""
+class ModelLineage(BaseModel):
+    """A registered model version and everything it was built from; every link stored, never recomputed."""
 
     model_config = ConfigDict(frozen=True, protected_namespaces=())
 
@@ -44,9 +50,41 @@ class ModelRecord(BaseModel):
     mlflow_run_id: str
     model_uri: str = Field(description="Pinned registry URI, models:/<name>/<version> (never 'latest').")
     training_set_commit_id: str
-    training_set_uri: str
-    data_commit_ids: dict[str, str] = Field(description="Feature partition -> commit id it was read at.")
+    data_commit_ids: dict[str, str] = Field(
+        default_factory=dict, description="Feature partition -> commit id it was read at."
+    )
     dagster_run_id: str
+
+    def audit_fields(self) -> dict[str, str | dict[str, str]]:
+        """The lineage columns of an inference-log row (``model_version`` as text, as the log stores it)."""
+        return {
+            "model_name": self.registered_model_name,
+            "model_version": str(self.version),
+            "mlflow_run_id": self.mlflow_run_id,
+            "training_set_commit_id": self.training_set_commit_id,
+            "data_commit_ids": dict(self.data_commit_ids),
+            "dagster_run_id": self.dagster_run_id,
+        }
+
+
+class DataLineage(BaseModel):
+    """Where a training's data came from: commit-pinned ``lakefs://`` URIs, commits, partitions, row counts."""
+
+    model_config = ConfigDict(frozen=True)
+
+    training_data_uri: str
+    test_data_uri: str
+    data_commit_ids: list[str]
+    partitions: list[str]
+    train_rows: int
+    test_rows: int
+    dagster_run_id: str
+
+
+class ModelRecord(ModelLineage):
+    """A trained, registered model version and the lineage behind it (what the model asset returns)."""
+
+    training_set_uri: str
     reason: TrainingReason = TrainingReason.MANUAL
     metrics: dict[str, float] = Field(default_factory=dict)
     fairness: dict[str, dict[str, float]] = Field(default_factory=dict)

@@ -32,7 +32,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from serving.migrations import apply_migrations
+from riverbed.inference_log_schema import apply_migrations
 
 logger = logging.getLogger(__name__)
 

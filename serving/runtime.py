@@ -22,6 +22,7 @@ from mlserver.errors import InferenceError
 from mlserver.types import InferenceRequest, InferenceResponse, RequestOutput
 from mlserver.utils import get_model_uri
 
+from riverbed.ml.model_inputs import ModelInputError, frame_model_inputs
 from serving.explanations import ExplanationError, parallel_booster, predict_and_explain, verified_fast_encoder
 
 logger = logging.getLogger(__name__)
@@ -88,20 +89,11 @@ class RiverbedModelRuntime(MLModel):
         return names
 
     def _frame(self, payload: InferenceRequest) -> pd.DataFrame:
-        frame = PandasCodec.decode_request(payload)
-        missing = [name for name in self._features if name not in frame.columns]
-        if missing:
-            raise InferenceError(f"inputs lack feature(s) {missing}")
-        for name in self._features:
-            column = frame[name]
-            if name in self._numeric:
-                # Numbers come as FP64, or as BYTES when some are missing ("" -> NaN: XGBoost treats it as missing).
-                if column.dtype == object or pd.api.types.is_string_dtype(column):
-                    column = column.map(lambda v: v.decode() if isinstance(v, bytes) else v)
-                frame[name] = pd.to_numeric(column, errors="coerce").astype("float64")
-            elif column.dtype == object:
-                frame[name] = column.map(lambda v: (v.decode() if isinstance(v, bytes) else v) or None)
-        return frame[self._features]
+        # Numbers come as FP64, or as BYTES when some are missing ("" -> NaN: XGBoost treats it as missing).
+        try:
+            return frame_model_inputs(PandasCodec.decode_request(payload), self._features, self._numeric)
+        except ModelInputError as error:
+            raise InferenceError(str(error)) from None
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         wanted = self._requested(payload.outputs)

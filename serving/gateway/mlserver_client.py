@@ -10,14 +10,12 @@ import aiohttp
 import numpy as np
 import orjson
 
+from riverbed.errors import MLServerUnavailableError
+
 logger = logging.getLogger(__name__)
 
 OUTPUTS_WITH_EXPLANATIONS = ("label", "probabilities", "contributions", "base_value")
 OUTPUTS_WITHOUT_EXPLANATIONS = ("label", "probabilities")
-
-
-class MLServerUnavailableError(Exception):
-    """MLServer could not be reached or answered with a server error."""
 
 
 class ServedModelNotFoundError(Exception):

@@ -17,7 +17,7 @@ import pytest
 
 from platform_assets.definitions import build_definitions
 from platform_assets.runner import local_instance, run_pipeline
-from riverbed.drift_demo import DRIFT_START, ingest_until_drained, produce_frame, records_with_ids, scenario_data
+from riverbed.cli.drift_demo import DRIFT_START, ingest_until_drained, produce_frame, records_with_ids, scenario_data
 from riverbed.records import TrainingReason
 from riverbed.settings import PROJECT_ROOT, RiverbedSettings
 from sensors.retraining import build_retraining_sensor
@@ -45,7 +45,7 @@ def _predict_all(client: httpx.Client, records: list[dict], batch: int = 100) ->
 def test_drift_triggers_retraining_and_v2_replaces_v1_without_a_failed_request(
     tmp_path: Path, kafka_bootstrap: str, postgres_dsn: str
 ) -> None:
-    from riverbed.serving_stack import ServingStack
+    from riverbed.cli.stack import ServingStack
     from serving.api_keys import create_api_key
 
     settings = RiverbedSettings(

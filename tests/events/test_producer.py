@@ -25,10 +25,11 @@ from typer.testing import CliRunner
 
 from riverbed.cli import app
 from riverbed.event_schemas import parse_raw_message
-from riverbed.events import LabelEvent, PredictionEvent, TopicKind, topic_name
+from riverbed.events import LabelEvent, PredictionEvent
+from riverbed.names import TopicKind, topic_name
 from riverbed.generators import DriftScenario
 from riverbed.kafka_config import client_config
-from riverbed.producer import (
+from riverbed.cli.producer import (
     KafkaUnavailableError,
     produce_records,
     publish_labels_for_predictions,

@@ -23,11 +23,11 @@ from platform_assets.deployment import (
 )
 from platform_assets.model_registry import list_model_versions
 from platform_assets.runner import QUIET_LOGGING, local_instance, run_pipeline
-from riverbed.mlserver_admin import MLServerAdmin
+from resources.mlserver_admin import MLServerAdmin
 from riverbed.model_repository import ModelRepository
 from riverbed.settings import RiverbedSettings
 from riverbed.specs import PromotionGateSpec
-from serving.mlserver_process import MLServerProcess, free_port
+from riverbed.cli.mlserver_process import MLServerProcess, free_port
 from serving.routing import RoutedInferenceClient
 from tests.platform_assets.loan_dataset import LOAN_DATASET, LOAN_PARTITIONS, write_loan_dataset
 

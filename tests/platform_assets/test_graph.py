@@ -72,7 +72,7 @@ def test_salary_band_runs_from_raw_to_registered_model(local_settings: RiverbedS
     # The registered version loads back by its pinned URI and predicts.
     mlflow.set_tracking_uri(local_settings.resolved_mlflow_tracking_uri)
     loaded = mlflow.sklearn.load_model(model.model_uri)
-    from platform_assets.training.model_training import model_inputs
+    from riverbed.ml.training import model_inputs
 
     sample = model_inputs(
         spec,

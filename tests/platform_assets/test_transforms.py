@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from platform_assets.transforms import (
+from riverbed.ml.features import (
     CHECK_NAMES,
     build_features,
     check_features,

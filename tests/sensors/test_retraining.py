@@ -151,7 +151,7 @@ SPEC = parse_spec(
 
 @pytest.fixture
 def results_dsn(postgres_dsn: str) -> str:
-    from serving.migrations import apply_migrations
+    from riverbed.inference_log_schema import apply_migrations
 
     apply_migrations(postgres_dsn)
     return postgres_dsn

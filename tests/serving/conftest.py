@@ -30,7 +30,7 @@ def postgres_dsn() -> Iterator[str]:
 @pytest.fixture
 def migrated_dsn(postgres_dsn: str) -> str:
     """A fresh database with the inference-log migrations applied."""
-    from serving.migrations import apply_migrations
+    from riverbed.inference_log_schema import apply_migrations
 
     apply_migrations(postgres_dsn)
     return postgres_dsn

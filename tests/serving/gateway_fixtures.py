@@ -8,10 +8,11 @@ from pathlib import Path
 import cloudpickle
 import pandas as pd
 
-from platform_assets.training.model_training import build_pipeline, encoded_feature_groups, model_inputs
-from platform_assets.transforms import build_features
-from riverbed.demo_serving import gateway_records
-from riverbed.model_repository import DeployedModel, ModelRepository, served_model_name
+from riverbed.ml.training import build_pipeline, encoded_feature_groups, model_inputs
+from riverbed.ml.features import build_features
+from riverbed.cli.demo_serving import gateway_records
+from riverbed.model_repository import DeployedModel, ModelRepository
+from riverbed.names import served_model_name
 from riverbed.settings import PROJECT_ROOT
 from riverbed.sources import load_source_records
 from riverbed.specs import DatasetSpec, load_specs

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from riverbed.model_repository import ModelRepository
-from serving.mlserver_process import free_port
+from riverbed.cli.mlserver_process import free_port
 from tests.serving.gateway_fixtures import api_records, install_trained_model, salary_band_features, salary_band_spec
 
 pytestmark = pytest.mark.slow

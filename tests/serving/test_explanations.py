@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from platform_assets.training.model_training import build_pipeline, encoded_feature_groups, model_inputs
+from riverbed.ml.training import build_pipeline, encoded_feature_groups, model_inputs
 from serving.explanations import ExplanationError, FastEncoder, predict_and_explain, verified_fast_encoder
 from tests.platform_assets.training.test_model_training import SPEC, _frame
 

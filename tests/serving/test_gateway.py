@@ -10,9 +10,9 @@ import pandas as pd
 import psycopg
 import pytest
 
-from riverbed.mlserver_admin import MLServerAdmin
+from resources.mlserver_admin import MLServerAdmin
 from riverbed.model_repository import POINTER_POLL_SECONDS, ModelRepository
-from riverbed.serving_stack import ServingStack
+from riverbed.cli.stack import ServingStack
 from riverbed.settings import RiverbedSettings
 from serving.api_keys import create_api_key
 from tests.scratch_postgres import create_database, drop_database

@@ -27,7 +27,7 @@ from serving.inference_log import (
     InferenceRecord,
     verify_chain,
 )
-from serving.migrations import apply_migrations
+from riverbed.inference_log_schema import apply_migrations
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(60)

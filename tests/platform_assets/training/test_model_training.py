@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from platform_assets.training.model_card import DataLineage, build_model_card, render_markdown
-from platform_assets.training.model_training import (
+from riverbed.ml.model_card import build_model_card, render_markdown
+from riverbed.records import DataLineage
+from riverbed.ml.training import (
     TrainingDataError,
     TrainingParams,
     build_pipeline,

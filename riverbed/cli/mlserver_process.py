@@ -18,11 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from riverbed.mlserver_admin import MLServerAdmin, MLServerUnavailableError
+from resources.mlserver_admin import MLServerAdmin
+from riverbed.errors import MLServerUnavailableError
 
 logger = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_FILE = "settings.json"
 
 

@@ -43,7 +43,7 @@ def sample_records(spec: DatasetSpec, count: int) -> list[dict[str, Any]]:
 
 def exercise_serving(settings: RiverbedSettings, spec: DatasetSpec, console: Console) -> dict[str, Any]:
     """Serve the champion, send single and batch predictions, query and verify the audit log, then stop."""
-    from riverbed.serving_stack import ServingStack
+    from riverbed.cli.stack import ServingStack
     from serving.api_keys import create_api_key
     from serving.inference_log import verify_chain
 

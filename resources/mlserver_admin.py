@@ -9,17 +9,11 @@ from typing import Any
 
 import httpx
 
+from riverbed.errors import MLServerModelError, MLServerUnavailableError
+
 logger = logging.getLogger(__name__)
 
 LOAD_TIMEOUT_SECONDS = 120.0  # loading unpickles the model inside MLServer; a cold import can take a while
-
-
-class MLServerUnavailableError(RuntimeError):
-    """MLServer cannot be reached at its URL."""
-
-
-class MLServerModelError(RuntimeError):
-    """MLServer refused to load, unload or report a model."""
 
 
 class MLServerAdmin:

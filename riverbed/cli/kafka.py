@@ -251,9 +251,9 @@ def produce(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from riverbed.events import TopicKind, topic_name
+    from riverbed.names import TopicKind, topic_name
     from riverbed.kafka_config import KafkaNotConfiguredError, client_config
-    from riverbed.producer import (
+    from riverbed.cli.producer import (
         KafkaUnavailableError,
         produce_records,
         publish_labels_for_predictions,

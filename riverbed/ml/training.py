@@ -22,6 +22,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 from xgboost import XGBClassifier
 
+from riverbed.ml.model_inputs import ModelInputError, frame_model_inputs
 from riverbed.specs import DatasetSpec
 
 logger = logging.getLogger(__name__)
@@ -89,21 +90,11 @@ def build_pipeline(spec: DatasetSpec, hyperparams: dict[str, Any], seed: int = 0
 
 
 def model_inputs(spec: DatasetSpec, frame: pd.DataFrame) -> pd.DataFrame:
-    """The pipeline's input columns in spec order: categories as strings (None if missing), numbers as float."""
-    missing = [name for name in spec.feature_names if name not in frame.columns]
-    if missing:
-        raise TrainingDataError(f"dataset {spec.name!r}: the frame lacks feature column(s) {missing}")
-    inputs = pd.DataFrame(index=frame.index)
-    for name in spec.feature_names:
-        column = frame[name]
-        if name in spec.categorical_features:
-            present = column.notna()
-            values = pd.Series([None] * len(frame), index=frame.index, dtype="object")
-            values[present] = column[present].astype(str).astype("object")
-            inputs[name] = values
-        else:
-            inputs[name] = pd.to_numeric(column, errors="coerce").astype("float64")
-    return inputs
+    """The pipeline's input columns in spec order (see :func:`riverbed.ml.model_inputs.frame_model_inputs`)."""
+    try:
+        return frame_model_inputs(frame, spec.feature_names, spec.numeric_features)
+    except ModelInputError as error:
+        raise TrainingDataError(f"dataset {spec.name!r}: {error}") from None
 
 
 def encoded_feature_groups(pipeline: Pipeline, spec: DatasetSpec) -> dict[str, list[int]]:

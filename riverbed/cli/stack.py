@@ -25,7 +25,7 @@ import httpx
 
 from riverbed.model_repository import ModelRepository
 from riverbed.settings import PROJECT_ROOT, RiverbedSettings
-from serving.mlserver_process import MLServerProcess, free_port
+from riverbed.cli.mlserver_process import MLServerProcess, free_port
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class ServingStack:
 
     def _start_database(self) -> None:
         from serving.embedded_postgres import resolve_inference_log_dsn
-        from serving.migrations import apply_migrations
+        from riverbed.inference_log_schema import apply_migrations
 
         self.dsn, self._embedded = resolve_inference_log_dsn(self.settings)
         applied = apply_migrations(self.dsn)
@@ -151,7 +151,7 @@ class ServingStack:
         """Install the MLflow ``champion`` of a dataset that has no deployment pointer yet (None if none)."""
         from platform_assets.deployment import CHAMPION_ALIAS, deploy_model_version, mlflow_client, registered_aliases
         from resources.mlflow_resource import MlflowTrackingResource
-        from riverbed.mlserver_admin import MLServerAdmin
+        from resources.mlserver_admin import MLServerAdmin
 
         tracking_uri = self.settings.resolved_mlflow_tracking_uri
         name = MlflowTrackingResource(tracking_uri=tracking_uri).registered_model_name(spec.name)

@@ -19,14 +19,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from riverbed import kafka_cli, serving_cli
+from riverbed.cli import kafka, serving
 from riverbed.settings import PROJECT_ROOT, get_settings
 
 app = typer.Typer(help="Riverbed: an ML data platform on a Dagster asset graph.", no_args_is_help=True)
 specs_app = typer.Typer(help="Dataset specs.", no_args_is_help=True)
 app.add_typer(specs_app, name="specs")
-serving_cli.register(app)
-kafka_cli.register(app)
+serving.register(app)
+kafka.register(app)
 console = Console()
 
 QUIET_ENV = {
@@ -121,7 +121,7 @@ def demo(
         raise typer.Exit(1) from None
     _print_summary(run, settings)
     if serve:
-        from riverbed.demo_serving import exercise_serving
+        from riverbed.cli.demo_serving import exercise_serving
 
         console.rule(f"Serving {dataset}: predictions with explanations, audit log")
         try:
@@ -132,7 +132,7 @@ def demo(
         if not summary.get("chain_ok"):
             raise typer.Exit(1)
     if drift:
-        from riverbed.drift_demo import run_drift_demo
+        from riverbed.cli.drift_demo import run_drift_demo
 
         console.rule("Drift scenario: machine_failure over Kafka, monitoring, automatic retraining")
         try:
@@ -202,6 +202,3 @@ def dev(port: Annotated[int, typer.Option(help="Dagster UI port.")] = 3000) -> N
     with contextlib.suppress(KeyboardInterrupt):
         subprocess.run(command, check=False, cwd=PROJECT_ROOT)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    app()

@@ -15,7 +15,7 @@ import psycopg
 
 logger = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+MIGRATIONS_DIR = Path(__file__).parent  # the numbered .sql files beside this module
 # An arbitrary constant identifying Riverbed's migration lock among advisory locks ("riverbed" as a number).
 ADVISORY_LOCK_KEY = 0x7269766572626564
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")

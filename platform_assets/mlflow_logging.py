@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from platform_assets.training.model_card import DataLineage, build_model_card, render_markdown
-from platform_assets.training.model_training import TrainingOutcome, encoded_feature_groups, model_inputs
+from riverbed.ml.model_card import build_model_card, render_markdown
+from riverbed.records import DataLineage
+from riverbed.ml.training import TrainingOutcome, encoded_feature_groups, model_inputs
 from riverbed.specs import DatasetSpec
 
 if TYPE_CHECKING:

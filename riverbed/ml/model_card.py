@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from riverbed.records import DataLineage
 from riverbed.specs import DatasetSpec, GeneratorSourceSpec
 
 INTENDED_USE_NOTE = (
@@ -19,18 +20,6 @@ DISPARITY_NOTE_THRESHOLD = 0.1
 SMALL_GROUP = 30
 SMALL_TEST_SET = 1000
 _GROUP_KEY = re.compile(r"^(?P<metric>[a-z_]+)\[(?P<group>.*)\]$")
-
-
-class DataLineage(BaseModel):
-    """Where the training and test data came from: commit-pinned URIs, commits, partitions, row counts."""
-
-    training_data_uri: str
-    test_data_uri: str
-    data_commit_ids: list[str]
-    partitions: list[str]
-    train_rows: int
-    test_rows: int
-    dagster_run_id: str
 
 
 class ModelCard(BaseModel):

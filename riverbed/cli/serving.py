@@ -54,7 +54,7 @@ def apikey_create(
 ) -> None:
     """Create an API key; prints the key alone on the last line (it is shown only once)."""
     from serving.api_keys import create_api_key
-    from serving.migrations import apply_migrations
+    from riverbed.inference_log_schema import apply_migrations
 
     wanted = [role.strip() for role in roles.split(",") if role.strip()]
     with inference_log_dsn() as dsn:
@@ -72,7 +72,7 @@ def apikey_create(
 def apikey_list() -> None:
     """List API keys (ids, names, roles; never the keys)."""
     from serving.api_keys import list_api_keys
-    from serving.migrations import apply_migrations
+    from riverbed.inference_log_schema import apply_migrations
 
     with inference_log_dsn() as dsn:
         apply_migrations(dsn)
@@ -259,7 +259,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Gateway port (default: RIVERBED_GATEWAY_PORT or 8000).")] = None,
 ) -> None:
     """Serve the current champions: inference-log database, MLServer and the gateway; Ctrl-C stops them."""
-    from riverbed.serving_stack import ServingStack, StackError, wait_for_signal
+    from riverbed.cli.stack import ServingStack, StackError, wait_for_signal
 
     settings = get_settings()
     stack = ServingStack(settings, datasets or [], gateway_port=port)

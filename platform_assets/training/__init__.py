@@ -1,1 +1,0 @@
-"""Model training, evaluation, fairness, MLflow logging and model cards: plain functions, no Dagster."""

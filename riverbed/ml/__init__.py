@@ -1,0 +1,5 @@
+"""Pure ML code shared by the Dagster code location, monitoring and the serving runtime, with no Dagster in it.
+
+``features`` (validated records -> typed features, split), ``model_inputs`` (one framing of model inputs),
+``training`` (pipeline, Optuna tuning, evaluation, fairness) and ``model_card``.
+"""
