@@ -17,6 +17,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from riverbed.stack_file import configured_inference_log_dsn
+
 if TYPE_CHECKING:
     from riverbed.settings import RiverbedSettings
 
@@ -81,8 +83,9 @@ def _ensure_database(admin_dsn: str, database: str) -> None:
 
 
 def resolve_inference_log_dsn(settings: RiverbedSettings) -> tuple[str, EmbeddedPostgres | None]:
-    """The configured inference-log DSN, or an embedded server's under ``settings.embedded_postgres_dir``."""
-    if settings.inference_log_dsn is not None:
-        return settings.inference_log_dsn.get_secret_value(), None
+    """:func:`riverbed.stack_file.configured_inference_log_dsn`, else an embedded server's (and its handle)."""
+    dsn = configured_inference_log_dsn(settings)
+    if dsn is not None:
+        return dsn, None
     embedded = start_embedded_postgres(settings.embedded_postgres_dir)
     return embedded.dsn, embedded

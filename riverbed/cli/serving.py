@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from riverbed.settings import RiverbedSettings, get_settings
-from riverbed.stack_file import running_stack
+from serving.embedded_postgres import resolve_inference_log_dsn
 
 console = Console()
 apikey_app = typer.Typer(help="API keys for the gateway (stored hashed in the inference-log database).")
@@ -28,17 +28,7 @@ audit_app = typer.Typer(help="The inference log: show, query, export and verify 
 @contextlib.contextmanager
 def inference_log_dsn(settings: RiverbedSettings | None = None) -> Iterator[str]:
     """The inference log's DSN: configured, the running stack's, or an embedded server started for this command."""
-    settings = settings or get_settings()
-    if settings.inference_log_dsn is not None:
-        yield settings.inference_log_dsn.get_secret_value()
-        return
-    running = running_stack(settings)
-    if running and running.get("database"):
-        yield str(running["database"])
-        return
-    from serving.embedded_postgres import resolve_inference_log_dsn
-
-    dsn, embedded = resolve_inference_log_dsn(settings)
+    dsn, embedded = resolve_inference_log_dsn(settings or get_settings())
     try:
         yield dsn
     finally:
@@ -53,8 +43,8 @@ def apikey_create(
     name: Annotated[str, typer.Option(help="A label for the key (who or what uses it).")] = "",
 ) -> None:
     """Create an API key; prints the key alone on the last line (it is shown only once)."""
-    from serving.api_keys import create_api_key
     from riverbed.inference_log_schema import apply_migrations
+    from serving.api_keys import create_api_key
 
     wanted = [role.strip() for role in roles.split(",") if role.strip()]
     with inference_log_dsn() as dsn:
@@ -71,8 +61,8 @@ def apikey_create(
 @apikey_app.command("list")
 def apikey_list() -> None:
     """List API keys (ids, names, roles; never the keys)."""
-    from serving.api_keys import list_api_keys
     from riverbed.inference_log_schema import apply_migrations
+    from serving.api_keys import list_api_keys
 
     with inference_log_dsn() as dsn:
         apply_migrations(dsn)
