@@ -201,4 +201,3 @@ def dev(port: Annotated[int, typer.Option(help="Dagster UI port.")] = 3000) -> N
     command = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-p", str(port)]
     with contextlib.suppress(KeyboardInterrupt):
         subprocess.run(command, check=False, cwd=PROJECT_ROOT)
-
