@@ -86,9 +86,9 @@ def run(records: int) -> dict[str, Any]:
 
     from monitoring.reference import PREDICTION, PROBABILITY, TRUTH
     from riverbed.generators import generate_machine_failure
+    from riverbed.inference_log_schema import apply_migrations
     from riverbed.settings import PROJECT_ROOT
     from riverbed.specs import load_specs
-    from riverbed.inference_log_schema import apply_migrations
 
     spec = load_specs([PROJECT_ROOT / "datasets"])["machine_failure"]
     name, dsn = create_database("riverbed_bench")

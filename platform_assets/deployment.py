@@ -30,8 +30,8 @@ from pydantic import Field
 from platform_assets.groups import DEPLOYMENT_GROUP
 from resources.data_store_resource import VersionedDataStoreResource
 from resources.mlflow_resource import MlflowTrackingResource
-from resources.mlserver_resource import MLServerResource
 from resources.mlserver_admin import MLServerAdmin
+from resources.mlserver_resource import MLServerResource
 from riverbed.errors import MLServerModelError, MLServerUnavailableError
 from riverbed.model_repository import POINTER_POLL_SECONDS, DeployedModel, ModelRepository
 from riverbed.names import served_model_name

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from riverbed.ml.model_card import build_model_card, render_markdown
-from riverbed.records import DataLineage
 from riverbed.ml.training import TrainingOutcome, encoded_feature_groups, model_inputs
+from riverbed.records import DataLineage
 from riverbed.specs import DatasetSpec
 
 if TYPE_CHECKING:

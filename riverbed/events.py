@@ -1,6 +1,7 @@
 """Event contracts shared by the producer, the ingestion sensor, the gateway and monitoring.
 
-Topics per dataset (named in :mod:`riverbed.names`): ``<prefix>.<dataset>.raw`` (records as the data provider sends them), ``.labels``
+Topics per dataset (named in :mod:`riverbed.names`): ``<prefix>.<dataset>.raw`` (records as the data
+provider sends them), ``.labels``
 (true labels arriving later), ``.predictions`` (one event per predicted record, from the gateway) and
 ``.dlq`` (messages that broke their schema, with the reason). Message values are UTF-8 JSON; keys are the
 record's sample id (so one sample's events stay in one partition, in order).
@@ -9,8 +10,8 @@ record's sample id (so one sample's events stay in one partition, in order).
 from __future__ import annotations
 
 import datetime as dt
-from pydantic import BaseModel, ConfigDict, Field
 
+from pydantic import BaseModel, ConfigDict, Field
 
 SAMPLE_ID_FIELD = "sample_id"  # every raw record carries one (the dataset's record id value)
 

@@ -34,8 +34,8 @@ from resources.kafka_resource import KafkaResource
 from resources.landing_zone import OFFSET_COLUMN, PARTITION_COLUMN, LandingBatch, land_batches
 from resources.versioned_store import VersionedStore, VersionedStoreError
 from riverbed.events import SAMPLE_ID_FIELD, DeadLetter
-from riverbed.names import TopicKind, topic_name
 from riverbed.kafka_config import KafkaNotConfiguredError
+from riverbed.names import TopicKind, topic_name
 from riverbed.specs import DatasetSpec
 
 logger = logging.getLogger(__name__)

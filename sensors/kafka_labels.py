@@ -17,8 +17,8 @@ from pydantic import ValidationError
 from resources.inference_log_resource import InferenceLogResource
 from resources.kafka_resource import KafkaResource
 from riverbed.events import LabelEvent
-from riverbed.names import TopicKind, topic_name
 from riverbed.kafka_config import KafkaNotConfiguredError
+from riverbed.names import TopicKind, topic_name
 from riverbed.specs import DatasetSpec
 from sensors.kafka_ingestion import (
     DeadLetters,

@@ -50,9 +50,9 @@ def scenario_data(settings: RiverbedSettings, seed: int = 3) -> ScenarioData:
 
 def produce_frame(settings: RiverbedSettings, spec: DatasetSpec, frame: pd.DataFrame) -> int:
     """Publish records on the raw topic as fast as possible (the simulator's code); returns how many were sent."""
-    from riverbed.names import TopicKind, topic_name
-    from riverbed.kafka_config import client_config
     from riverbed.cli.producer import produce_records
+    from riverbed.kafka_config import client_config
+    from riverbed.names import TopicKind, topic_name
 
     topic = topic_name(spec.name, TopicKind.RAW, prefix=settings.kafka_topic_prefix)
     report = produce_records(spec, frame, client_config(settings), topic, rate=None)
@@ -107,8 +107,8 @@ def holdout_metrics(
 ) -> dict[str, float]:
     """A registered version's metrics on a set of records (validated and featurised as the graph does)."""
     from platform_assets.deployment import load_registered_pipeline
-    from riverbed.ml.training import evaluate
     from riverbed.ml.features import build_features
+    from riverbed.ml.training import evaluate
     from riverbed.validation import validate_records
 
     features = build_features(spec, validate_records(spec, frame).valid)
@@ -136,8 +136,8 @@ def run_drift_demo(base: RiverbedSettings, console: Any) -> DriftDemoOutcome:
     from platform_assets.definitions import build_definitions
     from platform_assets.runner import QUIET_LOGGING, local_instance, run_pipeline
     from riverbed.cli.kafka import start_mock_cluster
-    from riverbed.records import TrainingReason
     from riverbed.cli.stack import ServingStack
+    from riverbed.records import TrainingReason
     from riverbed.stack_file import inference_log_dsn
     from sensors.retraining import build_retraining_sensor
     from serving.api_keys import create_api_key

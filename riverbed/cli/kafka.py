@@ -251,14 +251,14 @@ def produce(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from riverbed.names import TopicKind, topic_name
-    from riverbed.kafka_config import KafkaNotConfiguredError, client_config
     from riverbed.cli.producer import (
         KafkaUnavailableError,
         produce_records,
         publish_labels_for_predictions,
         replay_frame,
     )
+    from riverbed.kafka_config import KafkaNotConfiguredError, client_config
+    from riverbed.names import TopicKind, topic_name
 
     if rate is not None and rate < 0:
         raise typer.BadParameter(

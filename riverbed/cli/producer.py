@@ -26,8 +26,8 @@ from pydantic import ValidationError
 
 from riverbed.event_schemas import raw_message
 from riverbed.events import LabelEvent, PredictionEvent
-from riverbed.names import TopicKind, topic_name
 from riverbed.generators import DriftScenario, apply_drift
+from riverbed.names import TopicKind, topic_name
 from riverbed.sources import load_source_records, records_for_window
 from riverbed.specs import DatasetSpec
 

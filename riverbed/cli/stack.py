@@ -23,9 +23,9 @@ from urllib.parse import urlparse
 
 import httpx
 
+from riverbed.cli.mlserver_process import MLServerProcess, free_port
 from riverbed.model_repository import ModelRepository
 from riverbed.settings import PROJECT_ROOT, RiverbedSettings
-from riverbed.cli.mlserver_process import MLServerProcess, free_port
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +119,8 @@ class ServingStack:
         self.stop()
 
     def _start_database(self) -> None:
-        from serving.embedded_postgres import resolve_inference_log_dsn
         from riverbed.inference_log_schema import apply_migrations
+        from serving.embedded_postgres import resolve_inference_log_dsn
 
         self.dsn, self._embedded = resolve_inference_log_dsn(self.settings)
         applied = apply_migrations(self.dsn)

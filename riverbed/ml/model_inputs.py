@@ -9,6 +9,7 @@ imported here, so the serving runtime uses it without the training stack.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+
 import pandas as pd
 
 

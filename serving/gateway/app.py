@@ -497,8 +497,8 @@ def _register_models(app: FastAPI, schemas: DatasetSchemas) -> None:
 
 async def _start_event_publisher(settings: RiverbedSettings, metrics: GatewayMetrics) -> Any:
     """A started publisher of prediction events, or None when Kafka is not configured."""
-    from riverbed.names import TopicKind, topic_name
     from riverbed.kafka_config import KafkaNotConfiguredError, client_config
+    from riverbed.names import TopicKind, topic_name
     from serving.gateway.prediction_events import PredictionEventPublisher
 
     try:

@@ -28,8 +28,8 @@ from resources import landing_zone
 from resources.versioned_io_manager import materialized_commit, parquet_to_dataframe, table_path
 from resources.versioned_store import VersionedStore
 from riverbed.events import DeadLetter
-from riverbed.names import TopicKind, topic_name
 from riverbed.generators import generate_machine_failure
+from riverbed.names import TopicKind, topic_name
 from riverbed.settings import PROJECT_ROOT, RiverbedSettings
 from riverbed.specs import DatasetSpec, load_specs
 from sensors.kafka_ingestion import (

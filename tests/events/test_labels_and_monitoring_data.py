@@ -16,8 +16,8 @@ from monitoring.analysis import analyse_window, html_report, store_results
 from monitoring.inference_data import logged_predictions
 from monitoring.labels import label_counts
 from riverbed.events import LabelEvent
-from riverbed.names import TopicKind, topic_name
 from riverbed.generators import generate_machine_failure
+from riverbed.names import TopicKind, topic_name
 from riverbed.settings import PROJECT_ROOT
 from riverbed.specs import load_specs
 from sensors.kafka_ingestion import format_cursor, parse_cursor

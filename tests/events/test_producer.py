@@ -24,17 +24,17 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from typer.testing import CliRunner
 
 from riverbed.cli import app
-from riverbed.event_schemas import parse_raw_message
-from riverbed.events import LabelEvent, PredictionEvent
-from riverbed.names import TopicKind, topic_name
-from riverbed.generators import DriftScenario
-from riverbed.kafka_config import client_config
 from riverbed.cli.producer import (
     KafkaUnavailableError,
     produce_records,
     publish_labels_for_predictions,
     replay_frame,
 )
+from riverbed.event_schemas import parse_raw_message
+from riverbed.events import LabelEvent, PredictionEvent
+from riverbed.generators import DriftScenario
+from riverbed.kafka_config import client_config
+from riverbed.names import TopicKind, topic_name
 from riverbed.settings import PROJECT_ROOT, RiverbedSettings, get_settings
 from riverbed.specs import DatasetSpec, load_specs
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from serving.routing import RoutedInferenceClient
 
 from platform_assets.definitions import build_definitions
 from platform_assets.deployment import (
@@ -24,11 +25,10 @@ from platform_assets.deployment import (
 from platform_assets.model_registry import list_model_versions
 from platform_assets.runner import QUIET_LOGGING, local_instance, run_pipeline
 from resources.mlserver_admin import MLServerAdmin
+from riverbed.cli.mlserver_process import MLServerProcess, free_port
 from riverbed.model_repository import ModelRepository
 from riverbed.settings import RiverbedSettings
 from riverbed.specs import PromotionGateSpec
-from riverbed.cli.mlserver_process import MLServerProcess, free_port
-from serving.routing import RoutedInferenceClient
 from tests.platform_assets.loan_dataset import LOAN_DATASET, LOAN_PARTITIONS, write_loan_dataset
 
 DATASET = LOAN_DATASET

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from riverbed.generators import generate_machine_failure, generate_records
 from riverbed.ml.features import (
     CHECK_NAMES,
     build_features,
@@ -16,7 +17,6 @@ from riverbed.ml.features import (
     feature_columns,
     split_train_test,
 )
-from riverbed.generators import generate_machine_failure, generate_records
 from riverbed.settings import PROJECT_ROOT
 from riverbed.sources import load_source_records, records_for_window
 from riverbed.specs import DatasetSpec, load_spec_file, load_specs

@@ -8,9 +8,9 @@ from pathlib import Path
 import cloudpickle
 import pandas as pd
 
-from riverbed.ml.training import build_pipeline, encoded_feature_groups, model_inputs
-from riverbed.ml.features import build_features
 from riverbed.cli.demo_serving import gateway_records
+from riverbed.ml.features import build_features
+from riverbed.ml.training import build_pipeline, encoded_feature_groups, model_inputs
 from riverbed.model_repository import DeployedModel, ModelRepository
 from riverbed.names import served_model_name
 from riverbed.settings import PROJECT_ROOT

@@ -11,8 +11,8 @@ import httpx
 import psycopg
 import pytest
 
-from riverbed.model_repository import ModelRepository
 from riverbed.cli.mlserver_process import free_port
+from riverbed.model_repository import ModelRepository
 from tests.serving.gateway_fixtures import api_records, install_trained_model, salary_band_features, salary_band_spec
 
 pytestmark = pytest.mark.slow

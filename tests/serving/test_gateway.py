@@ -11,8 +11,8 @@ import psycopg
 import pytest
 
 from resources.mlserver_admin import MLServerAdmin
-from riverbed.model_repository import POINTER_POLL_SECONDS, ModelRepository
 from riverbed.cli.stack import ServingStack
+from riverbed.model_repository import POINTER_POLL_SECONDS, ModelRepository
 from riverbed.settings import RiverbedSettings
 from serving.api_keys import create_api_key
 from tests.scratch_postgres import create_database, drop_database

@@ -9,12 +9,12 @@ import httpx
 import psycopg
 import pytest
 
-from riverbed.model_repository import ModelRepository
+from riverbed.cli.mlserver_process import free_port
 from riverbed.cli.stack import ServingStack
+from riverbed.model_repository import ModelRepository
 from riverbed.settings import RiverbedSettings
 from serving.api_keys import create_api_key
 from serving.inference_log import verify_chain
-from riverbed.cli.mlserver_process import free_port
 from tests.scratch_postgres import create_database, drop_database
 from tests.serving.gateway_fixtures import (
     api_records,

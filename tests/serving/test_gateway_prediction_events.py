@@ -7,13 +7,13 @@ import httpx
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from riverbed.events import PredictionEvent
-from riverbed.names import TopicKind, topic_name
-from riverbed.model_repository import ModelRepository
+from riverbed.cli.mlserver_process import free_port
 from riverbed.cli.stack import ServingStack
+from riverbed.events import PredictionEvent
+from riverbed.model_repository import ModelRepository
+from riverbed.names import TopicKind, topic_name
 from riverbed.settings import RiverbedSettings
 from serving.api_keys import create_api_key
-from riverbed.cli.mlserver_process import free_port
 from tests.scratch_postgres import create_database, drop_database
 from tests.serving.gateway_fixtures import (
     api_records,

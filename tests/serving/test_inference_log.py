@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from riverbed.inference_log_schema import apply_migrations
 from serving.inference_log import (
     GENESIS_HASH,
     AuditWriteError,
@@ -27,7 +28,6 @@ from serving.inference_log import (
     InferenceRecord,
     verify_chain,
 )
-from riverbed.inference_log_schema import apply_migrations
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(60)

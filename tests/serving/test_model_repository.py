@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from mlserver.repository import SchemalessModelRepository
+from serving.routing import NoDeploymentError, is_model_gone, resolve_served_model
 
 from riverbed.model_repository import (
     ADAPTIVE_BATCHING,
@@ -19,7 +20,6 @@ from riverbed.model_repository import (
     ModelRepositoryError,
     served_model_name,
 )
-from serving.routing import NoDeploymentError, is_model_gone, resolve_served_model
 from serving.runtime import read_model_directory
 
 

@@ -7,9 +7,9 @@ import httpx
 import numpy as np
 import pytest
 
+from riverbed.cli.mlserver_process import MLServerProcess
 from riverbed.ml.training import build_pipeline, encoded_feature_groups, model_inputs
 from serving.explanations import predict_and_explain
-from riverbed.cli.mlserver_process import MLServerProcess
 from serving.runtime import FEATURE_GROUPS_FILE, MODEL_FILE, MODEL_INFO_FILE
 from tests.platform_assets.training.test_model_training import SPEC, _frame
 

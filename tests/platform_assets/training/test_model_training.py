@@ -5,7 +5,6 @@ import pandas as pd
 import pytest
 
 from riverbed.ml.model_card import build_model_card, render_markdown
-from riverbed.records import DataLineage
 from riverbed.ml.training import (
     TrainingDataError,
     TrainingParams,
@@ -16,6 +15,7 @@ from riverbed.ml.training import (
     model_inputs,
     tune_and_train,
 )
+from riverbed.records import DataLineage
 from riverbed.specs import parse_spec
 
 SPEC = parse_spec(
