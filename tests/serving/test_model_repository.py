@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from mlserver.repository import SchemalessModelRepository
-from serving.routing import NoDeploymentError, is_model_gone, resolve_served_model
 
 from riverbed.model_repository import (
     ADAPTIVE_BATCHING,
@@ -18,8 +17,8 @@ from riverbed.model_repository import (
     DeployedModel,
     ModelRepository,
     ModelRepositoryError,
-    served_model_name,
 )
+from riverbed.names import served_model_name
 from serving.runtime import read_model_directory
 
 
@@ -121,9 +120,7 @@ def test_pointer_round_trip_is_atomic_and_listed(tmp_path: Path) -> None:
     assert repository.read_deployment("loans") == _info(2, previous=1)
     assert repository.list_deployments() == [_info(2, previous=1)]
     assert [p.name for p in path.parent.iterdir()] == ["loans.json"]  # no temp files left behind
-    assert resolve_served_model(repository, "loans").served_model_name == "loans-v2"
-    with pytest.raises(NoDeploymentError, match="no model is deployed for dataset 'other'"):
-        resolve_served_model(repository, "other")
+    assert repository.read_deployment("other") is None
     path.write_text("{not json")
     with pytest.raises(ModelRepositoryError, match="not a valid deployment record"):
         repository.read_deployment("loans")
@@ -150,16 +147,3 @@ def test_names_that_escape_the_repository_are_refused(tmp_path: Path) -> None:
             repository.model_dir(bad)
     with pytest.raises(ValueError):
         repository.pointer_path("../x")
-
-
-@pytest.mark.parametrize(
-    ("status", "body", "gone"),
-    [
-        (404, '{"error": "Model loans-v1 with version 1 not found"}', True),
-        (400, '{"error": "Model loans-v1 is not ready"}', True),
-        (400, '{"error": "unknown outputs [\'x\']"}', False),
-        (500, '{"error": "not found"}', False),
-    ],
-)
-def test_is_model_gone(status: int, body: str, gone: bool) -> None:
-    assert is_model_gone(status, body) is gone
