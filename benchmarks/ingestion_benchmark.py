@@ -40,12 +40,13 @@ def run(records: int, chunk: int, home: Path) -> dict[str, Any]:
     import dagster as dg
     from confluent_kafka import Producer
 
-    from platform_assets.dataset_assets import raw_asset_key
+    from platform_assets.dataset_assets import build_dataset_definitions
     from platform_assets.definitions import build_definitions
     from platform_assets.environments import build_resources
+    from platform_assets.stages import asset_key
     from resources import landing_zone
     from riverbed.event_schemas import raw_message
-    from riverbed.names import TopicKind, topic_name
+    from riverbed.names import Stage, TopicKind, topic_name
     from riverbed.settings import PROJECT_ROOT, RiverbedSettings
     from riverbed.sources import load_source_records
     from riverbed.specs import load_specs
@@ -65,7 +66,7 @@ def run(records: int, chunk: int, home: Path) -> dict[str, Any]:
     limits = IngestionLimits()
     resources = build_resources(settings)
     instance = dg.DagsterInstance.ephemeral()
-    sensor = build_kafka_ingestion_sensor(spec, limits)
+    sensor = build_kafka_ingestion_sensor(spec, build_dataset_definitions(spec).ingest_job, limits)
 
     t0 = time.perf_counter()
     frame = load_source_records(spec, rows=records, seed=11)
@@ -121,7 +122,7 @@ def run(records: int, chunk: int, home: Path) -> dict[str, Any]:
     # Materialise every affected raw partition from the landing zone in one run (as a backfill would).
     days = sorted(requested_days)
     defs = build_definitions(settings)
-    raw = defs.resolve_assets_def(raw_asset_key(spec.name))
+    raw = defs.resolve_assets_def(asset_key(Stage.RAW, spec.name))
     t0 = time.perf_counter()
     outcome = dg.materialize(
         [raw],

@@ -7,7 +7,7 @@ Per chunk of ``chunk_size`` predicted records (NannyML size-based chunks, in ord
 - ``cbpe``: performance estimated without labels (confidence-based), per metric;
 - ``realised``: performance on the records that have a label, per metric (only chunks with labels).
 
-``import nannyml`` takes several seconds, so it happens inside :func:`analyse_window` only.
+``import nannyml`` takes several seconds (~5-15 s cold), so it happens inside :func:`analyse_window` only.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+import psycopg
 
 from monitoring.reference import PREDICTION, PROBABILITY, TRUTH
 from riverbed.specs import DatasetSpec
@@ -85,7 +86,8 @@ def _number(value: Any) -> float | None:
 def _moment(value: Any) -> dt.datetime | None:
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT:
         return None
-    return pd.Timestamp(value).to_pydatetime()
+    moment: dt.datetime = pd.Timestamp(value).to_pydatetime()
+    return moment
 
 
 def _chunk_bounds(analysis: pd.DataFrame, start_index: int, end_index: int) -> tuple[Any, Any]:
@@ -93,6 +95,106 @@ def _chunk_bounds(analysis: pd.DataFrame, start_index: int, end_index: int) -> t
     if times is None or times.empty:
         return None, None
     return _moment(times.iloc[start_index]), _moment(times.iloc[min(end_index, len(times) - 1)])
+
+
+def _import_nannyml() -> Any:
+    """``import nannyml`` (several seconds, ~5-15 s cold): only when a window is analysed."""
+    os.environ.setdefault("NML_DISABLE_USAGE_LOGGING", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import nannyml
+
+    return nannyml
+
+
+@dataclass(frozen=True)
+class _Window:
+    """The analysed records and what every result row of them carries."""
+
+    analysis: pd.DataFrame
+    day: dt.date
+    model_version: str | None
+
+    def rows(
+        self, found: pd.DataFrame, kind: str, names: Iterable[str], column_of: Callable[[str], tuple[str, ...]]
+    ) -> list[ResultRow]:
+        """One row per chunk and name of a NannyML result frame (realised: only chunks with a value)."""
+        rows: list[ResultRow] = []
+        for _, chunk in found.iterrows():
+            info = chunk["chunk"]  # ("chunk", <field>) or, for univariate drift, ("chunk", "chunk", <field>)
+            if isinstance(info.index, pd.MultiIndex):
+                info = info["chunk"]
+            index, start_index, end_index = int(info["chunk_index"]), int(info["start_index"]), int(info["end_index"])
+            start, end = _chunk_bounds(self.analysis, start_index, end_index)
+            for name in names:
+                column = column_of(name)
+                value = _number(chunk[(*column, "value")])
+                if kind == "realised" and value is None:
+                    continue
+                rows.append(
+                    ResultRow(
+                        day=self.day,
+                        chunk=index,
+                        chunk_start=start,
+                        chunk_end=end,
+                        rows=end_index - start_index + 1,
+                        kind=kind,
+                        name=name,
+                        value=value,
+                        lower_threshold=_number(chunk.get((*column, "lower_threshold"))),
+                        upper_threshold=_number(chunk.get((*column, "upper_threshold"))),
+                        alert=bool(chunk.get((*column, "alert"), False)) and value is not None,
+                        model_version=self.model_version,
+                    )
+                )
+        return rows
+
+
+def _drift_rows(
+    nml: Any, spec: DatasetSpec, reference: pd.DataFrame, window: _Window, chunk_size: int
+) -> list[ResultRow]:
+    """Univariate (Jensen-Shannon per feature) and multivariate (reconstruction error) drift per chunk."""
+    features = spec.feature_names
+    univariate = nml.UnivariateDriftCalculator(
+        column_names=features,
+        treat_as_categorical=list(spec.categorical_features),
+        continuous_methods=["jensen_shannon"],
+        categorical_methods=["jensen_shannon"],
+        chunk_size=chunk_size,
+    ).fit(reference[features])
+    found = univariate.calculate(window.analysis[features]).filter(period="analysis").to_df()
+    rows = window.rows(found, "univariate_drift", features, lambda name: (name, "jensen_shannon"))
+
+    multivariate = nml.DataReconstructionDriftCalculator(column_names=features, chunk_size=chunk_size).fit(
+        reference[features]
+    )
+    found = multivariate.calculate(window.analysis[features]).filter(period="analysis").to_df()
+    return rows + window.rows(found, "multivariate_drift", ["reconstruction_error"], lambda name: (name,))
+
+
+def _performance_rows(
+    nml: Any, reference: pd.DataFrame, window: _Window, chunk_size: int, labelled: int
+) -> list[ResultRow]:
+    """Estimated (CBPE, no labels needed) and, when some records have a label, realised performance per chunk."""
+    performance_columns = {"y_pred_proba": PROBABILITY, "y_pred": PREDICTION, "y_true": TRUTH}
+    cbpe = nml.CBPE(
+        **performance_columns,
+        problem_type="classification_binary",
+        metrics=list(METRICS),
+        chunk_size=chunk_size,
+    ).fit(reference)
+    found = cbpe.estimate(window.analysis.drop(columns=[TRUTH])).filter(period="analysis").to_df()
+    rows = window.rows(found, "cbpe", METRICS, lambda name: (name,))
+    if labelled:
+        realised = nml.PerformanceCalculator(
+            **performance_columns,
+            problem_type="classification_binary",
+            metrics=list(METRICS),
+            chunk_size=chunk_size,
+        ).fit(reference)
+        found = realised.calculate(window.analysis).filter(period="analysis").to_df()
+        rows += window.rows(found, "realised", METRICS, lambda name: (name,))
+    return rows
 
 
 def analyse_window(
@@ -105,13 +207,7 @@ def analyse_window(
     model_version: str | None = None,
 ) -> WindowAnalysis:
     """Univariate and multivariate drift, CBPE and realised performance of ``analysis`` against ``reference``."""
-    os.environ.setdefault("NML_DISABLE_USAGE_LOGGING", "1")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import nannyml as nml
-
-    features = spec.feature_names
-    categorical = list(spec.categorical_features)
+    nml = _import_nannyml()
     if len(analysis) == 0:
         return WindowAnalysis([], 0, 0, 0)
     if len(reference) < 2 * chunk_size:
@@ -119,79 +215,15 @@ def analyse_window(
             f"chunk_size: {chunk_size} leaves the reference ({len(reference)} records) fewer than 2 chunks, so no "
             "drift threshold can be estimated; lower monitoring.chunk_size"
         )
-    analysis = analysis.reset_index(drop=True)
+    window = _Window(analysis.reset_index(drop=True), day, model_version)
     reference = reference.reset_index(drop=True)
-    rows: list[ResultRow] = []
-
-    def add(result_frame: pd.DataFrame, kind: str, names: Iterable[str], key: Any) -> None:
-        for _, chunk in result_frame.iterrows():
-            info = chunk["chunk"]  # ("chunk", <field>) or, for univariate drift, ("chunk", "chunk", <field>)
-            if isinstance(info.index, pd.MultiIndex):
-                info = info["chunk"]
-            index, start_index, end_index = int(info["chunk_index"]), int(info["start_index"]), int(info["end_index"])
-            start, end = _chunk_bounds(analysis, start_index, end_index)
-            for name in names:
-                column = key(name)
-                value = _number(chunk[(*column, "value")])
-                if kind == "realised" and value is None:
-                    continue
-                rows.append(
-                    ResultRow(
-                        day=day,
-                        chunk=index,
-                        chunk_start=start,
-                        chunk_end=end,
-                        rows=end_index - start_index + 1,
-                        kind=kind,
-                        name=name,
-                        value=value,
-                        lower_threshold=_number(chunk.get((*column, "lower_threshold"))),
-                        upper_threshold=_number(chunk.get((*column, "upper_threshold"))),
-                        alert=bool(chunk.get((*column, "alert"), False)) and value is not None,
-                        model_version=model_version,
-                    )
-                )
-
+    labelled = int(window.analysis[TRUTH].notna().sum())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        univariate = nml.UnivariateDriftCalculator(
-            column_names=features,
-            treat_as_categorical=categorical,
-            continuous_methods=["jensen_shannon"],
-            categorical_methods=["jensen_shannon"],
-            chunk_size=chunk_size,
-        ).fit(reference[features])
-        found = univariate.calculate(analysis[features]).filter(period="analysis").to_df()
-        add(found, "univariate_drift", features, lambda name: (name, "jensen_shannon"))
-
-        multivariate = nml.DataReconstructionDriftCalculator(column_names=features, chunk_size=chunk_size).fit(
-            reference[features]
-        )
-        found = multivariate.calculate(analysis[features]).filter(period="analysis").to_df()
-        add(found, "multivariate_drift", ["reconstruction_error"], lambda name: (name,))
-
-        performance_columns = {"y_pred_proba": PROBABILITY, "y_pred": PREDICTION, "y_true": TRUTH}
-        cbpe = nml.CBPE(
-            **performance_columns,
-            problem_type="classification_binary",
-            metrics=list(METRICS),
-            chunk_size=chunk_size,
-        ).fit(reference)
-        found = cbpe.estimate(analysis.drop(columns=[TRUTH])).filter(period="analysis").to_df()
-        add(found, "cbpe", METRICS, lambda name: (name,))
-
-        labelled = int(analysis[TRUTH].notna().sum())
-        if labelled:
-            realised = nml.PerformanceCalculator(
-                **performance_columns,
-                problem_type="classification_binary",
-                metrics=list(METRICS),
-                chunk_size=chunk_size,
-            ).fit(reference)
-            found = realised.calculate(analysis).filter(period="analysis").to_df()
-            add(found, "realised", METRICS, lambda name: (name,))
+        rows = _drift_rows(nml, spec, reference, window, chunk_size)
+        rows += _performance_rows(nml, reference, window, chunk_size, labelled)
     chunks = len({row.chunk for row in rows})
-    return WindowAnalysis(rows, len(analysis), labelled, chunks)
+    return WindowAnalysis(rows, len(window.analysis), labelled, chunks)
 
 
 # ----------------------------------------------------------------------------------------------- storage
@@ -204,8 +236,6 @@ values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 
 def store_results(dsn: str, dataset: str, day: dt.date, rows: list[ResultRow]) -> None:
     """Replace the results of ``dataset``'s window ``day`` in one transaction."""
-    import psycopg
-
     with psycopg.connect(dsn, connect_timeout=5) as conn, conn.cursor() as cursor:
         cursor.execute("delete from monitoring_results where dataset = %s and day = %s", (dataset, day))
         cursor.executemany(

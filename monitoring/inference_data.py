@@ -13,6 +13,7 @@ import datetime as dt
 import numpy as np
 import orjson
 import pandas as pd
+import psycopg
 
 from monitoring.reference import PREDICTION, PROBABILITY, TRUTH, positive_labels
 from riverbed.specs import DatasetSpec
@@ -52,8 +53,6 @@ def logged_predictions(dsn: str, spec: DatasetSpec, start: dt.datetime, end: dt.
     """Predicted records of ``spec`` received in ``[start, end)``: features, ``y_pred_proba``, ``y_pred`` (the served
     label),
     ``y_true`` (NaN when no label yet), ``received_at``, ``model_version`` and ``sample_id``."""
-    import psycopg
-
     params = {"dataset": spec.name, "start": start, "end": end, "positive": spec.target.positive_class}
     with psycopg.connect(dsn, connect_timeout=5) as conn, conn.cursor() as cursor:
         cursor.execute(_QUERY, params)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import psycopg
+
 from riverbed.events import LabelEvent
 
 _INSERT = """
@@ -33,8 +35,6 @@ class LabelMessage:
 
 def store_labels(dsn: str, labels: Iterable[LabelMessage]) -> int:
     """Insert labels in one transaction; returns how many were new."""
-    import psycopg
-
     rows = [
         (
             m.topic,
@@ -58,8 +58,6 @@ def store_labels(dsn: str, labels: Iterable[LabelMessage]) -> int:
 
 def label_counts(dsn: str, dataset: str) -> tuple[int, int]:
     """(labels stored, labels matching a logged prediction) for a dataset."""
-    import psycopg
-
     query = """
     select count(*),
            count(*) filter (where exists (
@@ -72,5 +70,6 @@ def label_counts(dsn: str, dataset: str) -> tuple[int, int]:
     from prediction_labels p where p.dataset = %s
     """
     with psycopg.connect(dsn, connect_timeout=5) as conn:
-        stored, matched = conn.execute(query, (dataset,)).fetchone()
+        row = conn.execute(query, (dataset,)).fetchone()
+    stored, matched = row if row is not None else (0, 0)  # an aggregate always returns one row
     return int(stored), int(matched)

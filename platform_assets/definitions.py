@@ -1,53 +1,80 @@
-"""The one Dagster ``Definitions`` of Riverbed: every dataset spec's assets and jobs, and the resources.
+"""The one Dagster ``Definitions`` of Riverbed: every dataset spec's assets, jobs, sensors and schedules, and the
+resources.
 
-``workspace.yaml`` loads ``defs`` from here. Building reads the dataset spec files and nothing else:
-no connection is opened and no directory is created until a run uses a resource.
+``workspace.yaml`` loads ``defs`` from here. This is the one assembly point: sensors and schedules get the jobs
+and asset keys built here (they import nothing from the code location). Building reads the dataset spec files
+and nothing else: no connection is opened and no directory is created until a run uses a resource.
 """
 
-from typing import Any
+from dataclasses import dataclass, field
 
 import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from platform_assets.dataset_assets import build_dataset_definitions
+from platform_assets.dataset_assets import DatasetDefinitions, build_dataset_definitions
 from platform_assets.environments import build_resources
 from platform_assets.monitoring_assets import build_monitoring_definitions
+from platform_assets.stages import asset_key
+from riverbed.names import Stage
 from riverbed.settings import RiverbedSettings, get_settings
-from riverbed.specs import load_specs
-from riverbed.stack_file import inference_log_dsn
+from riverbed.specs import DatasetSpec, load_specs
 from sensors.kafka_ingestion import build_kafka_ingestion_sensor
 from sensors.kafka_labels import build_kafka_labels_sensor
 from sensors.retraining import build_retraining_schedule, build_retraining_sensor
 
 
+@dataclass
+class Collected:
+    """Everything the code location registers, gathered over the dataset specs."""
+
+    assets: list[dg.AssetsDefinition] = field(default_factory=list)
+    checks: list[dg.AssetChecksDefinition] = field(default_factory=list)
+    jobs: list[UnresolvedAssetJobDefinition] = field(default_factory=list)
+    sensors: list[dg.SensorDefinition] = field(default_factory=list)
+    schedules: list[dg.ScheduleDefinition] = field(default_factory=list)
+
+
+def build_dataset_sensors(spec: DatasetSpec, dataset: DatasetDefinitions) -> list[dg.SensorDefinition]:
+    """Retraining, Kafka ingestion and Kafka labels sensors of one dataset, wired to its jobs and asset keys."""
+    return [
+        build_retraining_sensor(
+            spec,
+            dataset.train_job,
+            model_key=asset_key(Stage.MODEL, spec.name),
+            raw_key=asset_key(Stage.RAW, spec.name),
+        ),
+        build_kafka_ingestion_sensor(spec, dataset.ingest_job),
+        build_kafka_labels_sensor(spec),
+    ]
+
+
+def collect(spec: DatasetSpec, into: Collected) -> None:
+    """Add one dataset's definitions (pipeline, monitoring, automation) to ``into``."""
+    dataset = build_dataset_definitions(spec)
+    monitoring, monitor_job, monitor_schedule = build_monitoring_definitions(spec)
+    into.sensors.extend(build_dataset_sensors(spec, dataset))
+    into.assets.append(monitoring)
+    into.jobs.append(monitor_job)
+    into.schedules.append(monitor_schedule)
+    retrain_schedule = build_retraining_schedule(spec, dataset.train_job)
+    if retrain_schedule is not None:
+        into.schedules.append(retrain_schedule)
+    into.assets.extend(dataset.assets)
+    into.jobs.extend(dataset.jobs)
+    into.checks.extend(dataset.asset_checks)
+
+
 def build_definitions(settings: RiverbedSettings | None = None) -> dg.Definitions:
     settings = settings or get_settings()
-    specs = load_specs(settings.specs_dirs)
-    assets: list[dg.AssetsDefinition] = []
-    jobs: list[Any] = []
-    checks: list[dg.AssetChecksDefinition] = []
-    sensors: list[dg.SensorDefinition] = []
-    schedules: list[dg.ScheduleDefinition] = []
-    for spec in specs.values():
-        sensors.append(build_retraining_sensor(spec, lambda: inference_log_dsn(settings)))
-        sensors.append(build_kafka_ingestion_sensor(spec))
-        sensors.append(build_kafka_labels_sensor(spec))
-        monitoring, monitor_job, monitor_schedule = build_monitoring_definitions(spec)
-        assets.append(monitoring)
-        jobs.append(monitor_job)
-        schedules.append(monitor_schedule)
-        schedule = build_retraining_schedule(spec)
-        if schedule is not None:
-            schedules.append(schedule)
-        dataset = build_dataset_definitions(spec)
-        assets.extend(dataset.assets)
-        jobs.extend(dataset.jobs)
-        checks.extend(dataset.asset_checks)
+    collected = Collected()
+    for spec in load_specs(settings.specs_dirs).values():
+        collect(spec, collected)
     return dg.Definitions(
-        assets=assets,
-        asset_checks=checks,
-        jobs=jobs,
-        sensors=sensors,
-        schedules=schedules,
+        assets=collected.assets,
+        asset_checks=collected.checks,
+        jobs=collected.jobs,
+        sensors=collected.sensors,
+        schedules=collected.schedules,
         resources=build_resources(settings),
     )
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import dagster as dg
 
-from resources.data_store_resource import ObjectStoreResource, VersionedDataStoreResource
+from resources.data_store_resource import VersionedDataStoreResource
 from resources.inference_log_resource import InferenceLogResource
 from resources.kafka_resource import kafka_resource_for
 from resources.mlflow_resource import MlflowTrackingResource
@@ -16,13 +16,12 @@ from resources.mlserver_resource import MLServerResource
 from resources.versioned_io_manager import VersionedDataIOManager
 from riverbed.settings import Environment, RiverbedSettings
 
-RESOURCE_KEYS = ("data_store", "object_store", "io_manager", "mlflow", "mlserver", "inference_log", "kafka")
+RESOURCE_KEYS = ("data_store", "io_manager", "mlflow", "mlserver", "inference_log", "kafka")
 
 
 def build_resources(settings: RiverbedSettings) -> dict[str, Any]:
     """The resource dict for the settings' environment; every environment has the same keys."""
     if settings.env is Environment.LOCAL:
-        objects = ObjectStoreResource(backend="local", local_root=str(settings.local_objects_dir))
         data_store = VersionedDataStoreResource(
             backend="local",
             repository=settings.data_repository,
@@ -39,14 +38,6 @@ def build_resources(settings: RiverbedSettings) -> dict[str, Any]:
         )
         kafka = kafka_resource_for(settings)
     else:
-        objects = ObjectStoreResource(
-            backend="s3",
-            bucket=settings.s3_bucket,
-            endpoint_url=dg.EnvVar("RIVERBED_S3_ENDPOINT_URL"),
-            access_key_id=dg.EnvVar("RIVERBED_S3_ACCESS_KEY_ID"),
-            secret_access_key=dg.EnvVar("RIVERBED_S3_SECRET_ACCESS_KEY"),
-            region=settings.s3_region,
-        )
         data_store = VersionedDataStoreResource(
             backend="lakefs",
             repository=settings.data_repository,
@@ -65,7 +56,6 @@ def build_resources(settings: RiverbedSettings) -> dict[str, Any]:
         kafka = kafka_resource_for(settings, bootstrap_servers=dg.EnvVar("RIVERBED_KAFKA_BOOTSTRAP_SERVERS"))
     return {
         "data_store": data_store,
-        "object_store": objects,
         "io_manager": VersionedDataIOManager(data_store=data_store),
         "mlflow": mlflow,
         "mlserver": mlserver,

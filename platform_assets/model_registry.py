@@ -1,17 +1,67 @@
-"""What the registry holds per dataset: versions, aliases, metrics, why each was trained, the gate's verdict."""
+"""What the MLflow registry holds per dataset: versions, aliases, metrics, why each was trained, the gate's verdict.
+
+The readers of the tags the pipeline writes live here: :func:`reason_from_mlflow_tags` reads what
+:func:`platform_assets.training.mlflow_run_tags` wrote on the run, :func:`gate_verdict` reads what
+:func:`platform_assets.promotion_gate.gate_version_tags` wrote on the model version.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from platform_assets.deployment import GATE_REASON_TAG, GATE_TAG, mlflow_client, registered_aliases
-from resources.mlflow_resource import MlflowTrackingResource
+from resources.mlflow_resource import MlflowTrackingResource, mlflow_client
+from riverbed.names import GateVerdict, MlflowTag
 from riverbed.settings import RiverbedSettings
 
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
 KEY_METRICS = ("roc_auc", "accuracy", "f1", "log_loss")
-REASON_TAG = "riverbed.reason"
+GATE_PENDING = "pending"  # shown for a version the gate has not judged yet (no MlflowTag.GATE tag)
+
+
+def reason_from_mlflow_tags(tags: Mapping[str, str]) -> str | None:
+    """Why the run was trained (a TrainingReason value), from its MLflow run tags; None if not recorded."""
+    return tags.get(MlflowTag.REASON)
+
+
+def gate_verdict(tags: Mapping[str, str]) -> str:
+    """The gate's verdict on a model version (a GateVerdict value), or ``pending`` if it was not gated yet."""
+    return tags.get(MlflowTag.GATE, GATE_PENDING)
+
+
+def gate_reason(tags: Mapping[str, str], default: str = "") -> str:
+    return tags.get(MlflowTag.GATE_REASON, default)
+
+
+def gate_passed(tags: Mapping[str, str]) -> bool:
+    return gate_verdict(tags) == GateVerdict.PASSED
+
+
+def registered_aliases(client: MlflowClient, registered_model_name: str) -> dict[str, int]:
+    """Alias -> version of a registered model ({} if the model is not registered yet)."""
+    from mlflow.exceptions import MlflowException  # imports mlflow (seconds): only when the registry is used
+
+    try:
+        model = client.get_registered_model(registered_model_name)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return {}
+        raise
+    return {alias: int(version) for alias, version in (model.aliases or {}).items()}
+
+
+def version_exists(client: MlflowClient, registered_model_name: str, version: int) -> bool:
+    from mlflow.exceptions import MlflowException  # imports mlflow (seconds): only when the registry is used
+
+    try:
+        client.get_model_version(registered_model_name, str(version))
+    except MlflowException:
+        return False
+    return True
 
 
 class ModelVersionSummary(BaseModel):
@@ -37,10 +87,9 @@ def list_model_versions(settings: RiverbedSettings, datasets: list[str]) -> list
     summaries: list[ModelVersionSummary] = []
     for dataset in datasets:
         name = resource.registered_model_name(dataset)
-        aliases = registered_aliases(client, name)
         by_version: dict[int, list[str]] = {}
-        for alias, version in aliases.items():
-            by_version.setdefault(version, []).append(alias)
+        for alias, aliased in registered_aliases(client, name).items():
+            by_version.setdefault(aliased, []).append(alias)
         for version in client.search_model_versions(f"name='{name}'"):
             run: Any = client.get_run(version.run_id) if version.run_id else None
             metrics = {k: float(v) for k, v in (run.data.metrics if run else {}).items() if k in KEY_METRICS}
@@ -51,9 +100,9 @@ def list_model_versions(settings: RiverbedSettings, datasets: list[str]) -> list
                     registered_model_name=name,
                     version=int(version.version),
                     aliases=sorted(by_version.get(int(version.version), [])),
-                    reason=(run.data.tags.get(REASON_TAG) if run else None) or "unknown",
-                    gate=tags.get(GATE_TAG, "pending"),
-                    gate_reason=tags.get(GATE_REASON_TAG, ""),
+                    reason=(reason_from_mlflow_tags(run.data.tags) if run else None) or "unknown",
+                    gate=gate_verdict(tags),
+                    gate_reason=gate_reason(tags),
                     metrics=metrics,
                     mlflow_run_id=version.run_id or "",
                     created_at_ms=int(version.creation_timestamp or 0),

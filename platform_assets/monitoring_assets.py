@@ -13,19 +13,22 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from platform_assets.dataset_assets import daily_partitions
-from platform_assets.deployment import deployment_asset_key
+from monitoring.analysis import analyse_window, html_report, store_results
+from monitoring.inference_data import logged_predictions
+from monitoring.reference import read_reference
 from platform_assets.groups import MONITORING_GROUP
+from platform_assets.stages import asset_key, daily_partitions
 from resources.inference_log_resource import InferenceLogResource
 from resources.mlserver_resource import MLServerResource
+from riverbed import names
+from riverbed.model_repository import DeployedModel
+from riverbed.names import RunTag, Stage
 from riverbed.specs import DatasetSpec
 
 MONITORING_CODE_VERSION = "1"
-
-
-def monitoring_asset_key(dataset: str) -> dg.AssetKey:
-    return dg.AssetKey(f"monitoring_{dataset}")
+SUMMARY_METRICS = ("roc_auc", "accuracy")
 
 
 def report_path(repository_root: Path, dataset: str, day: dt.date) -> Path:
@@ -48,18 +51,67 @@ class MonitoringSummary:
     report: str | None = None
 
 
-def build_monitoring_definitions(
+def monitor_window(
     spec: DatasetSpec,
-) -> tuple[dg.AssetsDefinition, Any, dg.ScheduleDefinition]:
-    """The monitoring asset, its job and the (stopped) schedule that monitors today."""
+    dsn: str,
+    repository_root: Path,
+    deployed: DeployedModel,
+    window: dg.TimeWindow,
+) -> MonitoringSummary:
+    """Analyse the window's logged predictions against the champion's reference; store results and a report."""
+    day = window.start.date()
+    predictions = logged_predictions(dsn, spec, window.start, window.end)
+    reference = read_reference(repository_root, spec.name, deployed.version)
+    found = analyse_window(
+        spec,
+        reference,
+        predictions,
+        day=day,
+        chunk_size=spec.monitoring.chunk_size,
+        model_version=str(deployed.version),
+    )
+    store_results(dsn, spec.name, day, found.rows)
+    report = report_path(repository_root, spec.name, day)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(html_report(spec, day, found), encoding="utf-8")
+    return MonitoringSummary(
+        dataset=spec.name,
+        day=day.isoformat(),
+        model_version=str(deployed.version),
+        records=found.records,
+        labelled=found.labelled,
+        chunks=found.chunks,
+        drifted_features_by_chunk=found.drifted_features(),
+        estimated={m: found.latest("cbpe", m) for m in SUMMARY_METRICS},
+        realised={m: found.latest("realised", m) for m in SUMMARY_METRICS},
+        report=str(report),
+    )
+
+
+def summary_metadata(summary: MonitoringSummary) -> dict[str, Any]:
+    """The materialisation's metadata (the results themselves live in ``monitoring_results``)."""
+    return {
+        "summary": dg.MetadataValue.json(asdict(summary)),
+        "records": summary.records,
+        "labelled": summary.labelled,
+        "chunks": summary.chunks,
+        "drifted_chunks": len(summary.drifted_features_by_chunk),
+        "drifted_features": dg.MetadataValue.json({str(k): v for k, v in summary.drifted_features_by_chunk.items()}),
+        "estimated_roc_auc": summary.estimated.get("roc_auc") or float("nan"),
+        "realised_roc_auc": summary.realised.get("roc_auc") or float("nan"),
+        "model_version": summary.model_version,
+        "report": dg.MetadataValue.path(str(summary.report)),
+    }
+
+
+def build_monitoring_asset(spec: DatasetSpec, partitions: dg.DailyPartitionsDefinition) -> dg.AssetsDefinition:
     name = spec.name
-    partitions = daily_partitions(spec)
 
     @dg.asset(
-        key=monitoring_asset_key(name),
+        key=asset_key(Stage.MONITORING, name),
         group_name=MONITORING_GROUP,
         partitions_def=partitions,
-        deps=[deployment_asset_key(name)],
+        deps=[asset_key(Stage.DEPLOYMENT, name)],
         code_version=MONITORING_CODE_VERSION,
         kinds={"nannyml", "postgres"},
         description=f"NannyML univariate and multivariate drift, CBPE and realised performance of the {name} "
@@ -68,76 +120,29 @@ def build_monitoring_definitions(
     )
     def monitoring(
         context: dg.AssetExecutionContext, inference_log: InferenceLogResource, mlserver: MLServerResource
-    ) -> dg.MaterializeResult:
-        from monitoring.analysis import analyse_window, html_report, store_results
-        from monitoring.inference_data import logged_predictions
-        from monitoring.reference import read_reference
-
-        window = context.partition_time_window
-        day = window.start.date()
+    ) -> dg.MaterializeResult[None]:
         dsn = inference_log.get_dsn()
         repository = mlserver.repository()
         deployed = repository.read_deployment(name)
         if deployed is None:
-            raise dg.Failure(description=f"{name} has no deployed model: materialise deployment_{name} first")
-        predictions = logged_predictions(dsn, spec, window.start, window.end)
-        reference = read_reference(repository.root, name, deployed.version)
-        found = analyse_window(
-            spec,
-            reference,
-            predictions,
-            day=day,
-            chunk_size=spec.monitoring.chunk_size,
-            model_version=str(deployed.version),
-        )
-        store_results(dsn, name, day, found.rows)
-        report = report_path(repository.root, name, day)
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(html_report(spec, day, found), encoding="utf-8")
-        summary = MonitoringSummary(
-            dataset=name,
-            day=day.isoformat(),
-            model_version=str(deployed.version),
-            records=found.records,
-            labelled=found.labelled,
-            chunks=found.chunks,
-            drifted_features_by_chunk=found.drifted_features(),
-            estimated={m: found.latest("cbpe", m) for m in ("roc_auc", "accuracy")},
-            realised={m: found.latest("realised", m) for m in ("roc_auc", "accuracy")},
-            report=str(report),
-        )
+            deployment = asset_key(Stage.DEPLOYMENT, name).to_user_string()
+            raise dg.Failure(description=f"{name} has no deployed model: materialise {deployment} first")
+        summary = monitor_window(spec, dsn, repository.root, deployed, context.partition_time_window)
         context.log.info(
-            f"{name} {day}: {found.records} predictions in {found.chunks} chunk(s), {found.labelled} labelled; "
-            f"drift {summary.drifted_features_by_chunk or 'none'}"
+            f"{name} {summary.day}: {summary.records} predictions in {summary.chunks} chunk(s), {summary.labelled} "
+            f"labelled; drift {summary.drifted_features_by_chunk or 'none'}"
         )
-        # The results live in monitoring_results (PostgreSQL); the materialisation carries the summary.
-        return dg.MaterializeResult(
-            metadata={
-                "summary": dg.MetadataValue.json(asdict(summary)),
-                "records": found.records,
-                "labelled": found.labelled,
-                "chunks": found.chunks,
-                "drifted_chunks": len(summary.drifted_features_by_chunk),
-                "drifted_features": dg.MetadataValue.json(
-                    {str(k): v for k, v in summary.drifted_features_by_chunk.items()}
-                ),
-                "estimated_roc_auc": summary.estimated.get("roc_auc") or float("nan"),
-                "realised_roc_auc": summary.realised.get("roc_auc") or float("nan"),
-                "model_version": str(deployed.version),
-                "report": dg.MetadataValue.path(str(report)),
-            }
-        )
+        return dg.MaterializeResult(metadata=summary_metadata(summary))
 
-    job = dg.define_asset_job(
-        f"monitor_{name}",
-        selection=dg.AssetSelection.assets(monitoring),
-        partitions_def=partitions,
-        tags={"riverbed/dataset": name},
-        description=f"Monitor one day of {name} predictions.",
-    )
+    return monitoring
+
+
+def build_monitoring_schedule(spec: DatasetSpec, job: UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
+    """Today's partition every 15 minutes (stopped by default)."""
+    name = spec.name
 
     @dg.schedule(
-        name=f"monitor_{name}_schedule",
+        name=names.monitor_schedule(name),
         cron_schedule="*/15 * * * *",
         job=job,
         default_status=dg.DefaultScheduleStatus.STOPPED,
@@ -149,4 +154,20 @@ def build_monitoring_definitions(
         day = moment.astimezone(dt.UTC).date().isoformat()
         return dg.RunRequest(run_key=f"{name}:{moment.isoformat()}", partition_key=day)
 
-    return monitoring, job, monitor_today
+    return monitor_today
+
+
+def build_monitoring_definitions(
+    spec: DatasetSpec,
+) -> tuple[dg.AssetsDefinition, UnresolvedAssetJobDefinition, dg.ScheduleDefinition]:
+    """The monitoring asset, its job and the (stopped) schedule that monitors today."""
+    partitions = daily_partitions(spec)
+    monitoring = build_monitoring_asset(spec, partitions)
+    job = dg.define_asset_job(
+        names.monitor_job(spec.name),
+        selection=dg.AssetSelection.assets(monitoring),
+        partitions_def=partitions,
+        tags={RunTag.DATASET.value: spec.name},
+        description=f"Monitor one day of {spec.name} predictions.",
+    )
+    return monitoring, job, build_monitoring_schedule(spec, job)

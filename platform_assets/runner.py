@@ -14,9 +14,10 @@ from typing import Any
 
 import dagster as dg
 
-from platform_assets.dataset_assets import daily_partitions, model_asset_key
 from platform_assets.definitions import build_definitions
-from platform_assets.deployment import GATE_CHECK_NAME, deployment_asset_key
+from platform_assets.stages import asset_key, daily_partitions
+from riverbed import names
+from riverbed.names import GATE_CHECK_NAME, RunTag, Stage
 from riverbed.records import DeploymentRecord, ModelRecord, TrainingReason
 from riverbed.settings import RiverbedSettings
 from riverbed.specs import DatasetSpec, load_specs
@@ -99,6 +100,22 @@ def _materialization_metadata(result: dg.ExecuteInProcessResult) -> dict[str, di
     return found
 
 
+def train_run_config(
+    dataset: str, train_config: dict[str, object] | None = None, gate_config: dict[str, object] | None = None
+) -> dict[str, object]:
+    """Run config of a train job: quiet logs, the model's training config and the gate's overrides."""
+    run_config: dict[str, object] = dict(QUIET_LOGGING)
+    model_op = asset_key(Stage.MODEL, dataset).to_python_identifier()
+    ops: dict[str, object] = {}
+    if train_config:
+        ops[model_op] = {"config": train_config}
+    if gate_config:
+        ops[f"{model_op}_{GATE_CHECK_NAME}"] = {"config": gate_config}
+    if ops:
+        run_config["ops"] = ops
+    return run_config
+
+
 def run_pipeline(
     settings: RiverbedSettings,
     dataset: str,
@@ -121,37 +138,31 @@ def run_pipeline(
     defs = build_definitions(settings)
 
     started = time.perf_counter()
-    ingest = defs.resolve_job_def(f"ingest_{dataset}").execute_in_process(
+    ingest_job = names.ingest_job(dataset)
+    ingest = defs.resolve_job_def(ingest_job).execute_in_process(
         instance=instance,
         run_config=QUIET_LOGGING,
-        tags={RANGE_START_TAG: partitions[0], RANGE_END_TAG: partitions[-1], "riverbed/dataset": dataset},
+        tags={RANGE_START_TAG: partitions[0], RANGE_END_TAG: partitions[-1], RunTag.DATASET.value: dataset},
         raise_on_error=False,
     )
     if not ingest.success:
-        raise JobFailedError(f"ingest_{dataset} failed (run {ingest.run_id}); see the Dagster UI for details")
+        raise JobFailedError(f"{ingest_job} failed (run {ingest.run_id}); see the Dagster UI for details")
     ingest_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    run_config: dict[str, object] = dict(QUIET_LOGGING)
-    ops: dict[str, object] = {}
-    if train_config:
-        ops[f"model_{dataset}"] = {"config": train_config}
-    if gate_config:
-        ops[f"model_{dataset}_{GATE_CHECK_NAME}"] = {"config": gate_config}
-    if ops:
-        run_config["ops"] = ops
-    train = defs.resolve_job_def(f"train_{dataset}").execute_in_process(
+    train_job = names.train_job(dataset)
+    train = defs.resolve_job_def(train_job).execute_in_process(
         instance=instance,
-        run_config=run_config,
-        tags={"riverbed/reason": reason.value, "riverbed/dataset": dataset},
+        run_config=train_run_config(dataset, train_config, gate_config),
+        tags={RunTag.REASON.value: reason.value, RunTag.DATASET.value: dataset},
         raise_on_error=False,
     )
     gate = _gate_evaluation(train)
     if not train.success and not (gate is not None and not gate.passed and _only_gate_failed(train)):
-        raise JobFailedError(f"train_{dataset} failed (run {train.run_id}); see the Dagster UI for details")
+        raise JobFailedError(f"{train_job} failed (run {train.run_id}); see the Dagster UI for details")
     train_seconds = time.perf_counter() - started
-    model = train.asset_value(model_asset_key(dataset))
-    deployment = train.asset_value(deployment_asset_key(dataset)) if train.success else None
+    model = train.asset_value(asset_key(Stage.MODEL, dataset))
+    deployment = train.asset_value(asset_key(Stage.DEPLOYMENT, dataset)) if train.success else None
     return PipelineRun(
         dataset=dataset,
         partitions=partitions,

@@ -14,7 +14,7 @@ from resources.object_store import LocalObjectStore, ObjectStore
 from resources.versioned_store import VersionedStore, VersionedStoreError
 
 
-class ObjectStoreResource(dg.ConfigurableResource):
+class ObjectStoreResource(dg.ConfigurableResource["ObjectStoreResource"]):
     """Blobs (artifacts, reports): a local directory or an S3 / MinIO bucket."""
 
     backend: Literal["local", "s3"] = "local"
@@ -46,7 +46,7 @@ class ObjectStoreResource(dg.ConfigurableResource):
         return self._client
 
 
-class VersionedDataStoreResource(dg.ConfigurableResource):
+class VersionedDataStoreResource(dg.ConfigurableResource["VersionedDataStoreResource"]):
     """The versioned data store: the embedded local store or lakeFS over its HTTP API."""
 
     backend: Literal["local", "lakefs"] = "local"

@@ -15,7 +15,7 @@ from riverbed.stack_file import inference_log_dsn
 _MIGRATED: set[str] = set()
 
 
-class InferenceLogResource(dg.ConfigurableResource):
+class InferenceLogResource(dg.ConfigurableResource["InferenceLogResource"]):
     """Where the gateway's inference log lives; migrations are applied on first use."""
 
     dsn: str | None = Field(default=None, description="libpq DSN; unset means the local stack's database.")

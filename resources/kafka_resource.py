@@ -15,7 +15,7 @@ from riverbed.kafka_config import client_config
 from riverbed.settings import RiverbedSettings, get_settings
 
 
-class KafkaResource(dg.ConfigurableResource):
+class KafkaResource(dg.ConfigurableResource["KafkaResource"]):
     """Broker address, security and topic prefix; ``client_config()`` gives the librdkafka settings."""
 
     bootstrap_servers: str | None = Field(default=None, description="host:port,...; unset: the local dev broker.")

@@ -13,6 +13,7 @@ path and the lakeFS endpoint, never the credentials.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -23,6 +24,13 @@ import lakefs
 import lakefs_sdk
 import urllib3
 from lakefs.exceptions import LakeFSException, ServerException, api_exception_handler
+from lakefs_sdk.client import LakeFSClient
+from lakefs_sdk.models.branch_creation import BranchCreation
+from lakefs_sdk.models.commit import Commit
+from lakefs_sdk.models.commit_creation import CommitCreation
+from lakefs_sdk.models.merge import Merge
+from lakefs_sdk.models.repository_creation import RepositoryCreation
+from lakefs_sdk.models.tag_creation import TagCreation
 
 from resources.versioned_store import (
     AlreadyExistsError,
@@ -45,6 +53,11 @@ PAGE_SIZE = 1000  # the API's maximum page
 INTERNAL_METADATA_PREFIX = ".lakefs."  # keys lakeFS adds itself, e.g. ".lakefs.merge.strategy" on merges
 DIFF_TYPES = ("added", "removed", "changed")
 REPOSITORY_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{2,62}$")  # RepositoryCreation.name in the API
+
+# The lakefs_sdk request models are pydantic.v1 models whose optional fields are declared as
+# ``Field(<default>, description=...)``. mypy reads pydantic.v1 models through ``dataclass_transform``, which
+# only recognises ``Field(default=...)``, so it takes those fields for required ones: the constructor calls
+# in this module carry ``# type: ignore[call-arg]`` for that library typing gap (the fields do have defaults).
 
 
 class LakeFSAuthenticationError(VersionedStoreError):
@@ -98,8 +111,11 @@ class LakeFSVersionedStore(VersionedStore):
         self.main_branch = main_branch
         self.storage_namespace = storage_namespace or f"local://riverbed/{repository}"
         self.endpoint = _public_endpoint(endpoint)
-        self._client = lakefs.Client(host=endpoint, username=access_key_id, password=secret_access_key)
-        self._api = self._client.sdk_client
+        # lakefs.Client.__init__(**kwargs) is unannotated
+        self._client = lakefs.Client(  # type: ignore[no-untyped-call]
+            host=endpoint, username=access_key_id, password=secret_access_key
+        )
+        self._api: LakeFSClient = self._client.sdk_client
         self._timeout = (connect_timeout_seconds, read_timeout_seconds)
         # Every generated API call gets ``_request_timeout``; the object writer talks to the pool directly, so
         # the pool's defaults carry the same timeouts. Only connection failures are retried (quickly): a
@@ -178,7 +194,7 @@ class LakeFSVersionedStore(VersionedStore):
         """All results of a paginated listing, following ``pagination.next_offset``."""
         after: str | None = None
         while True:
-            page = self._call(action, lambda offset=after: fetch(offset), **errors)
+            page = self._call(action, functools.partial(fetch, after), **errors)
             yield from page.results
             if not page.pagination.has_more or not page.pagination.next_offset:
                 return
@@ -191,7 +207,7 @@ class LakeFSVersionedStore(VersionedStore):
         return lambda _: NotFoundError(f"branch {branch!r} not found in {self._where()}")
 
     @staticmethod
-    def _commit_info(commit: lakefs_sdk.Commit) -> CommitInfo:
+    def _commit_info(commit: Commit) -> CommitInfo:
         metadata = {
             key: value for key, value in (commit.metadata or {}).items() if not key.startswith(INTERNAL_METADATA_PREFIX)
         }
@@ -218,7 +234,7 @@ class LakeFSVersionedStore(VersionedStore):
                 self._call(
                     f"creating the repository on {self.storage_namespace!r}",
                     lambda: repositories.create_repository(
-                        lakefs_sdk.RepositoryCreation(
+                        RepositoryCreation(  # type: ignore[call-arg]  # SDK model defaults, see above
                             name=self.repository,
                             storage_namespace=self.storage_namespace,
                             default_branch=self.main_branch,
@@ -249,7 +265,9 @@ class LakeFSVersionedStore(VersionedStore):
             f"creating branch {name!r} from {source_ref!r}",
             lambda: self._api.branches_api.create_branch(
                 self.repository,
-                lakefs_sdk.BranchCreation(name=name, source=source_ref),
+                BranchCreation(  # type: ignore[call-arg]  # SDK model defaults, see above
+                    name=name, source=source_ref
+                ),
                 _request_timeout=self._timeout,
             ),
             not_found=lambda m: NotFoundError(f"cannot create branch {name!r}: {m} in {self._where()}"),
@@ -283,7 +301,7 @@ class LakeFSVersionedStore(VersionedStore):
         created = self._call(
             f"creating tag {tag!r} at {ref!r}",
             lambda: self._api.tags_api.create_tag(
-                self.repository, lakefs_sdk.TagCreation(id=tag, ref=ref), _request_timeout=self._timeout
+                self.repository, TagCreation(id=tag, ref=ref), _request_timeout=self._timeout
             ),
             not_found=self._missing_ref(ref),
             conflict=lambda _: AlreadyExistsError(
@@ -366,7 +384,9 @@ class LakeFSVersionedStore(VersionedStore):
             lambda: self._api.commits_api.commit(
                 self.repository,
                 branch,
-                lakefs_sdk.CommitCreation(message=message, metadata=dict(metadata) if metadata else None),
+                CommitCreation(  # type: ignore[call-arg]  # SDK model defaults, see above
+                    message=message, metadata=dict(metadata) if metadata else None
+                ),
                 _request_timeout=self._timeout,
             ),
             not_found=self._missing_branch(branch),
@@ -433,7 +453,9 @@ class LakeFSVersionedStore(VersionedStore):
                 self.repository,
                 source_ref,
                 destination_branch,
-                merge=lakefs_sdk.Merge(message=message or None, metadata=dict(metadata) if metadata else None),
+                merge=Merge(  # type: ignore[call-arg]  # SDK model defaults, see above
+                    message=message or None, metadata=dict(metadata) if metadata else None
+                ),
                 _request_timeout=self._timeout,
             ),
             not_found=lambda _: NotFoundError(

@@ -33,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from filelock import FileLock, Timeout
 
@@ -92,22 +92,25 @@ def _apply(tree: Mapping[str, Entry], staging: Mapping[str, Entry | None]) -> Tr
     return result
 
 
-class _LRU:
+_V = TypeVar("_V")
+
+
+class _LRU(Generic[_V]):
     """A small thread-safe least-recently-used cache (content-addressed values never go stale)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._items: OrderedDict[str, _V] = OrderedDict()
         self._guard = threading.Lock()
 
-    def lookup(self, key: str) -> Any:
+    def lookup(self, key: str) -> _V | None:
         with self._guard:
             value = self._items.get(key)
             if value is not None:
                 self._items.move_to_end(key)
             return value
 
-    def store(self, key: str, value: Any) -> None:
+    def store(self, key: str, value: _V) -> None:
         with self._guard:
             self._items[key] = value
             self._items.move_to_end(key)
@@ -140,9 +143,9 @@ class LocalVersionedStore(VersionedStore):
         self.objects = objects
         self.root = Path(metadata_dir) / repository
         self._lock_path = Path(metadata_dir) / f".{repository}.lock"
-        self._trees = _LRU(TREE_CACHE_SIZE)
-        self._commits = _LRU(COMMIT_CACHE_SIZE)
-        self._journals = _LRU(STAGING_CACHE_SIZE)  # journal id -> (bytes parsed, staging)
+        self._trees: _LRU[Tree] = _LRU(TREE_CACHE_SIZE)
+        self._commits: _LRU[dict[str, Any]] = _LRU(COMMIT_CACHE_SIZE)
+        self._journals: _LRU[tuple[int, Staging]] = _LRU(STAGING_CACHE_SIZE)  # journal id -> (bytes parsed, staging)
 
     # -- plumbing -------------------------------------------------------------
     @contextlib.contextmanager

@@ -8,7 +8,7 @@ from resources.mlserver_admin import MLServerAdmin
 from riverbed.model_repository import ModelRepository
 
 
-class MLServerResource(dg.ConfigurableResource):
+class MLServerResource(dg.ConfigurableResource["MLServerResource"]):
     """Where deployments are installed (``model_repository``) and which MLServer hot-loads them (``url``).
 
     MLServer need not be running: the deployment then only installs the model and moves the pointer, and

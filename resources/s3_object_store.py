@@ -114,7 +114,9 @@ class S3ObjectStore(ObjectStore):
 
     def get(self, key: str) -> bytes:
         def read() -> bytes:  # the body streams: a dropped connection surfaces here, inside _call
-            return self._client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            response = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+            body: bytes = response["Body"].read()  # boto3 is untyped (no boto3-stubs): a StreamingBody
+            return body
 
         return self._call("get", read, key)
 

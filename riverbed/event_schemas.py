@@ -140,9 +140,8 @@ def _event_time_text(value: Any) -> str:
     if hasattr(value, "to_pydatetime"):
         value = value.to_pydatetime()
     if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+        moment = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+        return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
     raise TypeError(f"event_time: cannot encode {type(value).__name__}")
 
 
@@ -194,7 +193,8 @@ class _RawParser:
 
     def __init__(self, spec: DatasetSpec) -> None:
         self.spec = spec
-        self.checks: list[tuple[str, tuple[type, ...], str, bool, bool]] = []
+        # (field, accepted JSON scalar types, rule for messages, nullable, must be a whole number)
+        self.checks: list[tuple[str, tuple[type[int | float | str], ...], str, bool, bool]] = []
         for feature in spec.features:
             if feature.type == FeatureType.NUMERIC:
                 self.checks.append((feature.name, (int, float), "a number", feature.nullable, False))

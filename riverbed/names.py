@@ -79,6 +79,8 @@ class RunTag(enum.StrEnum):
 class MlflowTag(enum.StrEnum):
     """Tags on MLflow runs and registered model versions."""
 
+    DATASET = "riverbed.dataset"
+    DATA_COMMITS = "riverbed.data_commits"  # comma-separated commit ids of the training data
     REASON = "riverbed.reason"  # copied from the Dagster run's RunTag.REASON by the model asset
     TRAINING_SET_COMMIT = "riverbed.training_set_commit"
     GATE = "riverbed.gate"  # GateVerdict value on the model version

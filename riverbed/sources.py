@@ -138,7 +138,7 @@ def _cache_key(spec: DatasetSpec, rows: int | None, seed: int | None) -> Hashabl
     files: list[Path] = [spec.spec_path] if spec.spec_path else []
     if isinstance(spec.source, CsvSourceSpec):
         files += [spec.resolve_path(f) for f in spec.source.files]
-    stamps = []
+    stamps: list[tuple[str, int | None, int | None]] = []
     for path in files:
         try:
             stat = path.stat()

@@ -16,7 +16,7 @@ class InferenceLogNotAvailableError(RuntimeError):
 def running_stack(settings: RiverbedSettings) -> dict[str, Any] | None:
     """stack.json of a live ``riverbed serve`` (its pid still running), else None."""
     try:
-        stack = json.loads(settings.stack_file.read_text())
+        stack: dict[str, Any] = json.loads(settings.stack_file.read_text())
         os.kill(int(stack["pid"]), 0)
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -5,8 +5,9 @@ partitions at those offsets (no group offsets, no auto-commit). A tick reads up 
 or ``max_seconds``, parses each (:func:`riverbed.event_schemas.parse_raw_message`), sends the ones that break
 the schema (or cannot be decoded, or fall outside the dataset's daily partitions) to ``.dlq`` as
 :class:`~riverbed.events.DeadLetter` JSON, and lands the valid records grouped by event day in one commit on
-main (:mod:`resources.landing_zone`). Only then does it return the new cursor with one run request of
-``ingest_<dataset>`` per affected day (run key ``<dataset>:<day>:<landing commit>``).
+main (:mod:`resources.landing_zone`). Only then does it return the new cursor with one run request of the
+ingest job it was given (``ingest_<dataset>``) per affected day (run key ``<dataset>:<day>:<landing commit>``),
+tagged with :class:`riverbed.names.RunTag` tags. The days it accepts are the job's daily partitions.
 
 If the process dies after landing but before the cursor is stored, the next tick reads the same offsets again
 and writes objects with the same names (the landing zone is idempotent, and readers keep one row per record
@@ -27,23 +28,22 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from platform_assets.dataset_assets import REASON_TAG, daily_partitions
 from resources.data_store_resource import VersionedDataStoreResource
 from resources.kafka_resource import KafkaResource
 from resources.landing_zone import OFFSET_COLUMN, PARTITION_COLUMN, LandingBatch, land_batches
 from resources.versioned_store import VersionedStore, VersionedStoreError
+from riverbed import names
+from riverbed.event_schemas import RawMessageError, parse_raw_message
 from riverbed.events import SAMPLE_ID_FIELD, DeadLetter
 from riverbed.kafka_config import KafkaNotConfiguredError
-from riverbed.names import TopicKind, topic_name
+from riverbed.names import TOPIC_PREFIX, CommitMetadata, RunTag, TopicKind, topic_name
+from riverbed.records import TrainingReason
 from riverbed.specs import DatasetSpec
 
 logger = logging.getLogger(__name__)
 
-NEW_DATA_REASON = "new_data"
-RECORDS_TAG = "riverbed/records"
-DEAD_LETTERS_TAG = "riverbed/dead_letters"
-LANDING_COMMIT_TAG = "riverbed/landing_commit"
 # Fault hooks for the crash tests: exit abruptly right after the landing commit, or after consuming N messages.
 FAULT_AFTER_LANDING_ENV = "RIVERBED_FAULT_AFTER_LANDING"
 FAULT_DURING_CONSUMPTION_ENV = "RIVERBED_FAULT_DURING_CONSUMPTION"
@@ -94,6 +94,31 @@ def format_cursor(offsets: Mapping[int, int]) -> str:
 
 def run_key(dataset: str, day: str, landing_commit_id: str) -> str:
     return f"{dataset}:{day}:{landing_commit_id}"
+
+
+def ingest_run_tags(dataset: str, records: int, dead_letters: int, landing_commit_id: str) -> dict[str, str]:
+    """Tags of an ingest run requested for one landed day (reason ``new_data``)."""
+    return {
+        RunTag.REASON.value: TrainingReason.NEW_DATA.value,
+        RunTag.RECORDS.value: str(records),
+        RunTag.DEAD_LETTERS.value: str(dead_letters),
+        RunTag.LANDING_COMMIT.value: landing_commit_id,
+        RunTag.DATASET.value: dataset,
+    }
+
+
+def landing_metadata(
+    topic: str, offsets: Mapping[str, list[int]], records: int, dead_letters: int, days: list[str]
+) -> dict[str, str]:
+    """The versioned-store commit metadata of one landing (besides Dagster's)."""
+    return {
+        CommitMetadata.SOURCE.value: "kafka",
+        CommitMetadata.TOPIC.value: topic,
+        CommitMetadata.OFFSETS.value: json.dumps(dict(offsets), sort_keys=True),
+        CommitMetadata.RECORDS.value: str(records),
+        CommitMetadata.DEAD_LETTERS.value: str(dead_letters),
+        CommitMetadata.DAYS.value: ",".join(sorted(days)),
+    }
 
 
 def _reason_kind(reason: str) -> str:
@@ -263,6 +288,8 @@ class PlannedReader:
                     logger.warning("%s: consumer error: %s", self.topic, error)
                     continue
                 partition, offset = message.partition(), message.offset()
+                if partition is None or offset is None:
+                    continue  # only error events lack a position, and those were handled above
                 if partition not in self.targets or offset < self.next_offset[partition]:
                     continue  # a redelivery of something this tick already has
                 self.next_offset[partition] = offset + 1
@@ -277,13 +304,15 @@ def ingest_once(
     store: VersionedStore,
     kafka: Mapping[str, Any],
     cursor: Mapping[int, int],
+    partitions: dg.PartitionsDefinition,
     limits: IngestionLimits | None = None,
-    topic_prefix: str = "riverbed",
+    topic_prefix: str = TOPIC_PREFIX,
     log: logging.Logger | Any = logger,
 ) -> TickOutcome:
-    """One tick: consume from ``cursor``, dead-letter the refused, land the valid, return the outcome."""
-    from riverbed.event_schemas import RawMessageError, parse_raw_message
+    """One tick: consume from ``cursor``, dead-letter the refused, land the valid, return the outcome.
 
+    Records whose event day is not one of ``partitions`` (the ingest job's daily partitions) are dead-lettered.
+    """
     limits = limits or IngestionLimits()
     name = spec.name
     topic = topic_name(name, TopicKind.RAW, prefix=topic_prefix)
@@ -299,7 +328,9 @@ def ingest_once(
 
         dead_letters = DeadLetters(topic_name(name, TopicKind.DLQ, prefix=topic_prefix))
         reader = PlannedReader(consumer, topic, plan, limits)
-        outcome, batches, letters = _consume(spec, reader, start, dead_letters, parse_raw_message, RawMessageError)
+        outcome, batches, letters = _consume(
+            spec, partitions, reader, start, dead_letters, parse_raw_message, RawMessageError
+        )
         outcome.expired_offsets = expired
     finally:
         consumer.close()
@@ -314,21 +345,17 @@ def ingest_once(
 
     if batches:
         t0 = time.perf_counter()
-        ranges = {str(p): [start[p], outcome.cursor[p] - 1] for p in targets if outcome.cursor[p] > start[p]}
+        end = outcome.cursor or {}
+        ranges = {str(p): [start[p], end[p] - 1] for p in targets if end[p] > start[p]}
         try:
             result = land_batches(
                 store,
                 name,
                 batches,
                 message=f"land {outcome.landed} {name} record(s) from {topic}",
-                metadata={
-                    "riverbed.source": "kafka",
-                    "riverbed.topic": topic,
-                    "riverbed.offsets": json.dumps(ranges, sort_keys=True),
-                    "riverbed.records": str(outcome.landed),
-                    "riverbed.dead_letters": str(letters.reasons.total()),
-                    "riverbed.days": ",".join(sorted(outcome.records_by_day)),
-                },
+                metadata=landing_metadata(
+                    topic, ranges, outcome.landed, letters.reasons.total(), list(outcome.records_by_day)
+                ),
                 branch_prefix=f"kafka-ingest-{name}"[:60],
             )
         except VersionedStoreError as error:
@@ -343,13 +370,13 @@ def ingest_once(
 
 def _consume(
     spec: DatasetSpec,
+    partitions: dg.PartitionsDefinition,
     reader: PlannedReader,
     start: dict[int, int],
     letters: DeadLetters,
     parse: Callable[[DatasetSpec, bytes], dict[str, Any]],
     refused: type[Exception],
 ) -> tuple[TickOutcome, list[LandingBatch], DeadLetters]:
-    partitions = daily_partitions(spec)
     first_day = spec.event_time.first_partition_day.isoformat()
     last_day = partitions.get_last_partition_key() or first_day
     fault_after = int(os.environ.get(FAULT_DURING_CONSUMPTION_ENV) or 0)
@@ -422,14 +449,24 @@ def _batches(
     return batches
 
 
-def build_kafka_ingestion_sensor(spec: DatasetSpec, limits: IngestionLimits | None = None) -> dg.SensorDefinition:
-    """``kafka_ingest_<dataset>``: lands new raw messages and requests ``ingest_<dataset>`` for each affected day."""
+def build_kafka_ingestion_sensor(
+    spec: DatasetSpec,
+    ingest_job: UnresolvedAssetJobDefinition | dg.JobDefinition,
+    limits: IngestionLimits | None = None,
+) -> dg.SensorDefinition:
+    """``kafka_ingest_<dataset>``: lands new raw messages and requests ``ingest_job`` for each affected day.
+
+    The days it accepts are ``ingest_job``'s partitions (the dataset's daily partitions).
+    """
     name = spec.name
     limits = limits or IngestionLimits()
+    partitions = ingest_job.partitions_def
+    if partitions is None:
+        raise ValueError(f"{ingest_job.name} has no partitions: the Kafka ingestion sensor requests one run per day")
 
     @dg.sensor(
-        name=f"kafka_ingest_{name}",
-        job_name=f"ingest_{name}",
+        name=names.kafka_ingest_sensor(name),
+        job=ingest_job,
         minimum_interval_seconds=10,
         default_status=dg.DefaultSensorStatus.STOPPED,
         description=f"Consume {name}'s raw topic into the landing zone (cursor = next offset per partition) and "
@@ -447,6 +484,7 @@ def build_kafka_ingestion_sensor(spec: DatasetSpec, limits: IngestionLimits | No
             data_store.get_store(),
             config,
             parse_cursor(context.cursor),
+            partitions,
             limits,
             topic_prefix=kafka.topic_prefix,
             log=context.log,
@@ -460,18 +498,12 @@ def build_kafka_ingestion_sensor(spec: DatasetSpec, limits: IngestionLimits | No
             f"{outcome.seconds.get('total', 0.0):.2f}s (commit {outcome.landing_commit_id})"
         )
         context.log.info(summary)
-        commit = outcome.landing_commit_id
+        commit = outcome.landing_commit_id or ""
         requests = [
             dg.RunRequest(
-                run_key=run_key(name, day, commit or ""),
+                run_key=run_key(name, day, commit),
                 partition_key=day,
-                tags={
-                    REASON_TAG: NEW_DATA_REASON,
-                    RECORDS_TAG: str(count),
-                    DEAD_LETTERS_TAG: str(outcome.dead_letters),
-                    LANDING_COMMIT_TAG: commit or "",
-                    "riverbed/dataset": name,
-                },
+                tags=ingest_run_tags(name, count, outcome.dead_letters, commit),
             )
             for day, count in sorted(outcome.records_by_day.items())
         ]

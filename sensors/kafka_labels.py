@@ -14,11 +14,13 @@ import dagster as dg
 from confluent_kafka import Consumer, KafkaException
 from pydantic import ValidationError
 
+from monitoring.labels import LabelMessage, store_labels
 from resources.inference_log_resource import InferenceLogResource
 from resources.kafka_resource import KafkaResource
+from riverbed import names
 from riverbed.events import LabelEvent
 from riverbed.kafka_config import KafkaNotConfiguredError
-from riverbed.names import TopicKind, topic_name
+from riverbed.names import TOPIC_PREFIX, TopicKind, topic_name
 from riverbed.specs import DatasetSpec
 from sensors.kafka_ingestion import (
     DeadLetters,
@@ -65,11 +67,9 @@ def ingest_labels_once(
     kafka: Mapping[str, Any],
     cursor: Mapping[int, int],
     limits: IngestionLimits | None = None,
-    topic_prefix: str = "riverbed",
+    topic_prefix: str = TOPIC_PREFIX,
 ) -> LabelTick:
     """One tick: consume labels from ``cursor``, dead-letter the refused, store the valid, return the new cursor."""
-    from monitoring.labels import LabelMessage, store_labels
-
     limits = limits or IngestionLimits()
     topic = topic_name(spec.name, TopicKind.LABELS, prefix=topic_prefix)
     consumer = Consumer(consumer_config(kafka, f"{spec.name}-labels", limits))
@@ -113,7 +113,7 @@ def build_kafka_labels_sensor(spec: DatasetSpec, limits: IngestionLimits | None 
     name = spec.name
 
     @dg.sensor(
-        name=f"kafka_labels_{name}",
+        name=names.kafka_labels_sensor(name),
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.STOPPED,
         description=f"Consume {name}'s labels topic into prediction_labels (cursor = next offset per partition).",

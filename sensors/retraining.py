@@ -1,9 +1,10 @@
 """Retraining triggers: persistent drift, falling performance, enough new data, or the schedule.
 
 The decision is a pure function of the signals and the cursor (tested for each ordering of events); the
-sensor only gathers signals (monitoring results in PostgreSQL, raw materialisations in the Dagster instance)
-and turns a decision into a run request of ``train_<dataset>`` tagged with the reason and its numbers. The
-deployment gate still decides whether the retrained model is promoted.
+sensor only gathers signals (monitoring results in the inference log's PostgreSQL, raw and model
+materialisations in the Dagster instance) and turns a decision into a run request of the train job it was given
+(``train_<dataset>``), tagged with the reason (:attr:`RunTag.REASON`) and its numbers (:attr:`RunTag.TRIGGER`).
+The deployment gate still decides whether the retrained model is promoted.
 """
 
 import datetime as dt
@@ -14,14 +15,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import dagster as dg
+import psycopg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
+from resources.inference_log_resource import InferenceLogResource
+from riverbed import names
+from riverbed.names import RunTag
 from riverbed.records import TrainingReason
 from riverbed.specs import DatasetSpec, RetrainingSpec
 
 logger = logging.getLogger(__name__)
 
-REASON_TAG = "riverbed/reason"
-EVIDENCE_TAG = "riverbed/trigger"
+EVIDENCE_LIMIT = 4000  # characters of the evidence JSON kept in the run tag
 
 
 @dataclass(frozen=True)
@@ -158,12 +163,21 @@ def _new_data(config: RetrainingSpec, signals: RetrainingSignals) -> RetrainingD
     )
 
 
+def retraining_run_tags(dataset: str, reason: TrainingReason, evidence: dict[str, Any] | None = None) -> dict[str, str]:
+    """Tags of a train run requested by the sensor (reason + evidence) or the schedule (reason only)."""
+    tags = {RunTag.REASON.value: reason.value}
+    if evidence is not None:
+        tags[RunTag.TRIGGER.value] = json.dumps(evidence, sort_keys=True)[:EVIDENCE_LIMIT]
+    tags[RunTag.DATASET.value] = dataset
+    return tags
+
+
 # ------------------------------------------------------------------------------------------------ signals
-def new_records_since_last_training(instance: dg.DagsterInstance, dataset: str) -> int:
+def new_records_since_last_training(instance: dg.DagsterInstance, model_key: dg.AssetKey, raw_key: dg.AssetKey) -> int:
     """Raw records materialised after the latest model materialisation (per run, not per partition)."""
-    model = instance.fetch_materializations(dg.AssetKey(f"model_{dataset}"), limit=1)
+    model = instance.fetch_materializations(model_key, limit=1)
     after = model.records[0].timestamp if model.records else None
-    records_filter = dg.AssetRecordsFilter(asset_key=dg.AssetKey(f"raw_{dataset}"), after_timestamp=after)
+    records_filter = dg.AssetRecordsFilter(asset_key=raw_key, after_timestamp=after)
     per_run: dict[str, int] = {}
     cursor = None
     while True:
@@ -171,8 +185,8 @@ def new_records_since_last_training(instance: dg.DagsterInstance, dataset: str) 
         for record in page.records:
             materialization = record.asset_materialization
             rows = materialization.metadata.get("rows") if materialization else None
-            if rows is not None:
-                per_run.setdefault(record.run_id, int(getattr(rows, "value", rows)))
+            if rows is not None and isinstance(rows.value, int | float | str):
+                per_run.setdefault(record.run_id, int(rows.value))
         if not page.has_more:
             break
         cursor = page.cursor
@@ -181,8 +195,6 @@ def new_records_since_last_training(instance: dg.DagsterInstance, dataset: str) 
 
 def monitoring_days(dsn: str, dataset: str, metric: str, limit_days: int = 30) -> tuple[DaySignals, ...]:
     """Per analysed chunk: alerting features, estimated and realised performance (from ``monitoring_results``)."""
-    import psycopg
-
     query = """
         SELECT day, chunk, kind, name, value, alert FROM monitoring_results
         WHERE dataset = %s AND day >= (SELECT max(day) FROM monitoring_results WHERE dataset = %s) - %s
@@ -204,27 +216,40 @@ def monitoring_days(dsn: str, dataset: str, metric: str, limit_days: int = 30) -
     )
 
 
-def build_retraining_sensor(spec: DatasetSpec, dsn_of: Any) -> dg.SensorDefinition:
-    """``retrain_<dataset>``: evaluates the triggers every minute and requests ``train_<dataset>`` runs."""
+def build_retraining_sensor(
+    spec: DatasetSpec,
+    train_job: UnresolvedAssetJobDefinition | dg.JobDefinition,
+    *,
+    model_key: dg.AssetKey,
+    raw_key: dg.AssetKey,
+) -> dg.SensorDefinition:
+    """``retrain_<dataset>``: evaluates the triggers every minute and requests ``train_job`` runs.
+
+    Monitoring results come from the ``inference_log`` resource; new data is counted from ``raw_key``
+    materialisations since the latest ``model_key`` materialisation.
+    """
     config = spec.retraining
+    sensor_name = names.retrain_sensor(spec.name)
 
     @dg.sensor(
-        name=f"retrain_{spec.name}",
-        job_name=f"train_{spec.name}",
+        name=sensor_name,
+        job=train_job,
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.STOPPED,
         description=f"Retrains {spec.name} on persistent drift, falling performance or enough new data.",
     )
-    def retrain(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    def retrain(
+        context: dg.SensorEvaluationContext, inference_log: InferenceLogResource
+    ) -> dg.SensorResult | dg.SkipReason:
         state = RetrainingState.from_cursor(context.cursor)
         try:
-            days = monitoring_days(dsn_of(), spec.name, config.performance_metric)
+            days = monitoring_days(inference_log.get_dsn(), spec.name, config.performance_metric)
         except Exception as error:  # database down or monitoring not set up yet: the other triggers still work
-            logger.info("retrain_%s: no monitoring results (%s)", spec.name, error)
+            logger.info("%s: no monitoring results (%s)", sensor_name, error)
             days = ()
         signals = RetrainingSignals(
             days=days,
-            new_records=new_records_since_last_training(context.instance, spec.name),
+            new_records=new_records_since_last_training(context.instance, model_key, raw_key),
             now=dt.datetime.now(dt.UTC),
         )
         decision = decide_retraining(config, signals, state, spec.feature_names)
@@ -233,11 +258,7 @@ def build_retraining_sensor(spec: DatasetSpec, dsn_of: Any) -> dg.SensorDefiniti
         new_state = RetrainingState(signals.now.isoformat(), decision.evidence)
         request = dg.RunRequest(
             run_key=f"{spec.name}:{decision.evidence}",
-            tags={
-                REASON_TAG: decision.reason.value,
-                EVIDENCE_TAG: json.dumps(decision.values, sort_keys=True)[:4000],
-                "riverbed/dataset": spec.name,
-            },
+            tags=retraining_run_tags(spec.name, decision.reason, decision.values),
         )
         context.log.info(f"retrain {spec.name}: {decision.explanation}")
         return dg.SensorResult(run_requests=[request], cursor=new_state.to_cursor())
@@ -245,15 +266,17 @@ def build_retraining_sensor(spec: DatasetSpec, dsn_of: Any) -> dg.SensorDefiniti
     return retrain
 
 
-def build_retraining_schedule(spec: DatasetSpec) -> dg.ScheduleDefinition | None:
+def build_retraining_schedule(
+    spec: DatasetSpec, train_job: UnresolvedAssetJobDefinition | dg.JobDefinition
+) -> dg.ScheduleDefinition | None:
     """Periodic retraining (reason ``schedule``), stopped by default."""
     if spec.retraining.schedule_cron is None:
         return None
     return dg.ScheduleDefinition(
-        name=f"retrain_{spec.name}_schedule",
+        name=names.retrain_schedule(spec.name),
         cron_schedule=spec.retraining.schedule_cron,
-        job_name=f"train_{spec.name}",
-        tags={REASON_TAG: TrainingReason.SCHEDULE.value, "riverbed/dataset": spec.name},
+        job=train_job,
+        tags=retraining_run_tags(spec.name, TrainingReason.SCHEDULE),
         default_status=dg.DefaultScheduleStatus.STOPPED,
         execution_timezone="UTC",
     )

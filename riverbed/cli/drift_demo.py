@@ -14,11 +14,42 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import dagster as dg
+import httpx
+import numpy as np
 import pandas as pd
 
+from platform_assets.dataset_assets import build_dataset_definitions
+from platform_assets.definitions import build_definitions
+from platform_assets.deployment import load_registered_pipeline
+from platform_assets.environments import build_resources
+from platform_assets.runner import (
+    QUIET_LOGGING,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    PipelineRun,
+    local_instance,
+    run_pipeline,
+)
+from platform_assets.stages import asset_key
+from resources.inference_log_resource import InferenceLogResource
+from riverbed import names
 from riverbed.cli.demo_serving import gateway_records
+from riverbed.cli.kafka import start_mock_cluster
+from riverbed.cli.producer import produce_records
+from riverbed.cli.stack import ServingStack
+from riverbed.generators import DriftScenario, apply_drift, generate_machine_failure
+from riverbed.kafka_config import client_config
+from riverbed.ml.features import build_features
+from riverbed.names import RunTag, Stage, TopicKind, topic_name
+from riverbed.records import TrainingReason
 from riverbed.settings import RiverbedSettings
+from riverbed.sources import records_for_window
 from riverbed.specs import DatasetSpec, load_specs
+from riverbed.stack_file import inference_log_dsn
+from riverbed.validation import validate_records
+from sensors.kafka_ingestion import IngestionLimits, build_kafka_ingestion_sensor
+from serving.api_keys import create_api_key
 
 DATASET = "machine_failure"
 DRIFT_START = dt.datetime(2026, 10, 21, tzinfo=dt.UTC)
@@ -35,9 +66,6 @@ class ScenarioData:
 
 
 def scenario_data(settings: RiverbedSettings, seed: int = 3) -> ScenarioData:
-    from riverbed.generators import DriftScenario, apply_drift
-    from riverbed.sources import records_for_window
-
     spec = load_specs(settings.specs_dirs)[DATASET]
     start = dt.datetime.combine(spec.event_time.first_partition_day, dt.time(), dt.UTC)
     everything = records_for_window(spec, start, start + dt.timedelta(days=30))
@@ -50,10 +78,6 @@ def scenario_data(settings: RiverbedSettings, seed: int = 3) -> ScenarioData:
 
 def produce_frame(settings: RiverbedSettings, spec: DatasetSpec, frame: pd.DataFrame) -> int:
     """Publish records on the raw topic as fast as possible (the simulator's code); returns how many were sent."""
-    from riverbed.cli.producer import produce_records
-    from riverbed.kafka_config import client_config
-    from riverbed.names import TopicKind, topic_name
-
     topic = topic_name(spec.name, TopicKind.RAW, prefix=settings.kafka_topic_prefix)
     report = produce_records(spec, frame, client_config(settings), topic, rate=None)
     if report.failed:
@@ -66,36 +90,41 @@ def records_with_ids(spec: DatasetSpec, frame: pd.DataFrame) -> list[dict[str, A
     return gateway_records(spec, frame, list(frame[spec.record_id.name]))
 
 
-def ingest_until_drained(settings: RiverbedSettings, instance: Any, cursor: str | None) -> tuple[str, set[str]]:
+def ingest_until_drained(
+    settings: RiverbedSettings, instance: dg.DagsterInstance, cursor: str | None
+) -> tuple[str, set[str]]:
     """Ticks of the ingestion sensor until the raw topic is drained: the new cursor and the days it requested."""
-    import dagster as dg
-
-    from platform_assets.environments import build_resources
-    from sensors.kafka_ingestion import IngestionLimits, build_kafka_ingestion_sensor
-
     spec = load_specs(settings.specs_dirs)[DATASET]
-    sensor = build_kafka_ingestion_sensor(spec, IngestionLimits(max_records=50_000))
+    dataset = build_dataset_definitions(spec)
+    sensor = build_kafka_ingestion_sensor(spec, dataset.ingest_job, IngestionLimits(max_records=50_000))
     resources = build_resources(settings)
     needed = {"data_store": resources["data_store"], "kafka": resources["kafka"]}
     days: set[str] = set()
     for _ in range(20):
         with dg.build_sensor_context(cursor=cursor, instance=instance, resources=needed) as context:
             result = sensor(context)
-        if isinstance(result, dg.SkipReason):
+        if not isinstance(result, dg.SensorResult):  # a SkipReason: nothing new on the topic
             break
-        days |= {r.partition_key for r in result.run_requests}
+        days |= {r.partition_key for r in result.run_requests or [] if r.partition_key is not None}
         cursor = result.cursor
     if cursor is None:
         raise RuntimeError("the ingestion sensor found nothing on the raw topic")
     return cursor, days
 
 
+def retraining_tick(defs: dg.Definitions, instance: dg.DagsterInstance, dsn: str) -> dg.SensorResult | dg.SkipReason:
+    """One evaluation of the code location's retraining sensor of the dataset, on the inference log at ``dsn``."""
+    sensor = defs.get_sensor_def(names.retrain_sensor(DATASET))
+    resources = {"inference_log": InferenceLogResource(dsn=dsn)}
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        result = sensor(context)
+    if not isinstance(result, dg.SensorResult | dg.SkipReason):
+        raise TypeError(f"{sensor.name} returned {type(result).__name__}")
+    return result
+
+
 def unseen_drifted_records(spec: DatasetSpec, rows: int = 3000, seed: int = 99) -> pd.DataFrame:
     """Fresh records from the drifted distribution that no model trained on (for comparing v1 and v2)."""
-    import numpy as np
-
-    from riverbed.generators import DriftScenario, apply_drift, generate_machine_failure
-
     frame = generate_machine_failure(spec, rows, seed).reset_index(drop=True)
     frame[spec.record_id.name] = [f"mf-unseen-{i}" for i in range(rows)]
     frame[spec.event_time.name] = pd.Timestamp(DRIFT_START) + pd.to_timedelta(np.arange(rows), unit="min")
@@ -106,10 +135,7 @@ def holdout_metrics(
     settings: RiverbedSettings, spec: DatasetSpec, frame: pd.DataFrame, registered_model_name: str, version: int
 ) -> dict[str, float]:
     """A registered version's metrics on a set of records (validated and featurised as the graph does)."""
-    from platform_assets.deployment import load_registered_pipeline
-    from riverbed.ml.features import build_features
-    from riverbed.ml.training import evaluate
-    from riverbed.validation import validate_records
+    from riverbed.ml.training import evaluate  # xgboost + scikit-learn (~1.8 s): only for the final comparison
 
     features = build_features(spec, validate_records(spec, frame).valid)
     pipeline = load_registered_pipeline(settings.resolved_mlflow_tracking_uri, registered_model_name, version)
@@ -128,20 +154,71 @@ class DriftDemoOutcome:
     seconds_to_v2: float | None = None
 
 
+def _train_v1(settings: RiverbedSettings, instance: dg.DagsterInstance, data: ScenarioData) -> tuple[PipelineRun, str]:
+    """Clean data through Kafka, ingested, v1 trained and deployed (reason ``initial``); returns the run and cursor."""
+    produce_frame(settings, data.spec, data.clean)
+    cursor, clean_days = ingest_until_drained(settings, instance, None)
+    first = run_pipeline(settings, DATASET, sorted(clean_days), reason=TrainingReason.INITIAL, instance=instance)
+    if first.deployment is None:
+        raise RuntimeError(f"v1 was not deployed: {first.gate_reason}")
+    return first, cursor
+
+
+def _drift_arrives(
+    settings: RiverbedSettings,
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    data: ScenarioData,
+    cursor: str,
+    gateway: httpx.Client,
+) -> set[str]:
+    """Drifted data through Kafka and materialised; predictions on clean, then drifted records. The drifted days."""
+    spec = data.spec
+    produce_frame(settings, spec, data.drifted)
+    _, drift_days = ingest_until_drained(settings, instance, cursor)
+    defs.resolve_job_def(names.ingest_job(DATASET)).execute_in_process(
+        instance=instance,
+        run_config=QUIET_LOGGING,
+        tags={RANGE_START_TAG: min(drift_days), RANGE_END_TAG: max(drift_days)},
+    )
+    chunk = spec.monitoring.chunk_size
+    for frame in (data.clean.tail(2 * chunk), data.drifted.head(3 * chunk)):
+        records = records_with_ids(spec, frame)
+        for start in range(0, len(records), 100):
+            body = {"records": records[start : start + 100], "explain": False}
+            gateway.post(f"/v1/{DATASET}/predict", json=body).raise_for_status()
+    return drift_days
+
+
+def _monitor_today(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[str, list[str]]:
+    """Monitoring of today's predictions (NannyML); the drifted features by chunk."""
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    monitored = defs.resolve_job_def(names.monitor_job(DATASET)).execute_in_process(
+        instance=instance, partition_key=today, run_config=QUIET_LOGGING
+    )
+    metadata = monitored.get_asset_materialization_events()[0].materialization.metadata
+    drifted = metadata["drifted_features"].value
+    return dict(drifted) if isinstance(drifted, dict) else {}
+
+
+def _compare(
+    settings: RiverbedSettings, spec: DatasetSpec, outcome: DriftDemoOutcome, name: str, console: Any
+) -> pd.DataFrame:
+    """v1 and v2 on records neither trained on; returns those records."""
+    window = unseen_drifted_records(spec)
+    for version in (outcome.v1, outcome.v2):
+        if version is not None:
+            outcome.metrics[f"v{version}"] = holdout_metrics(settings, spec, window, name, version)
+    table_rows = ", ".join(
+        f"v{v}: ROC AUC {m.get('roc_auc', float('nan')):.4f}, accuracy {m.get('accuracy', float('nan')):.4f}"
+        for v, m in ((v, outcome.metrics[f"v{v}"]) for v in (outcome.v1, outcome.v2) if v is not None)
+    )
+    console.print(f"on {len(window):,} unseen drifted records: {table_rows}")
+    return window
+
+
 def run_drift_demo(base: RiverbedSettings, console: Any) -> DriftDemoOutcome:
     """The whole scenario, printing each step; state is left in ``<home>/drift-demo``."""
-    import dagster as dg
-    import httpx
-
-    from platform_assets.definitions import build_definitions
-    from platform_assets.runner import QUIET_LOGGING, local_instance, run_pipeline
-    from riverbed.cli.kafka import start_mock_cluster
-    from riverbed.cli.stack import ServingStack
-    from riverbed.records import TrainingReason
-    from riverbed.stack_file import inference_log_dsn
-    from sensors.retraining import build_retraining_sensor
-    from serving.api_keys import create_api_key
-
     home = base.home / "drift-demo"
     shutil.rmtree(home, ignore_errors=True)
     broker, address = start_mock_cluster()
@@ -152,11 +229,7 @@ def run_drift_demo(base: RiverbedSettings, console: Any) -> DriftDemoOutcome:
     console.print(f"state: {home}   broker (mock cluster): {address}")
 
     with console.status("clean data through Kafka, ingest, train v1..."):
-        produce_frame(settings, spec, data.clean)
-        cursor, clean_days = ingest_until_drained(settings, instance, None)
-        first = run_pipeline(settings, DATASET, sorted(clean_days), reason=TrainingReason.INITIAL, instance=instance)
-    if first.deployment is None:
-        raise RuntimeError(f"v1 was not deployed: {first.gate_reason}")
+        first, cursor = _train_v1(settings, instance, data)
     outcome = DriftDemoOutcome(v1=first.model.version)
     console.print(f"v{outcome.v1} trained on {len(data.clean):,} clean records and deployed")
 
@@ -165,71 +238,39 @@ def run_drift_demo(base: RiverbedSettings, console: Any) -> DriftDemoOutcome:
     try:
         serving = settings.model_copy(update={"mlserver_url": stack.mlserver_url})
         dsn = inference_log_dsn(serving)
-        key = create_api_key(dsn, ["predict"], "drift-demo").key
-        headers = {"Authorization": f"Bearer {key}"}
+        headers = {"Authorization": f"Bearer {create_api_key(dsn, ['predict'], 'drift-demo').key}"}
         first_drifted = time.perf_counter()
-        with console.status("drifted data through Kafka; predictions on clean, then drifted records..."):
-            produce_frame(settings, spec, data.drifted)
-            cursor, drift_days = ingest_until_drained(settings, instance, cursor)
-            defs = build_definitions(serving)
-            defs.resolve_job_def(f"ingest_{DATASET}").execute_in_process(
-                instance=instance,
-                run_config=QUIET_LOGGING,
-                tags={
-                    "dagster/asset_partition_range_start": min(drift_days),
-                    "dagster/asset_partition_range_end": max(drift_days),
-                },
-            )
-            chunk = spec.monitoring.chunk_size
-            with httpx.Client(base_url=stack.gateway_url, headers=headers, timeout=60) as client:
-                for frame in (data.clean.tail(2 * chunk), data.drifted.head(3 * chunk)):
-                    records = records_with_ids(spec, frame)
-                    for start in range(0, len(records), 100):
-                        body = {"records": records[start : start + 100], "explain": False}
-                        client.post(f"/v1/{DATASET}/predict", json=body).raise_for_status()
+        defs = build_definitions(serving)
+        with (
+            console.status("drifted data through Kafka; predictions on clean, then drifted records..."),
+            httpx.Client(base_url=stack.gateway_url, headers=headers, timeout=60) as gateway,
+        ):
+            drift_days = _drift_arrives(settings, instance, defs, data, cursor, gateway)
         console.print(
-            f"{len(data.drifted):,} drifted records landed for {len(drift_days)} days; {5 * chunk} predictions"
+            f"{len(data.drifted):,} drifted records landed for {len(drift_days)} days; "
+            f"{5 * spec.monitoring.chunk_size} predictions"
         )
 
         with console.status("monitoring today's predictions (NannyML)..."):
-            today = dt.datetime.now(dt.UTC).date().isoformat()
-            monitored = defs.resolve_job_def(f"monitor_{DATASET}").execute_in_process(
-                instance=instance, partition_key=today, run_config=QUIET_LOGGING
-            )
-        metadata = monitored.get_asset_materialization_events()[0].materialization.metadata
-        outcome.drifted_features = metadata["drifted_features"].value
+            outcome.drifted_features = _monitor_today(defs, instance)
         console.print(f"drift found (chunk -> features): {outcome.drifted_features or 'none'}")
 
-        sensor = build_retraining_sensor(spec, lambda: dsn)
-        with dg.build_sensor_context(instance=instance) as context:
-            decision = sensor(context)
+        decision = retraining_tick(defs, instance, dsn)
         if not isinstance(decision, dg.SensorResult):
             raise RuntimeError(f"no retraining requested: {decision.skip_message}")
-        (request,) = decision.run_requests
-        outcome.reason = request.tags["riverbed/reason"]
-        outcome.trigger = request.tags["riverbed/trigger"]
+        (request,) = decision.run_requests or []
+        outcome.reason, outcome.trigger = request.tags[RunTag.REASON], request.tags[RunTag.TRIGGER]
         console.print(f"retraining requested: reason [bold]{outcome.reason}[/bold], evidence {outcome.trigger}")
 
         with console.status("retraining, gate, hot swap (requests keep flowing)..."):
-            train = defs.resolve_job_def(f"train_{DATASET}").execute_in_process(
+            train = defs.resolve_job_def(names.train_job(DATASET)).execute_in_process(
                 instance=instance, tags=dict(request.tags), run_config=QUIET_LOGGING, raise_on_error=False
             )
         outcome.seconds_to_v2 = time.perf_counter() - first_drifted
         if not train.success:
             raise RuntimeError("the retraining run failed or its candidate was kept out by the gate")
-        outcome.v2 = train.asset_value(dg.AssetKey(f"model_{DATASET}")).version
-        window = unseen_drifted_records(spec)
-        name = first.model.registered_model_name
-        for version in (outcome.v1, outcome.v2):
-            outcome.metrics[f"v{version}"] = holdout_metrics(settings, spec, window, name, version)
-        table_rows = ", ".join(
-            f"v{v}: ROC AUC {m.get('roc_auc', float('nan')):.4f}, accuracy {m.get('accuracy', float('nan')):.4f}"
-            for v, m in (
-                (outcome.v1, outcome.metrics[f"v{outcome.v1}"]),
-                (outcome.v2, outcome.metrics[f"v{outcome.v2}"]),
-            )
-        )
-        console.print(f"on {len(window):,} unseen drifted records: {table_rows}")
+        outcome.v2 = train.asset_value(asset_key(Stage.MODEL, DATASET)).version
+        window = _compare(settings, spec, outcome, first.model.registered_model_name, console)
         with httpx.Client(base_url=stack.gateway_url, headers=headers, timeout=60) as client:
             time.sleep(2)
             served = client.post(f"/v1/{DATASET}/predict", json=gateway_records(spec, window.head(1))[0]).json()

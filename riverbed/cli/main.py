@@ -13,14 +13,19 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from riverbed.cli import kafka, serving
-from riverbed.settings import PROJECT_ROOT, get_settings
+from riverbed.records import TrainingReason
+from riverbed.settings import PROJECT_ROOT, RiverbedSettings, get_settings
+from riverbed.specs import SpecError, load_spec_file, load_specs
+
+if TYPE_CHECKING:
+    from platform_assets.runner import PipelineRun  # Dagster (~2 s): imported by the commands that run it
 
 app = typer.Typer(help="Riverbed: an ML data platform on a Dagster asset graph.", no_args_is_help=True)
 specs_app = typer.Typer(help="Dataset specs.", no_args_is_help=True)
@@ -50,8 +55,6 @@ def _quiet_environment() -> None:
 @specs_app.command("list")
 def specs_list() -> None:
     """List the dataset specs Riverbed finds, with their features and target."""
-    from riverbed.specs import load_specs
-
     specs = load_specs(get_settings().specs_dirs)
     table = Table("dataset", "features", "target (positive)", "protected", "source")
     for spec in specs.values():
@@ -68,8 +71,6 @@ def specs_list() -> None:
 @specs_app.command("check")
 def specs_check(paths: Annotated[list[Path], typer.Argument(help="Spec files to validate.")]) -> None:
     """Validate spec files; exits 1 naming the file, field and rule of every mistake."""
-    from riverbed.specs import SpecError, load_spec_file
-
     failed = False
     for path in paths:
         try:
@@ -94,9 +95,7 @@ def demo(
 ) -> None:
     """Run the main job headless (ingest, featurise, train, gate, deploy), then serve and audit predictions."""
     _quiet_environment()
-    from platform_assets.runner import JobFailedError, demo_partitions, run_pipeline
-    from riverbed.records import TrainingReason
-    from riverbed.specs import load_specs
+    from platform_assets.runner import JobFailedError, demo_partitions, run_pipeline  # Dagster (~2 s)
 
     settings = get_settings()
     specs = load_specs(settings.specs_dirs)
@@ -121,7 +120,7 @@ def demo(
         raise typer.Exit(1) from None
     _print_summary(run, settings)
     if serve:
-        from riverbed.cli.demo_serving import exercise_serving
+        from riverbed.cli.demo_serving import exercise_serving  # the gateway's client side: only with --serve
 
         console.rule(f"Serving {dataset}: predictions with explanations, audit log")
         try:
@@ -132,7 +131,7 @@ def demo(
         if not summary.get("chain_ok"):
             raise typer.Exit(1)
     if drift:
-        from riverbed.cli.drift_demo import run_drift_demo
+        from riverbed.cli.drift_demo import run_drift_demo  # Dagster, the code location (~2 s): only with --drift
 
         console.rule("Drift scenario: machine_failure over Kafka, monitoring, automatic retraining")
         try:
@@ -143,8 +142,8 @@ def demo(
     console.print("[green]demo finished[/green]")
 
 
-def _print_summary(run, settings) -> None:
-    from platform_assets.environments import build_resources
+def _print_summary(run: PipelineRun, settings: RiverbedSettings) -> None:
+    from platform_assets.environments import build_resources  # Dagster (~2 s), loaded by the demo already
 
     store = build_resources(settings)["data_store"].get_store()
     commits = store.log(store.main_branch, limit=10_000)
@@ -195,7 +194,7 @@ def _print_summary(run, settings) -> None:
 def dev(port: Annotated[int, typer.Option(help="Dagster UI port.")] = 3000) -> None:
     """Start the Dagster UI (``dagster dev``) over the local state; Ctrl-C stops it."""
     _quiet_environment()
-    from platform_assets.runner import prepare_dagster_home
+    from platform_assets.runner import prepare_dagster_home  # Dagster (~2 s): not for `riverbed --help`
 
     prepare_dagster_home(get_settings())
     command = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-p", str(port)]

@@ -149,7 +149,8 @@ def _event_time(value: Any) -> dt.datetime | None:
         return None
     stamp = pd.Timestamp(value)
     stamp = stamp.tz_convert("UTC") if stamp.tzinfo else stamp.tz_localize("UTC")
-    return stamp.to_pydatetime()
+    moment: dt.datetime = stamp.to_pydatetime()  # pandas is untyped here (no pandas-stubs)
+    return moment
 
 
 def produce_records(

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from riverbed.names import PREVIOUS_ALIAS
 from riverbed.settings import RiverbedSettings, get_settings
 from serving.embedded_postgres import resolve_inference_log_dsn
 
@@ -145,7 +146,7 @@ StatusOpt = Annotated[str | None, typer.Option(help="ok, rejected or failed.")]
 def audit_show(request_id: Annotated[str, typer.Argument(help="The X-Request-ID of a request.")]) -> None:
     """Show one request with its lineage (model version -> MLflow run -> data commits -> Dagster run)."""
     from serving.audit_queries import get_prediction
-    from serving.gateway.audit_routes import lineage_of
+    from serving.gateway.lineage import lineage_of
 
     with inference_log_dsn() as dsn:
         row = asyncio.run(_with_pool(dsn, lambda pool: get_prediction(pool, request_id)))
@@ -274,7 +275,9 @@ def serve(
 
 def rollback(
     dataset: Annotated[str, typer.Argument(help="Dataset whose champion to re-point.")],
-    to: Annotated[int | None, typer.Option("--to", help="Version to serve (default: the 'previous' alias).")] = None,
+    to: Annotated[
+        int | None, typer.Option("--to", help=f"Version to serve (default: the '{PREVIOUS_ALIAS}' alias).")
+    ] = None,
 ) -> None:
     """Re-point the champion alias to an earlier version and hot-swap it into MLServer."""
     from platform_assets.deployment import DeploymentError, rollback_deployment

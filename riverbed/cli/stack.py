@@ -149,9 +149,11 @@ class ServingStack:
 
     def _install_champion(self, spec: Any) -> Any:
         """Install the MLflow ``champion`` of a dataset that has no deployment pointer yet (None if none)."""
-        from platform_assets.deployment import CHAMPION_ALIAS, deploy_model_version, mlflow_client, registered_aliases
-        from resources.mlflow_resource import MlflowTrackingResource
+        from platform_assets.deployment import deploy_model_version
+        from platform_assets.model_registry import registered_aliases
+        from resources.mlflow_resource import MlflowTrackingResource, mlflow_client
         from resources.mlserver_admin import MLServerAdmin
+        from riverbed.names import CHAMPION_ALIAS
 
         tracking_uri = self.settings.resolved_mlflow_tracking_uri
         name = MlflowTrackingResource(tracking_uri=tracking_uri).registered_model_name(spec.name)
@@ -215,7 +217,7 @@ class ServingStack:
             **self.gateway_env,
         }
         command = [
-            sys.executable, "-m", "uvicorn", "--factory", "serving.gateway.app:create_app",
+            sys.executable, "-m", "uvicorn", "--factory", "serving.gateway.main:create_app",
             "--host", self.settings.gateway_host, "--port", str(self.gateway_port),
             "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
         ]  # fmt: skip

@@ -135,7 +135,8 @@ def _labels(spec: DatasetSpec, frame: pd.DataFrame, role: str) -> np.ndarray:
             f"dataset {spec.name!r}: target {spec.target.name!r} in the {role} frame must be 0/1 "
             f"(1 = {spec.target.positive_class!r}) with no missing values"
         )
-    return target.astype(int).to_numpy()
+    labels: np.ndarray = target.astype(int).to_numpy()  # pandas is untyped here (no pandas-stubs)
+    return labels
 
 
 def _score(metric: str, y_true: np.ndarray, probabilities: np.ndarray) -> float:

@@ -2,18 +2,29 @@
 
 ``produce`` only appends to librdkafka's bounded in-memory queue (microseconds); a background task serves
 delivery callbacks. Kafka being down or slow never fails a prediction and never blocks one: when the queue
-is full the event is dropped and counted (it remains in the inference log).
+is full the event is dropped and counted (it remains in the inference log). :func:`start_event_publisher`
+starts the one publisher in the gateway's lifespan; :func:`prediction_events` builds a request's events.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import orjson
+from confluent_kafka import Producer
+
+from riverbed.kafka_config import KafkaNotConfiguredError, client_config
+from riverbed.model_repository import DeployedModel
+from riverbed.names import TopicKind, topic_name
+from riverbed.settings import RiverbedSettings
+from riverbed.specs import DatasetSpec
+from serving.gateway.metrics import GatewayMetrics
+from serving.gateway.schemas import ParsedRequest
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +55,6 @@ class PredictionEventPublisher:
         self._poller: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        from confluent_kafka import Producer
-
         self._producer = Producer(self._config)
         self._poller = asyncio.create_task(self._poll_forever(), name="prediction-events-poller")
 
@@ -93,3 +102,50 @@ class PredictionEventPublisher:
                 break
         if queued:
             self._count("queued", queued)
+
+
+async def start_event_publisher(settings: RiverbedSettings, metrics: GatewayMetrics) -> PredictionEventPublisher | None:
+    """A started publisher of prediction events, or None when Kafka is not configured."""
+    try:
+        config = client_config(settings)
+    except KafkaNotConfiguredError:
+        logger.info("no Kafka configured: prediction events are not published (the audit log has them)")
+        return None
+    publisher = PredictionEventPublisher(
+        config,
+        lambda dataset: topic_name(dataset, TopicKind.PREDICTIONS, settings.kafka_topic_prefix),
+        lambda outcome, n: metrics.prediction_events.labels(outcome).inc(n),
+    )
+    await publisher.start()
+    logger.info("publishing prediction events to %s", config["bootstrap.servers"])
+    return publisher
+
+
+def prediction_events(
+    spec: DatasetSpec,
+    request_id: str,
+    received: dt.datetime,
+    deployment: DeployedModel,
+    parsed: ParsedRequest,
+    predictions: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """One event per predicted record (its event time defaults to when the request was received)."""
+    received_text = received.isoformat()
+    positive = spec.target.positive_class
+    events = []
+    for index, (record, prediction) in enumerate(zip(parsed.records, predictions, strict=True)):
+        event_time = getattr(record, "event_time", None)
+        events.append(
+            {
+                "dataset": spec.name,
+                "request_id": request_id,
+                "record_index": index,
+                "sample_id": prediction.get("sample_id"),
+                "event_time": event_time.isoformat() if event_time is not None else received_text,
+                "model_name": deployment.registered_model_name,
+                "model_version": deployment.version,
+                "label": prediction["label"],
+                "probability": prediction["probabilities"][positive],
+            }
+        )
+    return events

@@ -48,7 +48,7 @@ def _feature_field(feature: FeatureSpec) -> tuple[Any, Any]:
     constraints: dict[str, Any] = {"description": feature.description or None}
     if feature.type is FeatureType.CATEGORY:
         categories = tuple(feature.categories or ())
-        annotation: Any = Literal[categories] if categories else str  # type: ignore[valid-type]
+        annotation: Any = Literal[categories] if categories else str
     else:
         annotation = int if feature.type is FeatureType.INTEGER else float
         if feature.minimum is not None:
@@ -92,7 +92,7 @@ def build_schemas(spec: DatasetSpec) -> DatasetSchemas:
         dt.datetime | None,
         Field(default=None, description="When the record was observed (default: when it was received)."),
     )
-    record = create_model(  # type: ignore[call-overload]
+    record = create_model(
         f"{title}Record",
         __config__=ConfigDict(extra="forbid", frozen=True),
         __doc__=f"One {spec.name} record: {spec.description}",
@@ -105,13 +105,13 @@ def build_schemas(spec: DatasetSpec) -> DatasetSchemas:
             Field(default=DEFAULT_TOP_K, ge=0, le=len(spec.features), description="How many top features to list."),
         ),
     }
-    batch = create_model(  # type: ignore[call-overload]
+    batch = create_model(
         f"{title}BatchPredictRequest",
         __config__=ConfigDict(extra="forbid"),
         records=(list[record], Field(min_length=1, description="Records to score (up to the configured maximum).")),
         **options,
     )
-    single = create_model(  # type: ignore[call-overload]
+    single = create_model(
         f"{title}PredictRequest",
         __base__=record,
         **options,
@@ -194,7 +194,10 @@ def _problems(error: ValidationError, raw: list[Any], batch: bool) -> list[Recor
     found = []
     for item in error.errors(include_url=False):
         location = list(item["loc"])
-        index = location.pop(0) if location and isinstance(location[0], int) else None
+        head = location[0] if location else None
+        index = head if isinstance(head, int) else None
+        if index is not None:
+            del location[0]
         field = ".".join(str(part) for part in location) or "record"
         value = item.get("input")
         if item["type"] == "missing":

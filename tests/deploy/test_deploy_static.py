@@ -495,7 +495,7 @@ class Block(importlib.abc.MetaPathFinder):
         if name.split(".")[0] in {"dagster", "mlflow", "optuna", "nannyml", "lakefs", "lakefs_sdk"}:
             raise ImportError(f"{name} is not in the serving image")
 sys.meta_path.insert(0, Block())
-import serving.gateway.app, serving.runtime
+import serving.gateway.main, serving.runtime
 from typer.testing import CliRunner
 from riverbed.cli import app
 result = CliRunner().invoke(app, ["apikey", "create", "--help"])

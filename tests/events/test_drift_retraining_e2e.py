@@ -17,10 +17,16 @@ import pytest
 
 from platform_assets.definitions import build_definitions
 from platform_assets.runner import local_instance, run_pipeline
-from riverbed.cli.drift_demo import DRIFT_START, ingest_until_drained, produce_frame, records_with_ids, scenario_data
+from riverbed.cli.drift_demo import (
+    DRIFT_START,
+    ingest_until_drained,
+    produce_frame,
+    records_with_ids,
+    retraining_tick,
+    scenario_data,
+)
 from riverbed.records import TrainingReason
 from riverbed.settings import PROJECT_ROOT, RiverbedSettings
-from sensors.retraining import build_retraining_sensor
 
 DATASET = "machine_failure"
 FIRST_DAY = dt.date(2026, 10, 1)
@@ -107,10 +113,8 @@ def test_drift_triggers_retraining_and_v2_replaces_v1_without_a_failed_request(
         assert {"torque_nm"} <= set(drifted_by_chunk.get("4", [])), drifted_by_chunk
         assert not drifted_by_chunk.get("0"), drifted_by_chunk  # clean chunks stay quiet
 
-        # 4. The retraining sensor asks for a run with reason drift and the numbers as tags.
-        sensor = build_retraining_sensor(spec, lambda: postgres_dsn)
-        with dg.build_sensor_context(instance=instance) as context:
-            decision = sensor(context)
+        # 4. The retraining sensor (the code location's) asks for a run with reason drift and the numbers as tags.
+        decision = retraining_tick(defs, instance, postgres_dsn)
         assert isinstance(decision, dg.SensorResult), decision
         (request,) = decision.run_requests
         assert request.tags["riverbed/reason"] == "drift"

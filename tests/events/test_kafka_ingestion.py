@@ -20,16 +20,17 @@ import pandas as pd
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from platform_assets.dataset_assets import raw_asset_key
+from platform_assets.dataset_assets import build_dataset_definitions
 from platform_assets.definitions import build_definitions
 from platform_assets.environments import build_resources
 from platform_assets.runner import local_instance
+from platform_assets.stages import asset_key
 from resources import landing_zone
 from resources.versioned_io_manager import materialized_commit, parquet_to_dataframe, table_path
 from resources.versioned_store import VersionedStore
 from riverbed.events import DeadLetter
 from riverbed.generators import generate_machine_failure
-from riverbed.names import TopicKind, topic_name
+from riverbed.names import Stage, TopicKind, topic_name
 from riverbed.settings import PROJECT_ROOT, RiverbedSettings
 from riverbed.specs import DatasetSpec, load_specs
 from sensors.kafka_ingestion import (
@@ -65,7 +66,7 @@ class Env:
         return topic_name(DATASET, TopicKind.RAW, prefix=self.settings.kafka_topic_prefix)
 
     def tick(self, cursor: str | None, limits: IngestionLimits | None = None):
-        sensor = build_kafka_ingestion_sensor(self.spec, limits)
+        sensor = build_kafka_ingestion_sensor(self.spec, build_dataset_definitions(self.spec).ingest_job, limits)
         resources = {"data_store": self.resources["data_store"], "kafka": self.resources["kafka"]}
         with dg.build_sensor_context(cursor=cursor, instance=self.instance, resources=resources) as context:
             return sensor(context)
@@ -252,6 +253,7 @@ def test_unreachable_broker_skips_quickly_and_keeps_the_cursor(tmp_path: Path) -
 _TICK_SCRIPT = """
 import json, sys
 import dagster as dg
+from platform_assets.dataset_assets import build_dataset_definitions
 from platform_assets.environments import build_resources
 from riverbed.settings import RiverbedSettings
 from riverbed.specs import load_specs
@@ -260,7 +262,8 @@ from sensors.kafka_ingestion import IngestionLimits, build_kafka_ingestion_senso
 settings = RiverbedSettings.model_validate_json(sys.argv[1])
 cursor = sys.argv[2] or None
 spec = load_specs(settings.specs_dirs)["machine_failure"]
-sensor = build_kafka_ingestion_sensor(spec, IngestionLimits(max_records=int(sys.argv[3])))
+ingest_job = build_dataset_definitions(spec).ingest_job
+sensor = build_kafka_ingestion_sensor(spec, ingest_job, IngestionLimits(max_records=int(sys.argv[3])))
 resources = build_resources(settings)
 needed = {"data_store": resources["data_store"], "kafka": resources["kafka"]}
 with dg.build_sensor_context(cursor=cursor, resources=needed) as context:
@@ -328,8 +331,8 @@ def test_a_crash_during_consumption_or_after_landing_loses_and_duplicates_nothin
     assert raw_steps, "the raw step did not succeed"
     ids: list[str] = []
     for day in days:
-        commit, _ = materialized_commit(instance, raw_asset_key(DATASET), day)
-        frame = parquet_to_dataframe(env.store.get_object(commit, table_path(raw_asset_key(DATASET), day)))
+        commit, _ = materialized_commit(instance, asset_key(Stage.RAW, DATASET), day)
+        frame = parquet_to_dataframe(env.store.get_object(commit, table_path(asset_key(Stage.RAW, DATASET), day)))
         ids.extend(frame[env.spec.record_id.name])
     assert len(ids) == len(set(ids)) == 5000
     assert set(ids) == set(rows[env.spec.record_id.name])

@@ -3,30 +3,25 @@
 The hot swap against a real ``mlserver start`` is the slow test at the end.
 """
 
+import re
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
-from serving.routing import RoutedInferenceClient
 
 from platform_assets.definitions import build_definitions
-from platform_assets.deployment import (
-    CHAMPION_ALIAS,
-    GATE_CHECK_NAME,
-    GATE_REASON_TAG,
-    GATE_TAG,
-    PREVIOUS_ALIAS,
-    RollbackError,
-    decide_promotion,
-    largest_disparity,
-    rollback_deployment,
-)
+from platform_assets.deployment import RollbackError, rollback_deployment
 from platform_assets.model_registry import list_model_versions
-from platform_assets.runner import QUIET_LOGGING, local_instance, run_pipeline
+from platform_assets.promotion_gate import decide_promotion, largest_disparity
+from platform_assets.runner import local_instance, run_pipeline, train_run_config
 from resources.mlserver_admin import MLServerAdmin
+from riverbed import names
 from riverbed.cli.mlserver_process import MLServerProcess, free_port
-from riverbed.model_repository import ModelRepository
+from riverbed.model_repository import DeployedModel, ModelRepository
+from riverbed.names import CHAMPION_ALIAS, PREVIOUS_ALIAS, GateVerdict, MlflowTag
 from riverbed.settings import RiverbedSettings
 from riverbed.specs import PromotionGateSpec
 from tests.platform_assets.loan_dataset import LOAN_DATASET, LOAN_PARTITIONS, write_loan_dataset
@@ -48,13 +43,14 @@ def settings(tmp_path: Path) -> RiverbedSettings:
 
 
 def _train(settings: RiverbedSettings, instance, gate: dict | None = None, seed: int = 1):
-    ops = {f"model_{DATASET}": {"config": {**FAST_TRAINING, "seed": seed}}}
-    if gate:
-        ops[f"model_{DATASET}_{GATE_CHECK_NAME}"] = {"config": gate}
     return (
         build_definitions(settings)
-        .resolve_job_def(f"train_{DATASET}")
-        .execute_in_process(instance=instance, run_config={**QUIET_LOGGING, "ops": ops}, raise_on_error=False)
+        .resolve_job_def(names.train_job(DATASET))
+        .execute_in_process(
+            instance=instance,
+            run_config=train_run_config(DATASET, {**FAST_TRAINING, "seed": seed}, gate),
+            raise_on_error=False,
+        )
     )
 
 
@@ -116,7 +112,7 @@ def test_gate_deploys_the_first_model_blocks_a_worse_one_and_rollback_repoints(s
     assert pointer.training_set_commit_id == first.model.training_set_commit_id
     assert pointer.classes == ["no", "yes"] and pointer.features == ["amount", "term", "region"]
     assert repository.installed_models() == [f"{DATASET}-v1"]
-    assert client.get_model_version(name, "1").tags[GATE_TAG] == "passed"
+    assert client.get_model_version(name, "1").tags[MlflowTag.GATE] == GateVerdict.PASSED
 
     # 2. A candidate that must beat the champion by 0.5 ROC AUC fails the blocking check: no deployment.
     blocked = _train(settings, instance, gate={"min_improvement": 0.5, "max_fairness_disparity": 0.0}, seed=2)
@@ -130,9 +126,9 @@ def test_gate_deploys_the_first_model_blocks_a_worse_one_and_rollback_repoints(s
     assert {"candidate_score", "champion_score", "margin", "disparity", "reason"} <= set(metadata)
     assert metadata["champion_version"] == 1 and metadata["candidate_version"] == 2
     tags = client.get_model_version(name, "2").tags
-    assert tags[GATE_TAG] == "failed" and "does not beat the champion" in tags[GATE_REASON_TAG]
+    assert tags[MlflowTag.GATE] == GateVerdict.FAILED and "does not beat the champion" in tags[MlflowTag.GATE_REASON]
     if metadata["disparity"] > 0.0:  # the 0.0 fairness bound fails too, unless the model's selection rates are equal
-        assert "demographic parity difference" in tags[GATE_REASON_TAG]
+        assert "demographic parity difference" in tags[MlflowTag.GATE_REASON]
     assert _aliases(settings) == {CHAMPION_ALIAS: "1"}
     assert repository.read_deployment(DATASET).version == 1
 
@@ -176,6 +172,37 @@ def test_rollback_without_a_previous_version_is_a_clear_error(settings: Riverbed
         rollback_deployment(DATASET, None, settings=settings)
 
 
+_MODEL_GONE = re.compile(r"not found|not ready|unavailable|not loaded", re.IGNORECASE)
+
+
+class PointerInferenceClient:
+    """V2 inference on whatever the dataset's deployment pointer names; on a model-gone answer (the old model was
+    unloaded between reading the pointer and the request), re-read the pointer and retry once."""
+
+    def __init__(self, mlserver_url: str, repository: ModelRepository) -> None:
+        self.repository = repository
+        self._http = httpx.Client(base_url=mlserver_url.rstrip("/"), timeout=30.0)
+
+    def __enter__(self) -> "PointerInferenceClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._http.close()
+
+    def _deployment(self, dataset: str) -> DeployedModel:
+        deployment = self.repository.read_deployment(dataset)
+        assert deployment is not None, f"no deployment pointer for {dataset}"
+        return deployment
+
+    def infer(self, dataset: str, payload: dict[str, Any]) -> tuple[DeployedModel, httpx.Response]:
+        deployment = self._deployment(dataset)
+        response = self._http.post(f"/v2/models/{deployment.served_model_name}/infer", json=payload)
+        if response.status_code in (400, 404) and _MODEL_GONE.search(response.text):
+            deployment = self._deployment(dataset)
+            response = self._http.post(f"/v2/models/{deployment.served_model_name}/infer", json=payload)
+        return deployment, response
+
+
 def _infer_payload() -> dict:
     return {
         "parameters": {"content_type": "pd"},
@@ -203,7 +230,7 @@ def test_hot_swap_under_load_fails_no_request(settings: RiverbedSettings, tmp_pa
         stop = threading.Event()
 
         def fire() -> None:
-            with RoutedInferenceClient(mlserver.url, repository) as client:
+            with PointerInferenceClient(mlserver.url, repository) as client:
                 while not stop.is_set():
                     deployment, response = client.infer(DATASET, _infer_payload())
                     if response.status_code == 200:

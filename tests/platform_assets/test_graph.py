@@ -7,11 +7,12 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from platform_assets.dataset_assets import features_asset_key, raw_asset_key
 from platform_assets.definitions import build_definitions
 from platform_assets.environments import build_resources
 from platform_assets.runner import demo_partitions, local_instance, run_pipeline
+from platform_assets.stages import asset_key
 from resources.versioned_io_manager import materialized_commit, table_path
+from riverbed.names import Stage
 from riverbed.records import TrainingReason
 from riverbed.settings import RiverbedSettings
 from riverbed.specs import load_specs
@@ -56,7 +57,7 @@ def test_salary_band_runs_from_raw_to_registered_model(local_settings: RiverbedS
 
     # The training set records the commit the features of each partition were read at.
     for key in partitions:
-        commit, uri = materialized_commit(instance, features_asset_key("salary_band"), key)
+        commit, uri = materialized_commit(instance, asset_key(Stage.FEATURES, "salary_band"), key)
         assert model.data_commit_ids[key] == commit
         assert uri.startswith(f"lakefs://{store.repository}/{commit}/")
 
@@ -85,8 +86,8 @@ def test_salary_band_runs_from_raw_to_registered_model(local_settings: RiverbedS
 
     # Rejected records are kept with reasons, not dropped (Adult has none by default; the table exists).
     rejected = store.get_object(
-        materialized_commit(instance, raw_asset_key("salary_band"), partitions[0])[0],
-        table_path(raw_asset_key("salary_band"), partitions[0], companion="rejected"),
+        materialized_commit(instance, asset_key(Stage.RAW, "salary_band"), partitions[0])[0],
+        table_path(asset_key(Stage.RAW, "salary_band"), partitions[0], companion="rejected"),
     )
     assert "rejection_reasons" in pd.read_parquet(io.BytesIO(rejected)).columns
 
@@ -106,24 +107,31 @@ def test_downstream_reads_the_pinned_commit_not_the_branch_head(local_settings: 
     key = demo_partitions(spec, 1)[0]
     instance = local_instance(local_settings)
     defs = build_definitions(local_settings)
-    assets = [defs.resolve_assets_def(raw_asset_key("salary_band")), defs.resolve_assets_def("features_salary_band")]
+    assets = [
+        defs.resolve_assets_def(asset_key(Stage.RAW, "salary_band")),
+        defs.resolve_assets_def("features_salary_band"),
+    ]
     resources = build_resources(local_settings)
     dg.materialize(assets[:1], instance=instance, resources=resources, partition_key=key)
-    commit, _ = materialized_commit(instance, raw_asset_key("salary_band"), key)
+    commit, _ = materialized_commit(instance, asset_key(Stage.RAW, "salary_band"), key)
     store = resources["data_store"].get_store()
     pinned_rows = len(
-        pd.read_parquet(io.BytesIO(store.get_object(commit, table_path(raw_asset_key("salary_band"), key))))
+        pd.read_parquet(io.BytesIO(store.get_object(commit, table_path(asset_key(Stage.RAW, "salary_band"), key))))
     )
 
     # Someone overwrites the partition on main outside Dagster: the head moves, the recorded commit does not.
     with store.transaction("tamper") as tx:
-        store.put_object(tx.branch, table_path(raw_asset_key("salary_band"), key), b"not parquet")
+        store.put_object(tx.branch, table_path(asset_key(Stage.RAW, "salary_band"), key), b"not parquet")
         store.commit_into(tx, "overwrite outside dagster")
 
     result = dg.materialize(
-        assets, instance=instance, resources=resources, partition_key=key, selection=[features_asset_key("salary_band")]
+        assets,
+        instance=instance,
+        resources=resources,
+        partition_key=key,
+        selection=[asset_key(Stage.FEATURES, "salary_band")],
     )
-    features = result.asset_value(features_asset_key("salary_band"))
+    features = result.asset_value(asset_key(Stage.FEATURES, "salary_band"))
     assert len(features) == pinned_rows > 0
 
 

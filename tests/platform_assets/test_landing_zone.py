@@ -4,18 +4,20 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from platform_assets.dataset_assets import raw_asset_key
 from platform_assets.definitions import build_definitions
 from platform_assets.environments import build_resources
 from platform_assets.runner import local_instance
+from platform_assets.stages import asset_key
 from resources import landing_zone
 from resources.landing_zone import OFFSET_COLUMN, PARTITION_COLUMN, LandingBatch, land_batches
 from resources.versioned_io_manager import materialized_commit, parquet_to_dataframe, table_path
+from riverbed.names import Stage
 from riverbed.settings import PROJECT_ROOT, RiverbedSettings
 from riverbed.sources import load_source_records
 from riverbed.specs import load_specs
 
 DATASET = "machine_failure"
+RAW_KEY = asset_key(Stage.RAW, DATASET)
 
 
 def _records(ids: list[str], day: str, partition: int, offsets: list[int], torque: float = 40.0) -> pd.DataFrame:
@@ -72,12 +74,12 @@ def test_raw_asset_reads_landed_days_and_the_source_for_the_others(local_setting
     landed = land_batches(store, DATASET, [_batch("2026-10-02", 0, 0, 3, ["k1", "k2", "k3", "k2"])], "land")
     defs = build_definitions(local_settings)
     instance = local_instance(local_settings)
-    raw = defs.resolve_assets_def(raw_asset_key(DATASET))
+    raw = defs.resolve_assets_def(RAW_KEY)
     for day, expect_landed in (("2026-10-02", True), ("2026-10-03", False)):
         result = dg.materialize([raw], instance=instance, resources=resources, partition_key=day)
         assert result.success
-        commit, _ = materialized_commit(instance, raw_asset_key(DATASET), day)
-        frame = parquet_to_dataframe(store.get_object(commit, table_path(raw_asset_key(DATASET), day)))
+        commit, _ = materialized_commit(instance, RAW_KEY, day)
+        frame = parquet_to_dataframe(store.get_object(commit, table_path(RAW_KEY, day)))
         metadata = result.asset_materializations_for_node(raw.node_def.name)[0].metadata
         if expect_landed:
             assert sorted(frame["record_id"]) == ["k1", "k2", "k3"]

@@ -7,12 +7,15 @@ import dagster as dg
 import psycopg
 import pytest
 
+from resources.inference_log_resource import InferenceLogResource
+from riverbed import names
 from riverbed.records import TrainingReason
 from riverbed.specs import RetrainingSpec, parse_spec
 from sensors.retraining import (
     DaySignals,
     RetrainingSignals,
     RetrainingState,
+    build_retraining_schedule,
     build_retraining_sensor,
     decide_retraining,
     monitoring_days,
@@ -149,6 +152,15 @@ SPEC = parse_spec(
 )
 
 
+TRAIN_JOB = dg.define_asset_job(names.train_job("tiny"))
+
+
+def _sensor() -> dg.SensorDefinition:
+    return build_retraining_sensor(
+        SPEC, TRAIN_JOB, model_key=dg.AssetKey("model_tiny"), raw_key=dg.AssetKey("raw_tiny")
+    )
+
+
 @pytest.fixture
 def results_dsn(postgres_dsn: str) -> str:
     from riverbed.inference_log_schema import apply_migrations
@@ -186,21 +198,30 @@ def test_sensor_requests_a_tagged_run_then_cools_down(results_dsn: str) -> None:
     )
     days = monitoring_days(results_dsn, "tiny", "roc_auc")
     assert [d.drifted_features for d in days] == [("age",), ("age",)] and days[-1].estimated_performance == 0.9
-    sensor = build_retraining_sensor(SPEC, lambda: results_dsn)
+    sensor = _sensor()
+    assert sensor.name == "retrain_tiny" and sensor.job_name == "train_tiny"
+    resources = {"inference_log": InferenceLogResource(dsn=results_dsn)}
     with dg.instance_for_test() as instance:
-        result = sensor(dg.build_sensor_context(instance=instance))
+        result = sensor(dg.build_sensor_context(instance=instance, resources=resources))
         (request,) = result.run_requests
-        assert request.tags["riverbed/reason"] == "drift"
+        assert request.run_key == "tiny:drift:2026-11-11"
+        assert request.tags["riverbed/reason"] == "drift" and request.tags["riverbed/dataset"] == "tiny"
         assert json.loads(request.tags["riverbed/trigger"])["drifted_features"] == ["age"]
-        again = sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor))
+        again = sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor, resources=resources))
         assert isinstance(again, dg.SkipReason) and "cooling down" in again.skip_message
 
 
-def test_sensor_without_a_database_skips_with_a_reason() -> None:
-    def unavailable() -> str:
-        raise RuntimeError("no inference log")
-
-    sensor = build_retraining_sensor(SPEC, unavailable)
+def test_sensor_without_a_database_skips_with_a_reason(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RIVERBED_INFERENCE_LOG_DSN", raising=False)
+    no_stack = InferenceLogResource(home=str(tmp_path))  # no DSN configured and no local stack running
     with dg.instance_for_test() as instance:
-        result = sensor(dg.build_sensor_context(instance=instance))
+        result = _sensor()(dg.build_sensor_context(instance=instance, resources={"inference_log": no_stack}))
     assert isinstance(result, dg.SkipReason)
+
+
+def test_schedule_requests_the_train_job_with_reason_schedule() -> None:
+    schedule = build_retraining_schedule(SPEC, TRAIN_JOB)
+    assert schedule is not None and schedule.name == "retrain_tiny_schedule" and schedule.job_name == "train_tiny"
+    assert dict(schedule.tags) == {"riverbed/reason": "schedule", "riverbed/dataset": "tiny"}
+    unscheduled = SPEC.model_copy(update={"retraining": SPEC.retraining.model_copy(update={"schedule_cron": None})})
+    assert build_retraining_schedule(unscheduled, TRAIN_JOB) is None

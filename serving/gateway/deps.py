@@ -1,0 +1,96 @@
+"""Dependencies of the gateway routes, as ``Annotated`` types: the gateway state, the request's id and clock,
+and the caller's API key checked for a role.
+
+The key dependencies never raise. FastAPI resolves dependencies before it validates query parameters, and the
+gateway answers a malformed query with 422 whatever the key; a predict request refused for its key is still
+recorded in the inference log. So each key dependency holds the outcome of the check (:class:`KeyCheck`) and
+the handler calls :meth:`KeyCheck.require` first.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from serving.api_keys import ApiKey
+from serving.gateway.middleware import RequestClock, clock_of, request_id_of
+from serving.gateway.schemas import RequestRejected
+from serving.gateway.state import GatewayState, running_gateway
+
+logger = logging.getLogger(__name__)
+
+ROLE_PREDICT = "predict"
+ROLE_AUDIT = "audit"
+
+
+def get_gateway(request: Request) -> GatewayState:
+    """The running gateway's state (an internal error before the lifespan has started it)."""
+    gateway = running_gateway(request.app)
+    if gateway is None:
+        raise RuntimeError("the gateway is not running: its lifespan has not started")
+    return gateway
+
+
+GatewayDep = Annotated[GatewayState, Depends(get_gateway)]
+RequestId = Annotated[str, Depends(request_id_of)]
+Clock = Annotated[RequestClock, Depends(clock_of)]
+
+
+@dataclass(frozen=True)
+class KeyCheck:
+    """The caller's API key checked for a role: the key, or the refusal (401, 403 or 503) to answer with."""
+
+    outcome: ApiKey | RequestRejected
+
+    def require(self) -> ApiKey:
+        """The key; raises the refusal if there is one."""
+        if isinstance(self.outcome, RequestRejected):
+            raise self.outcome
+        return self.outcome
+
+
+async def authenticate(request: Request, roles: tuple[str, ...]) -> ApiKey:
+    """The bearer key if it is valid and holds one of ``roles``; else :class:`RequestRejected`.
+
+    A 403 names the last of ``roles``.
+    """
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise RequestRejected(401, "missing API key: send 'Authorization: Bearer <key>'")
+    try:
+        key = await get_gateway(request).authenticator.authenticate(token.strip())
+    except Exception as error:  # database unreachable and key not cached
+        logger.warning("could not verify an API key: %s", error)
+        raise RequestRejected(503, "cannot verify the API key right now: the key store is unreachable") from None
+    if key is None:
+        raise RequestRejected(401, "invalid or revoked API key")
+    if key.roles.isdisjoint(roles):
+        raise RequestRejected(403, f"this API key lacks the '{roles[-1]}' role")
+    return key
+
+
+async def _check_key(request: Request, *roles: str) -> KeyCheck:
+    try:
+        return KeyCheck(await authenticate(request, roles))
+    except RequestRejected as refusal:
+        return KeyCheck(refusal)
+
+
+async def check_predict_key(request: Request) -> KeyCheck:
+    return await _check_key(request, ROLE_PREDICT)
+
+
+async def check_audit_key(request: Request) -> KeyCheck:
+    return await _check_key(request, ROLE_AUDIT)
+
+
+async def check_reader_key(request: Request) -> KeyCheck:
+    return await _check_key(request, ROLE_PREDICT, ROLE_AUDIT)
+
+
+PredictKey = Annotated[KeyCheck, Depends(check_predict_key)]
+AuditKey = Annotated[KeyCheck, Depends(check_audit_key)]
+ReaderKey = Annotated[KeyCheck, Depends(check_reader_key)]  # either role

@@ -1,0 +1,74 @@
+"""What the gateway answers with: JSON via orjson, and one error body for every failure (never a stack trace)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving.gateway.middleware import REQUEST_ID_HEADER, request_id_of
+from serving.gateway.schemas import ErrorResponse, RecordProblem, RequestRejected
+
+logger = logging.getLogger(__name__)
+
+
+class ORJSONResponse(JSONResponse):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+
+
+def error_response(
+    request_id: str,
+    status: int,
+    message: str,
+    problems: list[RecordProblem] | None = None,
+    headers: dict[str, str] | None = None,
+) -> ORJSONResponse:
+    """The error body: the request id, a message and every broken rule."""
+    body = ErrorResponse(request_id=request_id, error=message, problems=[p.as_dict() for p in problems or []])
+    return ORJSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+async def on_request_rejected(request: Request, error: RequestRejected) -> Response:
+    return error_response(request_id_of(request), error.status, error.message, error.problems)
+
+
+async def on_invalid_request(request: Request, error: RequestValidationError) -> Response:
+    problems = [
+        RecordProblem(
+            None, ".".join(str(p) for p in item["loc"][1:]) or str(item["loc"][0]), item.get("input"), item["msg"]
+        )
+        for item in error.errors()
+    ]
+    return error_response(request_id_of(request), 422, "invalid request", problems)
+
+
+async def on_http_error(request: Request, error: StarletteHTTPException) -> Response:
+    return error_response(request_id_of(request), error.status_code, str(error.detail))
+
+
+async def on_unexpected_error(request: Request, error: Exception) -> Response:
+    logger.exception("unexpected error in %s", request.url.path)
+    request_id = request_id_of(request)
+    # Starlette answers unhandled errors outside the middleware stack, so the id header is set here.
+    return error_response(
+        request_id,
+        500,
+        "internal error; the request id identifies it in the logs",
+        headers={REQUEST_ID_HEADER: request_id},
+    )
+
+
+def install_exception_handlers(app: FastAPI) -> None:
+    """Answer every failure with :func:`error_response`."""
+    app.exception_handler(RequestRejected)(on_request_rejected)
+    app.exception_handler(RequestValidationError)(on_invalid_request)
+    app.exception_handler(StarletteHTTPException)(on_http_error)
+    app.exception_handler(Exception)(on_unexpected_error)

@@ -1,0 +1,200 @@
+"""``POST /v1/<dataset>/predict``: one route per dataset spec, its body documented by the spec's generated models.
+
+A request for a dataset the gateway does not know reaches the hidden catch-all route and is answered 404; every
+request, served or not, is recorded in the inference log. The handler's steps: parse, score, record, respond.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.responses import Response
+
+from riverbed.model_repository import DeployedModel
+from serving.gateway.deps import Clock, GatewayDep, KeyCheck, PredictKey, RequestId
+from serving.gateway.prediction import PredictCall, loggable_inputs, predictions, record, score
+from serving.gateway.prediction_events import prediction_events
+from serving.gateway.responses import ORJSONResponse, error_response
+from serving.gateway.schemas import (
+    DatasetSchemas,
+    ErrorResponse,
+    ParsedRequest,
+    PredictResponse,
+    RecordProblem,
+    RequestRejected,
+    parse_predict_body,
+)
+from serving.gateway.state import GatewayState
+from serving.inference_log import RequestStatus
+
+ExplainQuery = Annotated[bool | None, Query(description="Override the body's 'explain' (default true).")]
+TopKQuery = Annotated[int | None, Query(description="Override the body's 'top_k' (default 5).")]
+
+PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing or invalid API key."},
+    403: {"model": ErrorResponse, "description": "The key lacks the 'predict' role."},
+    413: {"model": ErrorResponse, "description": "Too many records in one batch."},
+    422: {"model": ErrorResponse, "description": "Invalid records: each field, value and rule."},
+    503: {"model": ErrorResponse, "description": "MLServer or the inference log is unavailable."},
+}
+
+
+def predict_router(schemas: Mapping[str, DatasetSchemas]) -> APIRouter:
+    """The predict routes: one per dataset, then the catch-all for unknown datasets."""
+    router = APIRouter()
+    for dataset, dataset_schemas in schemas.items():
+        _add_dataset_route(router, dataset, dataset_schemas)
+    router.add_api_route(
+        "/v1/{dataset}/predict", predict_unknown, methods=["POST"], tags=["predict"], include_in_schema=False
+    )
+    return router
+
+
+def _add_dataset_route(router: APIRouter, dataset: str, schemas: DatasetSchemas) -> None:
+    async def predict_dataset(
+        request: Request,
+        gateway: GatewayDep,
+        key: PredictKey,
+        request_id: RequestId,
+        clock: Clock,
+        explain: ExplainQuery = None,
+        top_k: TopKQuery = None,
+    ) -> Response:
+        call = PredictCall(request_id, clock, dataset)
+        return await predict(dataset, request, gateway, key, call, explain, top_k)
+
+    router.add_api_route(
+        f"/v1/{dataset}/predict",
+        predict_dataset,
+        name=f"predict_{dataset}",
+        methods=["POST"],
+        tags=["predict"],
+        summary=f"Predict {schemas.spec.target.name} for one {dataset} record or a batch, with explanations.",
+        response_model=PredictResponse,
+        responses=PREDICT_RESPONSES,
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": schemas.openapi_body()}}}
+        },
+    )
+
+
+async def predict_unknown(
+    dataset: str,
+    request: Request,
+    gateway: GatewayDep,
+    key: PredictKey,
+    request_id: RequestId,
+    clock: Clock,
+    explain: bool | None = None,
+    top_k: int | None = None,
+) -> Response:
+    call = PredictCall(request_id, clock, dataset if dataset in gateway.specs else None)
+    return await predict(dataset, request, gateway, key, call, explain, top_k)
+
+
+async def predict(
+    dataset: str,
+    request: Request,
+    gateway: GatewayState,
+    key: KeyCheck,
+    call: PredictCall,
+    explain: bool | None,
+    top_k: int | None,
+) -> Response:
+    """One prediction: parse, score, record, respond. Every outcome is recorded in the inference log."""
+    try:
+        parsed = await _parse(dataset, request, gateway, key, call, explain, top_k)
+        deployment, scored = await score(gateway, dataset, parsed, call)
+        answers = predictions(gateway.specs[dataset], parsed, scored)
+        for answer in answers:
+            gateway.metrics.predictions.labels(dataset, answer["label"]).inc()
+    except RequestRejected as rejection:
+        return await _reject(gateway, call, rejection)
+    return await _respond(gateway, dataset, call, deployment, parsed, answers)
+
+
+async def _parse(
+    dataset: str,
+    request: Request,
+    gateway: GatewayState,
+    key: KeyCheck,
+    call: PredictCall,
+    explain: bool | None,
+    top_k: int | None,
+) -> ParsedRequest:
+    """Check the key and the dataset, then validate the body (query parameters override its options)."""
+    call.client_key_id = key.require().key_id
+    if dataset not in gateway.schemas:
+        raise RequestRejected(404, f"unknown dataset {dataset!r}; known: {sorted(gateway.schemas)}")
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as error:
+        raise RequestRejected(
+            422, "the body is not valid JSON", [RecordProblem(None, "body", None, f"invalid JSON: {error}")]
+        ) from None
+    call.inputs = loggable_inputs(body)
+    parsed = parse_predict_body(
+        gateway.schemas[dataset],
+        body,
+        max_records=gateway.settings.max_batch_records,
+        explain_query=explain,
+        top_k_query=top_k,
+    )
+    call.inputs = parsed.raw_records
+    call.timings["validate_ms"] = call.elapsed_ms()
+    return parsed
+
+
+async def _reject(gateway: GatewayState, call: PredictCall, rejection: RequestRejected) -> Response:
+    """Record the refused or failed request, then answer with the error."""
+    status = RequestStatus.FAILED if rejection.status >= 500 else RequestStatus.REJECTED
+    await record(gateway, call, status, rejection.status, rejection.message)
+    return error_response(call.request_id, rejection.status, rejection.message, rejection.problems)
+
+
+async def _respond(
+    gateway: GatewayState,
+    dataset: str,
+    call: PredictCall,
+    deployment: DeployedModel,
+    parsed: ParsedRequest,
+    answers: list[dict[str, Any]],
+) -> Response:
+    """Record the served request, publish its events, answer; a prediction that cannot be recorded is not served."""
+    call.outputs = answers
+    if not await record(gateway, call, RequestStatus.OK, 200, None):
+        return error_response(call.request_id, 503, "the prediction was not served because it could not be recorded")
+    if gateway.events is not None:
+        spec = gateway.specs[dataset]
+        gateway.events.publish(
+            dataset, prediction_events(spec, call.request_id, call.clock.received_at, deployment, parsed, answers)
+        )
+    model = {
+        "name": deployment.registered_model_name,
+        "version": deployment.version,
+        "mlflow_run_id": deployment.mlflow_run_id,
+    }
+    return ORJSONResponse({"request_id": call.request_id, "dataset": dataset, "model": model, "predictions": answers})
+
+
+def register_request_models(app: FastAPI, schemas: Mapping[str, DatasetSchemas]) -> None:
+    """Put the generated request models into the OpenAPI components so the predict bodies' $refs resolve."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        document = original()
+        components = document.setdefault("components", {}).setdefault("schemas", {})
+        for dataset_schemas in schemas.values():
+            for model in (dataset_schemas.single, dataset_schemas.batch):
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                for name, definition in schema.pop("$defs", {}).items():
+                    components.setdefault(name, definition)
+                components[model.__name__] = schema
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,47 @@
+"""The gateway's long-lived parts, created once in the lifespan and kept on ``app.state.gateway``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+
+from riverbed.settings import RiverbedSettings
+from riverbed.specs import DatasetSpec
+from serving.api_keys import ApiKeyAuthenticator
+from serving.embedded_postgres import EmbeddedPostgres
+from serving.gateway.deployments import DeploymentDirectory
+from serving.gateway.metrics import GatewayMetrics
+from serving.gateway.mlserver_client import MLServerClient
+from serving.gateway.prediction_events import PredictionEventPublisher
+from serving.gateway.schemas import DatasetSchemas
+from serving.inference_log import InferenceLogWriter
+
+
+@dataclass(frozen=True)
+class GatewayState:
+    """Everything a request handler needs that outlives a request."""
+
+    settings: RiverbedSettings
+    specs: dict[str, DatasetSpec]
+    schemas: dict[str, DatasetSchemas]
+    deployments: DeploymentDirectory
+    mlserver: MLServerClient
+    writer: InferenceLogWriter
+    authenticator: ApiKeyAuthenticator
+    metrics: GatewayMetrics
+    embedded_postgres: EmbeddedPostgres | None = None
+    events: PredictionEventPublisher | None = None  # None when no Kafka is configured
+    numeric: dict[str, set[str]] = field(default_factory=dict)  # numeric feature names per dataset
+
+
+def running_gateway(app: Starlette) -> GatewayState | None:
+    """The app's gateway state while its lifespan runs, else None."""
+    gateway = getattr(app.state, "gateway", None)
+    return gateway if isinstance(gateway, GatewayState) else None
+
+
+def running_metrics(app: Starlette) -> GatewayMetrics | None:
+    """The running gateway's metrics (None before the lifespan starts and after it ends)."""
+    gateway = running_gateway(app)
+    return gateway.metrics if gateway is not None else None
