@@ -78,6 +78,39 @@ class RiverbedSettings(BaseSettings):
         default=None, description="Fsynced spool used while PostgreSQL is unreachable (default: <home>/audit-spool)."
     )
 
+    # Bounded input: checked before any work, answered 413 / 422 naming the limit.
+    max_body_bytes: int = Field(
+        default=4 * 2**20, ge=1024, description="Largest request body, enforced while reading (Content-Length too)."
+    )
+    max_string_length: int = Field(default=1024, ge=16, description="Longest text value in a request body.")
+    max_json_depth: int = Field(default=16, ge=2, description="Deepest nesting of objects and arrays in a body.")
+
+    # The inference log's guarantees.
+    database_statement_timeout_ms: int = Field(
+        default=5000, ge=100, description="Statement and lock timeout of every inference-log connection."
+    )
+    audit_record_timeout_seconds: float = Field(
+        default=15.0, gt=0, description="Longest a request waits for its audit row before it is answered 503."
+    )
+    audit_chain_key: SecretStr | None = Field(
+        default=None, description="HMAC key of the inference-log chain (kept outside the database)."
+    )
+    audit_chain_key_file: Path | None = Field(
+        default=None, description="File holding the chain key (default: <home>/secrets/audit-chain.key, 0600)."
+    )
+    audit_checkpoint_dir: Path | None = Field(
+        default=None, description="Where signed chain-head checkpoints go (default: <home>/audit-checkpoints)."
+    )
+    audit_checkpoint_interval_seconds: float = Field(default=60.0, gt=0)
+    unauthenticated_log_per_second: float = Field(
+        default=20.0, ge=0, description="Most 401 rows logged per second; the rest are counted (metric) not logged."
+    )
+    api_key_cache_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a verified key is trusted without re-reading it (revocations are pushed).",
+    )
+
     # Kafka (events): unset bootstrap servers means the local dev broker recorded in <home>/kafka.json.
     kafka_bootstrap_servers: str | None = Field(
         default=None, description="Kafka bootstrap servers, e.g. kafka:9092 (unset: `riverbed kafka dev-broker`)."
@@ -109,6 +142,14 @@ class RiverbedSettings(BaseSettings):
     @property
     def audit_spool_path(self) -> Path:
         return (self.audit_spool_dir or self.home / "audit-spool").expanduser().resolve()
+
+    @property
+    def audit_chain_key_path(self) -> Path:
+        return (self.audit_chain_key_file or self.home / "secrets" / "audit-chain.key").expanduser().resolve()
+
+    @property
+    def audit_checkpoint_path(self) -> Path:
+        return (self.audit_checkpoint_dir or self.home / "audit-checkpoints").expanduser().resolve()
 
     @property
     def embedded_postgres_dir(self) -> Path:

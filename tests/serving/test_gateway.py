@@ -57,7 +57,12 @@ def keys(stack: ServingStack) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def client(stack: ServingStack):
     with httpx.Client(base_url=stack.gateway_url, timeout=30) as http:
+        http.riverbed_settings = stack.settings  # type: ignore[attr-defined]
         yield http
+
+
+def stack_settings(client: httpx.Client) -> RiverbedSettings:
+    return client.riverbed_settings  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +103,13 @@ def test_single_prediction_is_explained_exactly_and_on_record(client, keys, reco
     assert row["status"] == "ok" and row["http_status"] == 200
     assert row["outputs"][0]["label"] == prediction["label"]
     assert row["inputs"][0]["age"] == records[0]["age"]
-    assert lineage["model"]["version"] == "1"
-    assert lineage["mlflow_run_id"] and lineage["dagster_run_id"] and lineage["training_set_commit_id"]
-    assert len(lineage["data_commit_ids"]) == 2
+    deployed = ModelRepository(stack_settings(client).model_repository_dir).read_deployment("salary_band")
+    assert deployed is not None and deployed.version == 1
+    assert lineage["model"] == {"name": "riverbed-salary_band", "version": "1"}
+    assert lineage["mlflow_run_id"] == deployed.mlflow_run_id == row["mlflow_run_id"]
+    assert lineage["dagster_run_id"] == deployed.dagster_run_id
+    assert lineage["training_set_commit_id"] == deployed.training_set_commit_id
+    assert lineage["data_commit_ids"] == deployed.data_commit_ids and len(deployed.data_commit_ids) == 2
 
 
 def test_batch_keeps_sample_ids_and_can_skip_explanations(client, keys, records) -> None:
@@ -159,10 +168,13 @@ def test_audit_routes_need_the_audit_role(client, keys) -> None:
     assert client.get("/v1/audit/predictions").status_code == 401
 
 
-def test_models_lists_the_deployment_with_lineage(client, keys) -> None:
+def test_models_lists_the_deployment_with_lineage(stack, client, keys) -> None:
     models = client.get("/v1/models", headers=_auth(keys["predict"])).json()["models"]
     (model,) = [m for m in models if m["dataset"] == "salary_band"]
-    assert model["version"] == 1 and model["mlflow_run_id"] and model["data_commit_ids"]
+    deployed = ModelRepository(stack.settings.model_repository_dir).read_deployment("salary_band")
+    assert deployed is not None and model["version"] == deployed.version == 1
+    assert model["mlflow_run_id"] == deployed.mlflow_run_id
+    assert model["data_commit_ids"] == deployed.data_commit_ids
 
 
 def test_keyset_pages_return_every_request_once(client, keys, records) -> None:
@@ -233,9 +245,10 @@ def test_hot_swap_to_a_new_version_fails_no_request(stack, client, keys, records
     repository = ModelRepository(stack.settings.model_repository_dir)
     v2 = install_trained_model(repository, 2, trees=20, folder=stack.settings.home / "trained", point=False)
     outcomes: list[tuple[int, int | None]] = []
+    per_thread: list[list[int | None]] = [[] for _ in range(3)]
     stop = threading.Event()
 
-    def fire() -> None:
+    def fire(seen: list[int | None]) -> None:
         with httpx.Client(base_url=stack.gateway_url, timeout=30) as http:
             i = 0
             while not stop.is_set():
@@ -244,9 +257,10 @@ def test_hot_swap_to_a_new_version_fails_no_request(stack, client, keys, records
                 )
                 version = response.json()["model"]["version"] if response.status_code == 200 else None
                 outcomes.append((response.status_code, version))
+                seen.append(version)
                 i += 1
 
-    threads = [threading.Thread(target=fire) for _ in range(3)]
+    threads = [threading.Thread(target=fire, args=(seen,)) for seen in per_thread]
     for thread in threads:
         thread.start()
     time.sleep(1.0)
@@ -265,6 +279,79 @@ def test_hot_swap_to_a_new_version_fails_no_request(stack, client, keys, records
     versions = [version for _, version in outcomes]
     assert versions[0] == 1 and versions[-1] == 2
     assert versions.index(2) > 0
+    for seen in per_thread:  # once a client has been served v2, it is never served v1 again
+        assert seen == sorted(seen), seen
+
+
+def test_no_2xx_leaves_before_its_row_commits(stack, client, keys, records) -> None:
+    """Hold the chain-head lock: the request must not be answered until the lock is released and its row committed."""
+    answered: dict[str, httpx.Response] = {}
+
+    def call() -> None:
+        answered["response"] = client.post("/v1/salary_band/predict", json=records[3], headers=_auth(keys["predict"]))
+
+    assert stack.dsn
+    with psycopg.connect(stack.dsn) as holder:
+        holder.execute("select seq from inference_log_chain_head where id for update")
+        before = holder.execute("select count(*) from inference_log").fetchone()
+        worker = threading.Thread(target=call)
+        worker.start()
+        worker.join(timeout=2.0)
+        assert worker.is_alive() and "response" not in answered  # no answer while the row cannot commit
+        holder.rollback()  # releases the lock
+    worker.join(timeout=30)
+    response = answered["response"]
+    assert response.status_code == 200, response.text
+    request_id = response.headers["X-Request-ID"]
+    with psycopg.connect(stack.dsn) as conn:
+        row = conn.execute("select status, http_status from inference_log where request_id = %s", (request_id,))
+        assert row.fetchone() == ("ok", 200)
+        after = conn.execute("select count(*) from inference_log").fetchone()
+    assert before is not None and after is not None and after[0] == before[0] + 1
+
+
+def test_hot_swap_under_explained_1000_row_batches_fails_nothing(stack, client, keys, records) -> None:
+    repository = ModelRepository(stack.settings.model_repository_dir)
+    current = repository.read_deployment("salary_band")
+    assert current is not None
+    new_version = current.version + 1
+    new = install_trained_model(repository, new_version, trees=25, folder=stack.settings.home / "trained", point=False)
+    batch = {"records": [records[i % len(records)] for i in range(1000)], "explain": True}
+    per_thread: list[list[tuple[int, int | None]]] = [[] for _ in range(2)]
+    stop = threading.Event()
+
+    def fire(seen: list[tuple[int, int | None]]) -> None:
+        with httpx.Client(base_url=stack.gateway_url, timeout=60) as http:
+            while not stop.is_set():
+                response = http.post("/v1/salary_band/predict", json=batch, headers=_auth(keys["predict"]))
+                ok = response.status_code == 200
+                body = response.json() if ok else {}
+                if ok:
+                    assert len(body["predictions"]) == 1000
+                    assert all(p["explanation"]["contributions"] for p in body["predictions"])
+                seen.append((response.status_code, body["model"]["version"] if ok else None))
+
+    threads = [threading.Thread(target=fire, args=(seen,)) for seen in per_thread]
+    for thread in threads:
+        thread.start()
+    time.sleep(2.0)
+    with MLServerAdmin(stack.mlserver_url) as admin:
+        admin.load(new.served_model_name)
+        admin.wait_ready(new.served_model_name)
+        repository.set_deployment(new.model_copy(update={"previous_version": current.version}))
+        time.sleep(2 * POINTER_POLL_SECONDS + 0.5)
+        admin.unload(current.served_model_name)
+    time.sleep(3.0)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=120)
+    outcomes = [outcome for seen in per_thread for outcome in seen]
+    assert [status for status, _ in outcomes].count(200) == len(outcomes), outcomes
+    for seen in per_thread:
+        versions = [version for _, version in seen]
+        assert versions == sorted(versions), versions  # no flapping back to the old version
+        assert versions[-1] == new_version
+    assert any(version == current.version for _, version in outcomes)
 
 
 def test_mlserver_down_gives_503_and_an_error_row(stack, client, keys, records) -> None:
