@@ -5,12 +5,15 @@ parts (``local``) and on real services (``lakefs`` / ``s3``). Hosts and secrets 
 values chosen in ``platform_assets/environments.py``; clients are built lazily, never at import.
 """
 
+from pathlib import Path
 from typing import Literal
 
 import dagster as dg
 from pydantic import PrivateAttr
 
+from resources.local_versioned_store import LocalVersionedStore
 from resources.object_store import LocalObjectStore, ObjectStore
+from resources.s3_object_store import S3ObjectStore
 from resources.versioned_store import VersionedStore, VersionedStoreError
 
 
@@ -33,8 +36,6 @@ class ObjectStoreResource(dg.ConfigurableResource["ObjectStoreResource"]):
             if self.backend == "local":
                 self._client = LocalObjectStore(self.local_root)
             else:
-                from resources.s3_object_store import S3ObjectStore
-
                 self._client = S3ObjectStore(
                     bucket=self.bucket,
                     endpoint_url=self.endpoint_url,
@@ -68,10 +69,6 @@ class VersionedDataStoreResource(dg.ConfigurableResource["VersionedDataStoreReso
 
     def _build(self) -> VersionedStore:
         if self.backend == "local":
-            from pathlib import Path
-
-            from resources.local_versioned_store import LocalVersionedStore
-
             objects = (
                 self.objects.get_client()
                 if self.objects is not None
@@ -96,6 +93,7 @@ class VersionedDataStoreResource(dg.ConfigurableResource["VersionedDataStoreReso
             raise VersionedStoreError(
                 f"the lakefs backend needs {', '.join(missing)} (set RIVERBED_LAKEFS_* in the environment)"
             )
+        # lakefs-sdk: ~0.6 s to import even after Dagster is loaded; only the lakefs backend needs it
         from resources.lakefs_versioned_store import LakeFSVersionedStore
 
         return LakeFSVersionedStore(

@@ -6,6 +6,10 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
 from resources.object_store import (
     ObjectNotFoundError,
     ObjectStore,
@@ -36,9 +40,6 @@ class S3ObjectStore(ObjectStore):
         read_timeout: float = 30.0,
         max_attempts: int = 2,
     ) -> None:
-        import boto3
-        from botocore.config import Config
-
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
@@ -60,8 +61,6 @@ class S3ObjectStore(ObjectStore):
             self._call("create bucket", self._ensure_bucket)
 
     def _ensure_bucket(self) -> None:
-        from botocore.exceptions import ClientError
-
         try:
             self._client.head_bucket(Bucket=self.bucket)
             return
@@ -91,8 +90,6 @@ class S3ObjectStore(ObjectStore):
         Messages name the action, bucket and endpoint, never credentials; the original error goes to the
         debug log only.
         """
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
             return fn()
         except ClientError as error:

@@ -9,6 +9,7 @@ Values: DataFrames are stored as Parquet; :class:`TableBundle` adds companion ta
 records) written in the same commit; pydantic models are stored as JSON.
 """
 
+import importlib
 import io
 import json
 import logging
@@ -283,8 +284,6 @@ class VersionedDataIOManager(dg.ConfigurableIOManager):
 
 
 def _restore_record(payload: dict[str, Any]) -> Any:
-    import importlib
-
     module_name, _, qualname = payload["type"].partition(":")
     cls: Any = importlib.import_module(module_name)
     for part in qualname.split("."):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from riverbed.sources import assign_event_times, assign_record_ids, load_source_records
 from riverbed.specs import CsvSourceSpec, DatasetSpec, FeatureType
 
 _DRIFT_STREAM = 0xD1F7  # drift draws use their own random stream, independent of the generator's
@@ -233,8 +234,6 @@ def generate_machine_failure(
     random_failure = rng.random(rows) < 0.001
     failure = tool_wear_failure | heat_dissipation | power_failure | overstrain | random_failure
 
-    from riverbed.sources import assign_event_times, assign_record_ids
-
     negative = next(c for c in spec.target.classes if c != spec.target.positive_class)
     records = pd.DataFrame(
         {
@@ -262,8 +261,6 @@ def generate_records(spec: DatasetSpec, rows: int, seed: int, drift: DriftScenar
         raise ValueError(f"{spec.name}: source.kind: generate_records resamples file-backed (csv) sources only")
     if drift is not None:
         drift.validate(spec)
-    from riverbed.sources import assign_event_times, assign_record_ids, load_source_records
-
     source = load_source_records(spec)
     if source.empty:
         raise ValueError(f"{spec.name}: source.files: the source has no records to resample")

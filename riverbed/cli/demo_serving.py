@@ -10,8 +10,12 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from riverbed.cli.stack import ServingStack
 from riverbed.settings import RiverbedSettings
+from riverbed.sources import load_source_records
 from riverbed.specs import DatasetSpec
+from serving.api_keys import create_api_key
+from serving.inference_log import verify_chain
 
 
 def gateway_records(spec: DatasetSpec, frame: Any, sample_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -35,23 +39,17 @@ def gateway_records(spec: DatasetSpec, frame: Any, sample_ids: Sequence[str] | N
 
 def sample_records(spec: DatasetSpec, count: int) -> list[dict[str, Any]]:
     """``count`` records from the dataset's own source, as the gateway's JSON, with ids ``demo-<n>``."""
-    from riverbed.sources import load_source_records
-
     frame = load_source_records(spec).tail(count)
     return gateway_records(spec, frame, [f"demo-{index}" for index in range(len(frame))])
 
 
 def exercise_serving(settings: RiverbedSettings, spec: DatasetSpec, console: Console) -> dict[str, Any]:
     """Serve the champion, send single and batch predictions, query and verify the audit log, then stop."""
-    from riverbed.cli.stack import ServingStack
-    from serving.api_keys import create_api_key
-    from serving.inference_log import verify_chain
-
     summary: dict[str, Any] = {}
     with console.status("starting the inference log, MLServer and the gateway..."):
         stack = ServingStack(settings, [spec.name], ephemeral_ports=True).start()
     try:
-        console.print(f"gateway {stack.gateway_url}  MLServer {stack.mlserver_url}  database {stack.dsn}")
+        console.print(f"gateway {stack.gateway_url}  MLServer {stack.mlserver_url}  database {stack.public_dsn}")
         assert stack.dsn is not None
         key = create_api_key(stack.dsn, ["predict", "audit"], "demo").key
         headers = {"Authorization": f"Bearer {key}"}

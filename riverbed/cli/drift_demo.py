@@ -135,7 +135,7 @@ def holdout_metrics(
     settings: RiverbedSettings, spec: DatasetSpec, frame: pd.DataFrame, registered_model_name: str, version: int
 ) -> dict[str, float]:
     """A registered version's metrics on a set of records (validated and featurised as the graph does)."""
-    from riverbed.ml.training import evaluate  # xgboost + scikit-learn (~1.8 s): only for the final comparison
+    from riverbed.ml.training import evaluate  # xgboost + scikit-learn (~2.5 s): only for the final comparison
 
     features = build_features(spec, validate_records(spec, frame).valid)
     pipeline = load_registered_pipeline(settings.resolved_mlflow_tracking_uri, registered_model_name, version)

@@ -1,6 +1,7 @@
 """Event commands of the ``riverbed`` CLI: ``kafka dev-broker``, ``kafka schemas`` and ``produce``.
 
-Imports of confluent-kafka and pandas happen inside the commands.
+pandas (the replay in :mod:`riverbed.cli.producer`, drift scenarios in :mod:`riverbed.generators`) is imported
+inside ``produce`` only, so ``riverbed --help`` and the other commands do not pay for it.
 """
 
 from __future__ import annotations
@@ -10,16 +11,24 @@ import json
 import os
 import signal
 import threading
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
+from confluent_kafka import Producer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from riverbed.event_schemas import SCHEMAS_DIR, all_schemas, schema_text, write_schemas
+from riverbed.kafka_config import KafkaNotConfiguredError, client_config
+from riverbed.names import TopicKind, topic_name
 from riverbed.settings import get_settings
+from riverbed.specs import DatasetSpec, FeatureType, load_specs
 
 if TYPE_CHECKING:
+    import pandas as pd
+
+    from riverbed.cli.producer import ProduceReport
     from riverbed.generators import DriftScenario
-    from riverbed.specs import DatasetSpec
 
 kafka_app = typer.Typer(help="Kafka: the embedded dev broker and the event schemas.", no_args_is_help=True)
 console = Console()
@@ -30,8 +39,6 @@ def start_mock_cluster(brokers: int = 1) -> tuple[object, str]:
 
     The cluster lives as long as the returned handle (a producer) is referenced.
     """
-    from confluent_kafka import Producer
-
     handle = Producer({"test.mock.num.brokers": brokers, "log.connection.close": False})
     metadata = handle.list_topics(timeout=10)
     address = ",".join(f"{b.host}:{b.port}" for b in sorted(metadata.brokers.values(), key=lambda b: b.id))
@@ -75,9 +82,6 @@ def schemas(
     check: Annotated[bool, typer.Option("--check", help="Only report stale files; exit 1 if any.")] = False,
 ) -> None:
     """Rewrite the versioned JSON Schema files under schemas/ from the dataset specs and event models."""
-    from riverbed.event_schemas import SCHEMAS_DIR, all_schemas, schema_text, write_schemas
-    from riverbed.specs import load_specs
-
     specs = load_specs(get_settings().specs_dirs)
     if check:
         stale = [
@@ -120,8 +124,8 @@ def _drift_option(
     spec: DatasetSpec, drift_from: str | None, shifts: list[str], label_flip: str | None
 ) -> DriftScenario | None:
     """The drift scenario the options describe (None without any), validated against the spec."""
+    # pandas (through riverbed.generators): ~1.1 s to import; only `produce --drift-from` needs it
     from riverbed.generators import DriftScenario
-    from riverbed.specs import FeatureType
 
     if drift_from is None:
         if shifts or label_flip:
@@ -180,8 +184,6 @@ def _drift_option(
 
 
 def _known_spec(dataset: str) -> DatasetSpec:
-    from riverbed.specs import load_specs
-
     specs = load_specs(get_settings().specs_dirs)
     if dataset not in specs:
         known = ", ".join(sorted(specs)) or "none (check RIVERBED_SPECS_DIRS)"
@@ -189,77 +191,15 @@ def _known_spec(dataset: str) -> DatasetSpec:
     return specs[dataset]
 
 
-def produce(
-    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset to replay (see `riverbed specs list`).")],
-    rate: Annotated[
-        float | None, typer.Option("--rate", metavar="N", help="Records per second (default: as fast as possible).")
-    ] = None,
-    limit: Annotated[int | None, typer.Option("--limit", metavar="N", help="Send at most this many records.")] = None,
-    from_day: Annotated[
-        str | None,
-        typer.Option(
-            "--from", metavar="YYYY-MM-DD", help="First day to replay, YYYY-MM-DD (default: the dataset's first)."
-        ),
-    ] = None,
-    to_day: Annotated[
-        str | None,
-        typer.Option("--to", metavar="YYYY-MM-DD", help="Last day to replay, inclusive (default: the dataset's last)."),
-    ] = None,
-    drift_from: Annotated[
-        str | None,
-        typer.Option(
-            "--drift-from", metavar="ISO-DATETIME", help="Drift records at/after this ISO date-time (naive = UTC)."
-        ),
-    ] = None,
-    shift: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--shift",
-            metavar="FEATURE=STD_SHIFT",
-            help="Shift a numeric feature by this many standard deviations; for a category feature, the fraction "
-            "of records moved to its rarest category. Repeatable.",
-        ),
-    ] = None,
-    label_flip: Annotated[
-        str | None,
-        typer.Option(
-            "--label-flip",
-            metavar="FEATURE=PROBABILITY",
-            help="Flip labels with this probability in the group above the feature's median (numeric) or in "
-            "its most common category.",
-        ),
-    ] = None,
-    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the drift's random draws.")] = 0,
-    labels_after: Annotated[
-        float | None,
-        typer.Option(
-            "--labels-after",
-            metavar="SECONDS",
-            help="Then act as the labeller: publish each replayed record's true label this many seconds after "
-            "its prediction event appears.",
-        ),
-    ] = None,
-    labels_for: Annotated[
-        float | None,
-        typer.Option("--labels-for", metavar="SECONDS", help="How long to keep labelling (default 60)."),
-    ] = None,
-) -> None:
-    """Simulate a data provider: replay DATASET's records onto its raw topic, optionally drifted and paced.
-
-    Records are sent in event-time order, keyed by sample id. With --labels-after, their true labels follow
-    their prediction events on the labels topic, like a delayed ground-truth feed.
-    """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from riverbed.cli.producer import (
-        KafkaUnavailableError,
-        produce_records,
-        publish_labels_for_predictions,
-        replay_frame,
-    )
-    from riverbed.kafka_config import KafkaNotConfiguredError, client_config
-    from riverbed.names import TopicKind, topic_name
-
+def _checked_options(
+    rate: float | None,
+    limit: int | None,
+    labels_after: float | None,
+    labels_for: float | None,
+    from_day: str | None,
+    to_day: str | None,
+) -> tuple[dt.date | None, dt.date | None]:
+    """BadParameter naming the option for a value ``produce`` cannot use; else the days to replay."""
     if rate is not None and rate < 0:
         raise typer.BadParameter(
             f"{rate:g} is negative; give records per second (0 or no --rate: as fast as possible)",
@@ -278,31 +218,138 @@ def produce(
     end_day = _day_option(to_day, "--to")
     if start_day and end_day and end_day < start_day:
         raise typer.BadParameter(f"{end_day} is before --from {start_day}", param_hint="'--to'")
-    spec = _known_spec(dataset)
-    drift = _drift_option(spec, drift_from, shift or [], label_flip)
+    return start_day, end_day
 
-    settings = get_settings()
-    err = Console(stderr=True)
-    try:
-        kafka = client_config(settings)
-    except KafkaNotConfiguredError as error:
-        err.print(f"[red]{error}[/red]")
-        raise typer.Exit(1) from None
-    frame = replay_frame(spec, start_day, end_day, drift, seed, limit)
-    if frame.empty:
-        err.print(f"[red]no records of {spec.name} between {start_day or 'its start'} and {end_day or 'its end'}[/red]")
-        raise typer.Exit(1)
-    topic = topic_name(spec.name, TopicKind.RAW, prefix=settings.kafka_topic_prefix)
-    with Progress(
+
+def _fail(err: Console, message: object) -> NoReturn:
+    err.print(f"[red]{message}[/red]")
+    raise typer.Exit(1) from None
+
+
+def _progress_bar(err: Console) -> Progress:
+    return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=err,
         transient=True,
-    ) as bar:
-        task = bar.add_task(f"{spec.name} -> {topic}", total=len(frame))
-        try:
+    )
+
+
+def _report_line(report: ProduceReport, topic: str, drift: DriftScenario | None) -> str:
+    window = f"event times {report.first_event_time:%Y-%m-%d %H:%M} to {report.last_event_time:%Y-%m-%d %H:%M} UTC"
+    drifted = f", {report.drifted} drifted" if drift else ""
+    failed = f", {report.failed} FAILED" if report.failed else ""
+    return (
+        f"sent {report.sent} record(s) to {topic} in {report.seconds:.1f} s "
+        f"({report.rate:.0f} records/s){failed}{drifted}; {window}"
+    )
+
+
+def _true_labels(spec: DatasetSpec, frame: pd.DataFrame) -> dict[str, str]:
+    """Sample id -> true label of the replayed records that have one."""
+    target = spec.target.name
+    known = frame[frame[target].notna()]
+    return dict(zip(known[spec.record_id.name].astype(str), known[target].astype(str), strict=True))
+
+
+DatasetArg = Annotated[str, typer.Argument(metavar="DATASET", help="Dataset to replay (see `riverbed specs list`).")]
+RateOpt = Annotated[
+    float | None, typer.Option("--rate", metavar="N", help="Records per second (default: as fast as possible).")
+]
+LimitOpt = Annotated[int | None, typer.Option("--limit", metavar="N", help="Send at most this many records.")]
+FromOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--from", metavar="YYYY-MM-DD", help="First day to replay, YYYY-MM-DD (default: the dataset's first)."
+    ),
+]
+ToOpt = Annotated[
+    str | None,
+    typer.Option("--to", metavar="YYYY-MM-DD", help="Last day to replay, inclusive (default: the dataset's last)."),
+]
+DriftFromOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--drift-from", metavar="ISO-DATETIME", help="Drift records at/after this ISO date-time (naive = UTC)."
+    ),
+]
+ShiftOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--shift",
+        metavar="FEATURE=STD_SHIFT",
+        help="Shift a numeric feature by this many standard deviations; for a category feature, the fraction "
+        "of records moved to its rarest category. Repeatable.",
+    ),
+]
+LabelFlipOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--label-flip",
+        metavar="FEATURE=PROBABILITY",
+        help="Flip labels with this probability in the group above the feature's median (numeric) or in "
+        "its most common category.",
+    ),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the drift's random draws.")]
+LabelsAfterOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--labels-after",
+        metavar="SECONDS",
+        help="Then act as the labeller: publish each replayed record's true label this many seconds after "
+        "its prediction event appears.",
+    ),
+]
+LabelsForOpt = Annotated[
+    float | None, typer.Option("--labels-for", metavar="SECONDS", help="How long to keep labelling (default 60).")
+]
+
+
+def produce(
+    dataset: DatasetArg,
+    rate: RateOpt = None,
+    limit: LimitOpt = None,
+    from_day: FromOpt = None,
+    to_day: ToOpt = None,
+    drift_from: DriftFromOpt = None,
+    shift: ShiftOpt = None,
+    label_flip: LabelFlipOpt = None,
+    seed: SeedOpt = 0,
+    labels_after: LabelsAfterOpt = None,
+    labels_for: LabelsForOpt = None,
+) -> None:
+    """Simulate a data provider: replay DATASET's records onto its raw topic, optionally drifted and paced.
+
+    Records are sent in event-time order, keyed by sample id. With --labels-after, their true labels follow
+    their prediction events on the labels topic, like a delayed ground-truth feed.
+    """
+    start_day, end_day = _checked_options(rate, limit, labels_after, labels_for, from_day, to_day)
+    spec = _known_spec(dataset)
+    drift = _drift_option(spec, drift_from, shift or [], label_flip)
+    # pandas (through riverbed.cli.producer): ~1.1 s to import; only this command needs it, not `riverbed --help`
+    from riverbed.cli.producer import (
+        KafkaUnavailableError,
+        produce_records,
+        publish_labels_for_predictions,
+        replay_frame,
+    )
+
+    settings = get_settings()
+    err = Console(stderr=True)
+    try:
+        kafka = client_config(settings)
+    except KafkaNotConfiguredError as error:
+        _fail(err, error)
+    frame = replay_frame(spec, start_day, end_day, drift, seed, limit)
+    if frame.empty:
+        _fail(err, f"no records of {spec.name} between {start_day or 'its start'} and {end_day or 'its end'}")
+    topic = topic_name(spec.name, TopicKind.RAW, prefix=settings.kafka_topic_prefix)
+    try:
+        with _progress_bar(err) as bar:
+            task = bar.add_task(f"{spec.name} -> {topic}", total=len(frame))
             report = produce_records(
                 spec,
                 frame,
@@ -312,36 +359,23 @@ def produce(
                 progress=lambda queued: bar.update(task, completed=queued),
                 drift_start=drift.start if drift else None,
             )
-        except KafkaUnavailableError as error:
-            err.print(f"[red]{error}[/red]")
-            raise typer.Exit(1) from None
-    window = f"event times {report.first_event_time:%Y-%m-%d %H:%M} to {report.last_event_time:%Y-%m-%d %H:%M} UTC"
-    drifted = f", {report.drifted} drifted" if drift else ""
-    failed = f", {report.failed} FAILED" if report.failed else ""
-    typer.echo(
-        f"sent {report.sent} record(s) to {topic} in {report.seconds:.1f} s "
-        f"({report.rate:.0f} records/s){failed}{drifted}; {window}"
-    )
-    if report.failed:
-        raise typer.Exit(1)
-    if labels_after is None:
-        return
-    target = spec.target.name
-    known = frame[frame[target].notna()]
-    truth = dict(zip(known[spec.record_id.name].astype(str), known[target].astype(str), strict=True))
-    duration = labels_for if labels_for is not None else 60.0
-    err.print(
-        f"labelling predictions of the {len(truth)} record(s) {labels_after:g} s after they appear, "
-        f"for up to {duration:g} s",
-        style="dim",
-    )
-    try:
+        typer.echo(_report_line(report, topic, drift))
+        if report.failed:
+            raise typer.Exit(1)
+        if labels_after is None:
+            return
+        truth = _true_labels(spec, frame)
+        duration = labels_for if labels_for is not None else 60.0
+        err.print(
+            f"labelling predictions of the {len(truth)} record(s) {labels_after:g} s after they appear, "
+            f"for up to {duration:g} s",
+            style="dim",
+        )
         labelled = publish_labels_for_predictions(
             spec, kafka, truth, labels_after, duration, settings.kafka_topic_prefix
         )
     except KafkaUnavailableError as error:
-        err.print(f"[red]{error}[/red]")
-        raise typer.Exit(1) from None
+        _fail(err, error)
     labels_topic = topic_name(spec.name, TopicKind.LABELS, prefix=settings.kafka_topic_prefix)
     typer.echo(f"published {labelled} label(s) of {len(truth)} record(s) to {labels_topic}")
 

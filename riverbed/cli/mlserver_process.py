@@ -3,13 +3,13 @@
 MLServer reads ``settings.json`` from the folder it is started on and always uses that same folder as its
 model repository root, so the settings file is written into the repository root. Ports are set explicitly
 (HTTP, gRPC and metrics), ``parallel_workers`` is 0 (one process: starts in seconds, no worker crash loops).
+The process runs in its own process group and dies with its parent (:func:`riverbed.cli.processes.spawn`).
 """
 
 import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from resources.mlserver_admin import MLServerAdmin
+from riverbed.cli import processes
 from riverbed.errors import MLServerUnavailableError
 
 logger = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_FILE = "settings.json"
+MLSERVER_HOST = "127.0.0.1"  # every MLServer port (HTTP, gRPC, metrics) listens here only
 
 
 class MLServerStartError(RuntimeError):
@@ -53,7 +55,7 @@ def write_mlserver_settings(
 ) -> Path:
     """Write MLServer's ``settings.json`` into ``folder`` (the folder ``mlserver start`` is given)."""
     settings: dict[str, Any] = {
-        "host": "127.0.0.1",
+        "host": MLSERVER_HOST,
         "http_port": http_port,
         "grpc_port": grpc_port,
         "metrics_port": metrics_port,
@@ -98,7 +100,7 @@ class MLServerProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{MLSERVER_HOST}:{self.http_port}"
 
     @property
     def pid(self) -> int | None:
@@ -126,12 +128,11 @@ class MLServerProcess:
         }
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_file.open("ab")
-        self._process = subprocess.Popen(
+        self._process = processes.spawn(
             [mlserver_executable(), "start", str(self.repository_root)],
             env=env,
-            cwd=str(self.project_root),
+            cwd=self.project_root,
             stdout=self._log,
-            stderr=subprocess.STDOUT,
         )
         logger.info("started MLServer (pid %d) on %s, repository %s", self._process.pid, self.url, self.repository_root)
         try:
@@ -167,16 +168,10 @@ class MLServerProcess:
                 time.sleep(0.3)
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL."""
+        """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL (its whole process group)."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                logger.warning("MLServer (pid %d) did not stop in %.0f s; killing it", process.pid, timeout)
-                process.kill()
-                process.wait(timeout=10)
+        if process is not None:
+            processes.stop(process, "MLServer", timeout)
         if self._log is not None:
             self._log.close()
             self._log = None

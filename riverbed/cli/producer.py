@@ -21,7 +21,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from pydantic import ValidationError
 
 from riverbed.event_schemas import raw_message
@@ -144,6 +152,30 @@ def _check_reachable(client: Producer | Consumer, kafka_config: Mapping[str, Any
         ) from None
 
 
+class _Deliveries:
+    """A producer's delivery callback: how many messages the broker acknowledged, and the delivery errors."""
+
+    def __init__(self) -> None:
+        self.acknowledged = 0
+        self.errors: list[str] = []
+
+    def __call__(self, error: KafkaError | None, _message: Any) -> None:
+        if error is None:
+            self.acknowledged += 1
+        else:
+            self.errors.append(str(error))
+
+
+def _produce(producer: Producer, topic: str, key: bytes, value: bytes, on_delivery: _Deliveries) -> None:
+    """Queue one message; while the local queue is full, let librdkafka deliver some, then retry."""
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(0.1)
+
+
 def _event_time(value: Any) -> dt.datetime | None:
     if value is None or pd.isna(value):
         return None
@@ -151,6 +183,14 @@ def _event_time(value: Any) -> dt.datetime | None:
     stamp = stamp.tz_convert("UTC") if stamp.tzinfo else stamp.tz_localize("UTC")
     moment: dt.datetime = stamp.to_pydatetime()  # pandas is untyped here (no pandas-stubs)
     return moment
+
+
+def _event_window(spec: DatasetSpec, frame: pd.DataFrame) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """First and last event time of ``frame`` (None, None when it is empty)."""
+    if frame.empty:
+        return None, None
+    times = frame[spec.event_time.name]
+    return _event_time(times.min()), _event_time(times.max())
 
 
 def produce_records(
@@ -188,60 +228,59 @@ def produce_records(
         logger=logger,
     )
     _check_reachable(producer, kafka_config, connect_timeout_seconds)
-
-    delivered = 0
-    errors: list[str] = []
-
-    def on_delivery(error: KafkaError | None, _message: Any) -> None:
-        nonlocal delivered
-        if error is None:
-            delivered += 1
-        else:
-            errors.append(str(error))
-
-    id_column = spec.record_id.name
-    interval = 1.0 / rate if rate else 0.0
-    queued = 0
+    deliveries = _Deliveries()
     started = time.monotonic()
-    last_progress = started
-    for row in frame.to_dict("records"):
-        if interval:
-            due = started + queued * interval
-            while (wait := due - time.monotonic()) > 0:
-                producer.poll(wait)  # serves delivery callbacks while waiting for the record's turn
-        key = str(row[id_column]).encode("utf-8")
-        value = raw_message(spec, row)
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
-                break
-            except BufferError:  # local queue full: let librdkafka deliver some, then retry
-                producer.poll(0.1)
-        producer.poll(0)
-        queued += 1
-        if progress is not None and time.monotonic() - last_progress >= PROGRESS_INTERVAL_SECONDS:
-            progress(queued)
-            last_progress = time.monotonic()
+    queued = _queue_paced(spec, frame, producer, topic, rate, deliveries, progress, started)
     remaining = producer.flush(flush_seconds)
     seconds = time.monotonic() - started
     if progress is not None:
         progress(queued)
     if remaining:
         logger.warning("%d message(s) still queued for %s after %g s of flushing", remaining, topic, flush_seconds)
-    if errors:
-        logger.warning("%d message(s) to %s not delivered, first error: %s", len(errors), topic, errors[0])
-
-    times = frame[spec.event_time.name] if not frame.empty else pd.Series(dtype="datetime64[ns, UTC]")
+    if deliveries.errors:
+        logger.warning(
+            "%d message(s) to %s not delivered, first error: %s", len(deliveries.errors), topic, deliveries.errors[0]
+        )
+    first_event_time, last_event_time = _event_window(spec, frame)
     report = ProduceReport(
-        sent=delivered,
-        failed=len(errors) + remaining,
+        sent=deliveries.acknowledged,
+        failed=len(deliveries.errors) + remaining,
         seconds=seconds,
-        first_event_time=_event_time(times.min()) if len(times) else None,
-        last_event_time=_event_time(times.max()) if len(times) else None,
+        first_event_time=first_event_time,
+        last_event_time=last_event_time,
         drifted=drifted_count(spec, frame, drift_start),
     )
     logger.info("%s: %d sent, %d failed to %s in %.2f s", spec.name, report.sent, report.failed, topic, seconds)
     return report
+
+
+def _queue_paced(
+    spec: DatasetSpec,
+    frame: pd.DataFrame,
+    producer: Producer,
+    topic: str,
+    rate: float | None,
+    deliveries: _Deliveries,
+    progress: Callable[[int], None] | None,
+    started: float,
+) -> int:
+    """Queue the rows of ``frame`` in order, row ``i`` no earlier than ``started + i / rate``; returns how many."""
+    id_column = spec.record_id.name
+    interval = 1.0 / rate if rate else 0.0
+    queued = 0
+    last_progress = started
+    for row in frame.to_dict("records"):
+        if interval:
+            due = started + queued * interval
+            while (wait := due - time.monotonic()) > 0:
+                producer.poll(wait)  # serves delivery callbacks while waiting for the record's turn
+        _produce(producer, topic, str(row[id_column]).encode("utf-8"), raw_message(spec, row), deliveries)
+        producer.poll(0)
+        queued += 1
+        if progress is not None and time.monotonic() - last_progress >= PROGRESS_INTERVAL_SECONDS:
+            progress(queued)
+            last_progress = time.monotonic()
+    return queued
 
 
 # ------------------------------------------------------------------------------------------------ labels
@@ -289,10 +328,8 @@ def publish_labels_for_predictions(
         raise ValueError(f"duration_seconds: {duration_seconds} is negative")
     if not truth:
         return 0
-    predictions_topic = topic_name(spec.name, TopicKind.PREDICTIONS, prefix=topic_prefix)
-    labels_topic = topic_name(spec.name, TopicKind.LABELS, prefix=topic_prefix)
+    labeller = _Labeller(spec, truth, delay_seconds, topic_prefix)
     deadline = time.monotonic() + duration_seconds
-
     consumer = Consumer(
         {
             **kafka_config,
@@ -306,92 +343,107 @@ def publish_labels_for_predictions(
         logger=logger,
     )
     producer: Producer | None = None
-    acknowledged = 0
-    errors: list[str] = []
-
-    def on_delivery(error: KafkaError | None, _message: Any) -> None:
-        nonlocal acknowledged
-        if error is None:
-            acknowledged += 1
-        else:
-            errors.append(str(error))
-
-    scheduled: set[str] = set()
-    pending: collections.deque[tuple[float, str, PredictionEvent]] = collections.deque()
-    published = 0
     try:
         _check_reachable(consumer, kafka_config, connect_timeout_seconds)
         producer = Producer(
             {**kafka_config, "linger.ms": 5, "message.timeout.ms": max(int(flush_seconds * 1000), 1000)},
             logger=logger,
         )
-        assigned = False
-        next_metadata = 0.0
-        while time.monotonic() < deadline and published < len(truth):
-            now = time.monotonic()
-            if not assigned and now >= next_metadata:
-                partitions = _partitions(consumer, predictions_topic, min(_METADATA_RETRY_SECONDS, 5.0))
-                if partitions:
-                    consumer.assign([TopicPartition(predictions_topic, p, OFFSET_BEGINNING) for p in partitions])
-                    assigned = True
-                    logger.debug("reading %s (%d partitions)", predictions_topic, len(partitions))
-                else:
-                    next_metadata = time.monotonic() + _METADATA_RETRY_SECONDS
-            wait = _LABEL_POLL_SECONDS
-            if pending:
-                wait = min(wait, max(pending[0][0] - time.monotonic(), 0.0))
-            wait = max(min(wait, deadline - time.monotonic()), 0.0)
-            if assigned:
-                for message in consumer.consume(num_messages=500, timeout=wait):
-                    if message.error() is not None:
-                        logger.debug("predictions consumer: %s", message.error())
-                        continue
-                    try:
-                        event = PredictionEvent.model_validate_json(message.value() or b"")
-                    except ValidationError as error:
-                        logger.debug("skipping a prediction event that does not parse: %s", error.errors()[0])
-                        continue
-                    sample_id = event.sample_id
-                    if event.dataset != spec.name or sample_id is None or sample_id not in truth:
-                        continue
-                    if sample_id in scheduled:
-                        continue
-                    scheduled.add(sample_id)
-                    pending.append((time.monotonic() + delay_seconds, sample_id, event))
-            elif wait > 0:
-                producer.poll(wait)
-            while pending and pending[0][0] <= time.monotonic():
-                _, sample_id, event = pending.popleft()
-                label = LabelEvent(
-                    dataset=spec.name,
-                    sample_id=sample_id,
-                    request_id=event.request_id,
-                    record_index=event.record_index,
-                    label=truth[sample_id],
-                    labelled_at=dt.datetime.now(dt.UTC),
-                )
-                value = label.model_dump_json().encode("utf-8")
-                key = sample_id.encode("utf-8")
-                while True:
-                    try:
-                        producer.produce(labels_topic, key=key, value=value, on_delivery=on_delivery)
-                        break
-                    except BufferError:
-                        producer.poll(0.1)
-                published += 1
-            producer.poll(0)
+        labeller.run(consumer, producer, deadline)
     finally:
         consumer.close()
         remaining = producer.flush(flush_seconds) if producer is not None else 0
-    if pending:
-        logger.info("%d label(s) were not due yet when the labeller stopped", len(pending))
-    if remaining or errors:
-        logger.warning(
-            "%d of %d label(s) to %s not delivered%s",
-            remaining + len(errors),
-            published,
-            labels_topic,
-            f", first error: {errors[0]}" if errors else "",
-        )
-    logger.info("%s: %d label(s) published to %s", spec.name, acknowledged, labels_topic)
-    return acknowledged
+    labeller.log_outcome(remaining)
+    return labeller.deliveries.acknowledged
+
+
+class _Labeller:
+    """The labeller's loop: prediction events in, each known sample's label out ``delay_seconds`` later."""
+
+    def __init__(self, spec: DatasetSpec, truth: Mapping[str, str], delay_seconds: float, topic_prefix: str) -> None:
+        self.spec = spec
+        self.truth = truth
+        self.delay_seconds = delay_seconds
+        self.predictions_topic = topic_name(spec.name, TopicKind.PREDICTIONS, prefix=topic_prefix)
+        self.labels_topic = topic_name(spec.name, TopicKind.LABELS, prefix=topic_prefix)
+        self.deliveries = _Deliveries()
+        self.scheduled: set[str] = set()
+        self.pending: collections.deque[tuple[float, str, PredictionEvent]] = collections.deque()
+        self.published = 0
+        self._assigned = False
+        self._next_metadata = 0.0
+
+    def run(self, consumer: Consumer, producer: Producer, deadline: float) -> None:
+        """Until ``deadline``, or until every sample of ``truth`` is labelled."""
+        while time.monotonic() < deadline and self.published < len(self.truth):
+            self._assign_once_the_topic_exists(consumer)
+            wait = _LABEL_POLL_SECONDS
+            if self.pending:
+                wait = min(wait, max(self.pending[0][0] - time.monotonic(), 0.0))
+            wait = max(min(wait, deadline - time.monotonic()), 0.0)
+            if self._assigned:
+                for message in consumer.consume(num_messages=500, timeout=wait):
+                    self._schedule(message)
+            elif wait > 0:
+                producer.poll(wait)
+            self._publish_due(producer)
+            producer.poll(0)
+
+    def _assign_once_the_topic_exists(self, consumer: Consumer) -> None:
+        if self._assigned or time.monotonic() < self._next_metadata:
+            return
+        partitions = _partitions(consumer, self.predictions_topic, min(_METADATA_RETRY_SECONDS, 5.0))
+        if partitions:
+            consumer.assign([TopicPartition(self.predictions_topic, p, OFFSET_BEGINNING) for p in partitions])
+            self._assigned = True
+            logger.debug("reading %s (%d partitions)", self.predictions_topic, len(partitions))
+        else:
+            self._next_metadata = time.monotonic() + _METADATA_RETRY_SECONDS
+
+    def _schedule(self, message: Message) -> None:
+        """Schedule the label of a prediction event's sample, if it is one of ours and not scheduled yet."""
+        if message.error() is not None:
+            logger.debug("predictions consumer: %s", message.error())
+            return
+        try:
+            event = PredictionEvent.model_validate_json(message.value() or b"")
+        except ValidationError as error:
+            logger.debug("skipping a prediction event that does not parse: %s", error.errors()[0])
+            return
+        sample_id = event.sample_id
+        if event.dataset != self.spec.name or sample_id is None or sample_id not in self.truth:
+            return
+        if sample_id in self.scheduled:
+            return
+        self.scheduled.add(sample_id)
+        self.pending.append((time.monotonic() + self.delay_seconds, sample_id, event))
+
+    def _publish_due(self, producer: Producer) -> None:
+        while self.pending and self.pending[0][0] <= time.monotonic():
+            _, sample_id, event = self.pending.popleft()
+            label = LabelEvent(
+                dataset=self.spec.name,
+                sample_id=sample_id,
+                request_id=event.request_id,
+                record_index=event.record_index,
+                label=self.truth[sample_id],
+                labelled_at=dt.datetime.now(dt.UTC),
+            )
+            value = label.model_dump_json().encode("utf-8")
+            _produce(producer, self.labels_topic, sample_id.encode("utf-8"), value, self.deliveries)
+            self.published += 1
+
+    def log_outcome(self, remaining: int) -> None:
+        """Log what was dropped or not delivered, and how many labels the broker acknowledged."""
+        if self.pending:
+            logger.info("%d label(s) were not due yet when the labeller stopped", len(self.pending))
+        errors = self.deliveries.errors
+        if remaining or errors:
+            logger.warning(
+                "%d of %d label(s) to %s not delivered%s",
+                remaining + len(errors),
+                self.published,
+                self.labels_topic,
+                f", first error: {errors[0]}" if errors else "",
+            )
+        logger.info("%s: %d label(s) published to %s", self.spec.name, self.deliveries.acknowledged, self.labels_topic)

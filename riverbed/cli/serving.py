@@ -1,6 +1,7 @@
-"""Serving commands of the ``riverbed`` CLI: serve, rollback, apikey and audit.
+"""Serving commands of the ``riverbed`` CLI: serve, models, rollback, apikey and audit.
 
-Kept apart from :mod:`riverbed.cli` so the Dagster commands and these stay readable; imports are lazy.
+Kept apart from :mod:`riverbed.cli` so the Dagster commands and these stay readable. Only ``models`` and
+``rollback`` import Dagster and MLflow, inside the commands.
 """
 
 from __future__ import annotations
@@ -9,17 +10,35 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import logging
+import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from psycopg_pool import AsyncConnectionPool
 from rich.console import Console
 from rich.table import Table
 
+from riverbed.cli.stack import ServingStack, StackError, sigterm_interrupts, wait_for_signal
+from riverbed.inference_log_schema import apply_migrations
 from riverbed.names import PREVIOUS_ALIAS
 from riverbed.settings import RiverbedSettings, get_settings
+from riverbed.specs import load_specs
+from serving.api_keys import create_api_key, list_api_keys, revoke_api_key
+from serving.audit_queries import (
+    AuditFilter,
+    export_csv_chunks,
+    export_parquet_bytes,
+    fetch_predictions,
+    get_prediction,
+    iter_export_rows,
+)
 from serving.embedded_postgres import resolve_inference_log_dsn
+from serving.gateway.lineage import lineage_of
+from serving.inference_log import RequestStatus, verify_chain
 
 console = Console()
 apikey_app = typer.Typer(help="API keys for the gateway (stored hashed in the inference-log database).")
@@ -44,9 +63,6 @@ def apikey_create(
     name: Annotated[str, typer.Option(help="A label for the key (who or what uses it).")] = "",
 ) -> None:
     """Create an API key; prints the key alone on the last line (it is shown only once)."""
-    from riverbed.inference_log_schema import apply_migrations
-    from serving.api_keys import create_api_key
-
     wanted = [role.strip() for role in roles.split(",") if role.strip()]
     with inference_log_dsn() as dsn:
         apply_migrations(dsn)
@@ -62,9 +78,6 @@ def apikey_create(
 @apikey_app.command("list")
 def apikey_list() -> None:
     """List API keys (ids, names, roles; never the keys)."""
-    from riverbed.inference_log_schema import apply_migrations
-    from serving.api_keys import list_api_keys
-
     with inference_log_dsn() as dsn:
         apply_migrations(dsn)
         keys = list_api_keys(dsn)
@@ -84,8 +97,6 @@ def apikey_list() -> None:
 @apikey_app.command("revoke")
 def apikey_revoke(key_id: Annotated[str, typer.Argument(help="The key id to revoke.")]) -> None:
     """Revoke an API key; the gateway refuses it within seconds."""
-    from serving.api_keys import revoke_api_key
-
     with inference_log_dsn() as dsn:
         revoke_api_key(dsn, key_id)
     console.print(f"revoked {key_id}")
@@ -100,9 +111,6 @@ def _filter(
     label: str | None,
     status: str | None,
 ) -> Any:
-    from serving.audit_queries import AuditFilter
-    from serving.inference_log import RequestStatus
-
     def when(name: str, value: str | None) -> dt.datetime | None:
         if value is None:
             return None
@@ -127,8 +135,6 @@ def _filter(
 
 
 async def _with_pool(dsn: str, work: Any) -> Any:
-    from psycopg_pool import AsyncConnectionPool
-
     async with AsyncConnectionPool(dsn, min_size=1, max_size=2, open=False) as pool:
         await pool.open(wait=True, timeout=10)
         return await work(pool)
@@ -145,9 +151,6 @@ StatusOpt = Annotated[str | None, typer.Option(help="ok, rejected or failed.")]
 @audit_app.command("show")
 def audit_show(request_id: Annotated[str, typer.Argument(help="The X-Request-ID of a request.")]) -> None:
     """Show one request with its lineage (model version -> MLflow run -> data commits -> Dagster run)."""
-    from serving.audit_queries import get_prediction
-    from serving.gateway.lineage import lineage_of
-
     with inference_log_dsn() as dsn:
         row = asyncio.run(_with_pool(dsn, lambda pool: get_prediction(pool, request_id)))
     if row is None:
@@ -169,8 +172,6 @@ def audit_query(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List recorded requests, newest first, with the same filters as the API."""
-    from serving.audit_queries import fetch_predictions
-
     selection = _filter(dataset, since, until, model_version, label, status)
     with inference_log_dsn() as dsn:
         rows, next_cursor = asyncio.run(
@@ -208,8 +209,6 @@ def audit_export(
     status: StatusOpt = None,
 ) -> None:
     """Export the selected requests to CSV or Parquet."""
-    from serving.audit_queries import export_csv_chunks, export_parquet_bytes, iter_export_rows
-
     if format not in ("csv", "parquet"):
         raise typer.BadParameter(f"{format!r}: use csv or parquet", param_hint="--format")
     selection = _filter(dataset, since, until, model_version, label, status)
@@ -232,8 +231,6 @@ def audit_export(
 @audit_app.command("verify")
 def audit_verify() -> None:
     """Check the hash chain: exits 1 naming every edited or deleted row."""
-    from serving.inference_log import verify_chain
-
     with inference_log_dsn() as dsn:
         report = verify_chain(dsn)
     if report.ok:
@@ -250,20 +247,19 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Gateway port (default: RIVERBED_GATEWAY_PORT or 8000).")] = None,
 ) -> None:
     """Serve the current champions: inference-log database, MLServer and the gateway; Ctrl-C stops them."""
-    from riverbed.cli.stack import ServingStack, StackError, wait_for_signal
-
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")  # e.g. a stale stack
     settings = get_settings()
     stack = ServingStack(settings, datasets or [], gateway_port=port)
     try:
-        with console.status("starting the inference log, MLServer and the gateway..."):
-            stack.start()
+        with sigterm_interrupts(), console.status("starting the inference log, MLServer and the gateway..."):
+            stack.start()  # SIGTERM meanwhile stops what already runs, as Ctrl-C does
     except StackError as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(1) from None
     try:
         console.print(f"gateway   {stack.gateway_url}   (OpenAPI: {stack.gateway_url}/docs)")
         console.print(f"MLServer  {stack.mlserver_url}")
-        console.print(f"database  {stack.dsn}")
+        console.print(f"database  {stack.public_dsn}")
         console.print(f"serving   {', '.join(stack.datasets)}   (stack file: {settings.stack_file})")
         console.print("create a key with: riverbed apikey create --roles predict,audit   Ctrl-C stops everything")
         wait_for_signal()
@@ -280,6 +276,7 @@ def rollback(
     ] = None,
 ) -> None:
     """Re-point the champion alias to an earlier version and hot-swap it into MLServer."""
+    # Dagster + pandas (platform_assets.deployment, ~2 s to import): only this command needs them
     from platform_assets.deployment import DeploymentError, rollback_deployment
 
     try:
@@ -298,15 +295,11 @@ def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Registered model versions: aliases (champion, previous), key metrics, why trained, gate verdict."""
-    import logging
-    import os
-    import warnings
-
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"mlflow(\..*)?")
+    # Dagster (~1.2 s to import; MLflow loads when used): only this command; imported after the quieting above
     from platform_assets.model_registry import list_model_versions
-    from riverbed.specs import load_specs
 
     settings = get_settings()
     specs = load_specs(settings.specs_dirs)

@@ -2,7 +2,11 @@
 
 No Dagster needed: the current champions are read from the model repository's deployment pointers (and, for a
 dataset without one, installed from MLflow's ``champion`` alias). ``stack.json`` under the home directory tells
-other commands (``apikey``, ``audit``, the demo, benchmarks) where everything listens.
+other commands (``apikey``, ``audit``, the demo, benchmarks) where everything listens; a live stack owns its
+home, a stale record is replaced (:mod:`riverbed.cli.stack_state`).
+
+MLServer and the gateway die with the stack even when it is SIGKILLed (:func:`riverbed.cli.processes.spawn`);
+ports are probed the way those servers bind them, so a restart right after a stop finds them free.
 """
 
 from __future__ import annotations
@@ -16,18 +20,33 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlparse
 
 import httpx
 
-from riverbed.cli.mlserver_process import MLServerProcess, free_port
+from resources.mlserver_admin import MLServerAdmin
+from riverbed.cli import processes
+from riverbed.cli.mlserver_process import MLSERVER_HOST, MLServerProcess, free_port
+from riverbed.cli.stack_state import (
+    dsn_without_password,
+    read_stack_file,
+    recover_embedded_postgres,
+    why_not_live,
+    write_private_json,
+)
+from riverbed.inference_log_schema import apply_migrations
 from riverbed.model_repository import ModelRepository
+from riverbed.names import CHAMPION_ALIAS
 from riverbed.settings import PROJECT_ROOT, RiverbedSettings
+from riverbed.specs import DatasetSpec, load_specs
+from serving.embedded_postgres import EmbeddedPostgres, resolve_inference_log_dsn
 
 logger = logging.getLogger(__name__)
+
+GATEWAY_STOP_SECONDS = 30.0
 
 
 class StackError(RuntimeError):
@@ -38,15 +57,10 @@ def _port_of(url: str, default: int) -> int:
     return urlparse(url).port or default
 
 
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+def _check_port(owner: str, host: str, port: int, setting: str) -> None:
+    problem = processes.port_problem(owner, host, port, setting)
+    if problem is not None:
+        raise StackError(problem)
 
 
 class ServingStack:
@@ -73,10 +87,11 @@ class ServingStack:
         self.repository = ModelRepository(settings.model_repository_dir)
         self.dsn: str | None = None
         self.datasets: list[str] = []
-        self._embedded: Any = None
+        self._embedded: EmbeddedPostgres | None = None
         self._mlserver: MLServerProcess | None = None
         self._gateway: subprocess.Popen[bytes] | None = None
-        self._gateway_log: Any = None
+        self._gateway_log: IO[bytes] | None = None
+        self._recorded = False  # this stack wrote stack.json (and so removes it on stop)
 
     # ------------------------------------------------------------------------------------------ URLs
     @property
@@ -85,7 +100,12 @@ class ServingStack:
 
     @property
     def mlserver_url(self) -> str:
-        return f"http://127.0.0.1:{self.mlserver_port}"
+        return f"http://{MLSERVER_HOST}:{self.mlserver_port}"
+
+    @property
+    def public_dsn(self) -> str | None:
+        """The inference log's DSN without its password: what stack.json and the screen show."""
+        return dsn_without_password(self.dsn) if self.dsn is not None else None
 
     @property
     def logs_dir(self) -> Path:
@@ -102,14 +122,15 @@ class ServingStack:
     # ------------------------------------------------------------------------------------------ lifecycle
     def start(self) -> ServingStack:
         try:
+            self._claim_home()
             self._start_database()
             self._ensure_champions()
             self._start_mlserver()
             self._start_gateway()
+            self._write_stack_file()
         except BaseException:
             self.stop()
             raise
-        self._write_stack_file()
         return self
 
     def __enter__(self) -> ServingStack:
@@ -118,18 +139,40 @@ class ServingStack:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _start_database(self) -> None:
-        from riverbed.inference_log_schema import apply_migrations
-        from serving.embedded_postgres import resolve_inference_log_dsn
+    def _claim_home(self) -> None:
+        """Refuse if a live stack serves this home; remove a stale stack.json (its stack did not stop cleanly).
 
+        Removed before anything starts: the inference-log DSN resolver would otherwise take its database.
+        """
+        path = self.settings.stack_file
+        try:
+            record = read_stack_file(path)
+        except ValueError as error:
+            logger.warning("%s is not a stack record (%s); replacing it", path, error)
+            path.unlink(missing_ok=True)
+            return
+        if record is None:
+            return
+        reason = why_not_live(record)
+        if reason is None:
+            pid = record.get("pid")
+            raise StackError(
+                f"a riverbed serve is already running on {self.settings.home} (pid {pid}; gateway "
+                f"{record.get('gateway')}, MLServer {record.get('mlserver')}): stop it first (Ctrl-C in its "
+                f"terminal, or kill {pid})"
+            )
+        logger.warning("stale %s replaced: %s (that stack did not stop cleanly)", path, reason)
+        path.unlink(missing_ok=True)
+
+    def _start_database(self) -> None:
+        if self.settings.inference_log_dsn is None:  # the embedded server: clear what a killed stack left
+            recover_embedded_postgres(self.settings.embedded_postgres_dir)
         self.dsn, self._embedded = resolve_inference_log_dsn(self.settings)
         applied = apply_migrations(self.dsn)
         if applied:
             logger.info("inference log migrations applied: %s", ", ".join(applied))
 
     def _ensure_champions(self) -> None:
-        from riverbed.specs import load_specs
-
         specs = load_specs(self.settings.specs_dirs)
         unknown = [name for name in self.requested if name not in specs]
         if unknown:
@@ -147,13 +190,12 @@ class ServingStack:
                 "train job in the Dagster UI)"
             )
 
-    def _install_champion(self, spec: Any) -> Any:
+    def _install_champion(self, spec: DatasetSpec) -> Any:
         """Install the MLflow ``champion`` of a dataset that has no deployment pointer yet (None if none)."""
+        # Dagster + pandas (~2 s to import): only for a dataset that has no deployment pointer yet
         from platform_assets.deployment import deploy_model_version
         from platform_assets.model_registry import registered_aliases
         from resources.mlflow_resource import MlflowTrackingResource, mlflow_client
-        from resources.mlserver_admin import MLServerAdmin
-        from riverbed.names import CHAMPION_ALIAS
 
         tracking_uri = self.settings.resolved_mlflow_tracking_uri
         name = MlflowTrackingResource(tracking_uri=tracking_uri).registered_model_name(spec.name)
@@ -177,8 +219,11 @@ class ServingStack:
         return deployment
 
     def _start_mlserver(self) -> None:
-        if not _port_free(self.mlserver_port):
-            raise StackError(f"MLServer's port {self.mlserver_port} is in use (set RIVERBED_MLSERVER_URL)")
+        _check_port("MLServer's", MLSERVER_HOST, self.mlserver_port, "RIVERBED_MLSERVER_URL")
+        if not self.ephemeral_ports:
+            grpc, metrics = self.settings.mlserver_grpc_port, self.settings.mlserver_metrics_port
+            _check_port("MLServer's gRPC", MLSERVER_HOST, grpc, "RIVERBED_MLSERVER_GRPC_PORT")
+            _check_port("MLServer's metrics", MLSERVER_HOST, metrics, "RIVERBED_MLSERVER_METRICS_PORT")
         served = []
         for dataset in self.datasets:
             deployment = self.repository.read_deployment(dataset)
@@ -196,10 +241,9 @@ class ServingStack:
         self._mlserver.start()
 
     def _start_gateway(self) -> None:
-        if not _port_free(self.gateway_port):
-            raise StackError(f"the gateway's port {self.gateway_port} is in use (set RIVERBED_GATEWAY_PORT)")
+        _check_port("the gateway's", self.settings.gateway_host, self.gateway_port, "RIVERBED_GATEWAY_PORT")
         assert self.dsn is not None
-        env = {
+        env = {  # the DSN, password included, goes by environment only: stack.json never holds it
             **os.environ,
             "RIVERBED_HOME": str(self.settings.home),
             "RIVERBED_INFERENCE_LOG_DSN": self.dsn,
@@ -223,9 +267,7 @@ class ServingStack:
         ]  # fmt: skip
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self._gateway_log = (self.logs_dir / "gateway.log").open("ab")
-        self._gateway = subprocess.Popen(
-            command, env=env, cwd=PROJECT_ROOT, stdout=self._gateway_log, stderr=subprocess.STDOUT
-        )
+        self._gateway = processes.spawn(command, env=env, cwd=PROJECT_ROOT, stdout=self._gateway_log)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self._gateway.poll() is not None:
@@ -240,30 +282,23 @@ class ServingStack:
         stack = {
             "gateway": self.gateway_url,
             "mlserver": self.mlserver_url,
-            "database": self.dsn,
+            "database": self.public_dsn,
             "datasets": self.datasets,
             "pid": os.getpid(),
+            "process": processes.process_identity(os.getpid()),  # tells this run from a later owner of the pid
             "gateway_pid": self.gateway_pid,
             "mlserver_pid": self.mlserver_pid,
             "model_repository": str(self.repository.root),
             "logs": str(self.logs_dir),
             "started_at": dt.datetime.now(dt.UTC).isoformat(),
         }
-        self.settings.stack_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.settings.stack_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(stack, indent=2))
-        os.replace(tmp, self.settings.stack_file)
+        write_private_json(self.settings.stack_file, stack)
+        self._recorded = True
 
     def stop(self) -> None:
         """Stop the gateway (it flushes its audit writer), MLServer, then the embedded database."""
         if self._gateway is not None:
-            if self._gateway.poll() is None:
-                self._gateway.send_signal(signal.SIGTERM)
-                try:
-                    self._gateway.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    self._gateway.kill()
-                    self._gateway.wait()
+            processes.stop(self._gateway, "the gateway", GATEWAY_STOP_SECONDS)
             self._gateway = None
         if self._gateway_log is not None:
             self._gateway_log.close()
@@ -274,10 +309,26 @@ class ServingStack:
         if self._embedded is not None:
             self._embedded.stop()
             self._embedded = None
-        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError, OSError):
-            stack = json.loads(self.settings.stack_file.read_text())
-            if stack.get("pid") == os.getpid():
-                self.settings.stack_file.unlink()
+        if self._recorded:
+            self._recorded = False
+            with contextlib.suppress(FileNotFoundError, json.JSONDecodeError, OSError):
+                stack = json.loads(self.settings.stack_file.read_text())
+                if stack.get("pid") == os.getpid():
+                    self.settings.stack_file.unlink()
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block SIGTERM raises KeyboardInterrupt, as Ctrl-C does: a stack being started stops cleanly."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def wait_for_signal() -> None:

@@ -10,6 +10,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -57,6 +58,8 @@ def apply_migrations(dsn: str, *, connect_timeout: float = 5.0, directory: Path 
     applied: list[str] = []
     migrations = available_migrations(directory)
     with psycopg.connect(dsn, connect_timeout=max(1, round(connect_timeout)), autocommit=True) as conn:
+        if _all_recorded(conn, migrations):
+            return applied  # nothing to do: needs only SELECT, so least-privileged roles may call this
         for migration in migrations:
             with conn.transaction():
                 # Serialises concurrent starters: the loser waits, then sees the version recorded and skips it.
@@ -77,3 +80,12 @@ def apply_migrations(dsn: str, *, connect_timeout: float = 5.0, directory: Path 
     if applied:
         logger.info("applied migrations %s", applied)
     return applied
+
+
+def _all_recorded(conn: psycopg.Connection[Any], migrations: list[Migration]) -> bool:
+    """Whether every migration is already recorded, read without DDL or locks (false if the table is missing)."""
+    exists = conn.execute("select to_regclass('riverbed_schema_migrations') is not null").fetchone()
+    if not exists or not exists[0]:
+        return False
+    recorded = {row[0] for row in conn.execute("select version from riverbed_schema_migrations").fetchall()}
+    return all(migration.version in recorded for migration in migrations)

@@ -176,83 +176,82 @@ def _group_rows(values: dict[str, float]) -> list[list[object]]:
 
 def render_markdown(card: ModelCard) -> str:
     """A readable card: summary, intended use, lineage, metrics, fairness, hyperparameters, limitations."""
-    lineage = card.lineage
     title = f"# Model card: {card.model_name}" + (f" v{card.version}" if card.version is not None else "")
-    lines = [
-        title,
-        "",
-        *_table(
-            ["", ""],
-            [
-                ["Dataset", f"`{card.dataset}` (spec version {card.dataset_version})"],
-                ["Registered model", f"`{card.model_name}` version {card.version}"],
-                ["MLflow run", f"`{card.mlflow_run_id}`"],
-                ["Dagster run", f"`{lineage.dagster_run_id}`"],
-                ["Created", f"{card.created_at:%Y-%m-%d %H:%M:%S %Z}".strip()],
-            ],
-            numeric_from=2,
-        ),
-        "## Intended use",
-        "",
-        card.intended_use,
-        "",
-        "## Data lineage",
-        "",
-        *_table(
-            ["", ""],
-            [
-                ["Training data", f"`{lineage.training_data_uri}`"],
-                ["Test data", f"`{lineage.test_data_uri}`"],
-                ["Rows", f"{lineage.train_rows} train / {lineage.test_rows} test"],
-                ["Partitions", ", ".join(lineage.partitions) or "none recorded"],
-                ["Data commits", ", ".join(f"`{c}`" for c in lineage.data_commit_ids) or "none recorded"],
-            ],
-            numeric_from=2,
-        ),
-        "## Metrics (test split)",
-        "",
-        *_table(
-            ["metric", "value"],
-            [
-                [name, int(value) if name.startswith("n_") and math.isfinite(value) else float(value)]
-                for name, value in sorted(card.metrics.items())
-            ],
-        ),
-        "## Fairness (test split)",
-        "",
+    return "\n".join(
+        [
+            title,
+            "",
+            *_summary_section(card),
+            *_section("Intended use", [card.intended_use, ""]),
+            *_section("Data lineage", _lineage_table(card.lineage)),
+            *_section("Metrics (test split)", _metrics_table(card.metrics)),
+            *_section("Fairness (test split)", _fairness_tables(card.fairness)),
+            *_section("Hyperparameters", _hyperparameters_table(card.hyperparameters)),
+            *_section("Limitations", [*(f"- {item}" for item in card.limitations), ""]),
+        ]
+    )
+
+
+def _section(heading: str, body: list[str]) -> list[str]:
+    return [f"## {heading}", "", *body]
+
+
+def _summary_section(card: ModelCard) -> list[str]:
+    rows: list[list[object]] = [
+        ["Dataset", f"`{card.dataset}` (spec version {card.dataset_version})"],
+        ["Registered model", f"`{card.model_name}` version {card.version}"],
+        ["MLflow run", f"`{card.mlflow_run_id}`"],
+        ["Dagster run", f"`{card.lineage.dagster_run_id}`"],
+        ["Created", f"{card.created_at:%Y-%m-%d %H:%M:%S %Z}".strip()],
     ]
-    if card.fairness:
-        lines += _table(
-            ["protected attribute", "demographic parity difference", "equalized odds difference"],
-            [
-                [
-                    attribute,
-                    float(values.get("demographic_parity_difference", float("nan"))),
-                    float(values.get("equalized_odds_difference", float("nan"))),
-                ]
-                for attribute, values in card.fairness.items()
-            ],
-        )
-        for attribute, values in card.fairness.items():
-            rows = _group_rows(values)
-            if rows:
-                lines += [f"### By group: {attribute}", ""]
-                lines += _table(["group", "test records", "selection rate", "accuracy"], rows)
-    else:
-        lines += ["The dataset declares no protected attributes.", ""]
-    lines += [
-        "## Hyperparameters",
-        "",
-        *_table(
-            ["name", "value"],
-            [
-                [name, f"{value:.6g}" if isinstance(value, float) else value]
-                for name, value in sorted(card.hyperparameters.items())
-            ],
-        ),
-        "## Limitations",
-        "",
-        *[f"- {item}" for item in card.limitations],
-        "",
+    return _table(["", ""], rows, numeric_from=2)
+
+
+def _lineage_table(lineage: DataLineage) -> list[str]:
+    rows: list[list[object]] = [
+        ["Training data", f"`{lineage.training_data_uri}`"],
+        ["Test data", f"`{lineage.test_data_uri}`"],
+        ["Rows", f"{lineage.train_rows} train / {lineage.test_rows} test"],
+        ["Partitions", ", ".join(lineage.partitions) or "none recorded"],
+        ["Data commits", ", ".join(f"`{c}`" for c in lineage.data_commit_ids) or "none recorded"],
     ]
-    return "\n".join(lines)
+    return _table(["", ""], rows, numeric_from=2)
+
+
+def _metrics_table(metrics: dict[str, float]) -> list[str]:
+    rows: list[list[object]] = [
+        [name, int(value) if name.startswith("n_") and math.isfinite(value) else float(value)]
+        for name, value in sorted(metrics.items())
+    ]
+    return _table(["metric", "value"], rows)
+
+
+def _fairness_tables(fairness: dict[str, dict[str, float]]) -> list[str]:
+    """The disparity table, then one table per protected attribute with per-group figures."""
+    if not fairness:
+        return ["The dataset declares no protected attributes.", ""]
+    nan = float("nan")
+    lines = _table(
+        ["protected attribute", "demographic parity difference", "equalized odds difference"],
+        [
+            [
+                attribute,
+                float(values.get("demographic_parity_difference", nan)),
+                float(values.get("equalized_odds_difference", nan)),
+            ]
+            for attribute, values in fairness.items()
+        ],
+    )
+    for attribute, values in fairness.items():
+        rows = _group_rows(values)
+        if rows:
+            lines += [f"### By group: {attribute}", ""]
+            lines += _table(["group", "test records", "selection rate", "accuracy"], rows)
+    return lines
+
+
+def _hyperparameters_table(hyperparameters: dict[str, Any]) -> list[str]:
+    rows: list[list[object]] = [
+        [name, f"{value:.6g}" if isinstance(value, float) else value] for name, value in sorted(hyperparameters.items())
+    ]
+    return _table(["name", "value"], rows)

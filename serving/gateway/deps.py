@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 ROLE_PREDICT = "predict"
 ROLE_AUDIT = "audit"
+MAX_TOKEN_LENGTH = 256  # issued keys are about 70 characters; longer or non-printable tokens are refused unread
 
 
 def get_gateway(request: Request) -> GatewayState:
@@ -58,15 +59,18 @@ async def authenticate(request: Request, roles: tuple[str, ...]) -> ApiKey:
     A 403 names the last of ``roles``.
     """
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise RequestRejected(401, "missing API key: send 'Authorization: Bearer <key>'")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise RequestRejected(401, "missing API key: send 'Authorization: Bearer <key>'", reason="missing_key")
+    if len(token) > MAX_TOKEN_LENGTH or not token.isprintable() or not token.isascii():
+        raise RequestRejected(401, "invalid or revoked API key", reason="invalid_key")  # never looked up
     try:
-        key = await get_gateway(request).authenticator.authenticate(token.strip())
+        key = await get_gateway(request).authenticator.authenticate(token)
     except Exception as error:  # database unreachable and key not cached
         logger.warning("could not verify an API key: %s", error)
         raise RequestRejected(503, "cannot verify the API key right now: the key store is unreachable") from None
     if key is None:
-        raise RequestRejected(401, "invalid or revoked API key")
+        raise RequestRejected(401, "invalid or revoked API key", reason="invalid_key")
     if key.roles.isdisjoint(roles):
         raise RequestRejected(403, f"this API key lacks the '{roles[-1]}' role")
     return key

@@ -24,6 +24,7 @@ from serving.gateway.metrics import GatewayMetrics
 from serving.gateway.middleware import RequestIdMiddleware
 from serving.gateway.mlserver_client import MLServerClient
 from serving.gateway.prediction_events import start_event_publisher
+from serving.gateway.refusals import RefusalLogLimiter
 from serving.gateway.responses import ORJSONResponse, install_exception_handlers
 from serving.gateway.routes import api_router
 from serving.gateway.routes.predict import register_request_models
@@ -78,6 +79,7 @@ async def lifespan(
         embedded_postgres=embedded,
         events=events,
         numeric={name: set(spec.numeric_features) for name, spec in specs.items()},
+        refusal_log=RefusalLogLimiter(settings.unauthenticated_log_per_second, metrics.unlogged_refusals),
     )
     logger.info("gateway ready: datasets %s, MLServer %s", sorted(specs), settings.mlserver_url)
     try:

@@ -60,6 +60,12 @@ class GatewayMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.unlogged_refusals = Counter(
+            "riverbed_gateway_unlogged_refusals",
+            "Unauthenticated (401) predict refusals beyond unauthenticated_log_per_second: answered, not logged.",
+            ["reason"],
+            registry=self.registry,
+        )
         spool = Gauge("riverbed_audit_spool_depth", "Audit records waiting in the local spool.", registry=self.registry)
         spool.set_function(spool_depth)
         down = Gauge(

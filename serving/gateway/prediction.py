@@ -17,9 +17,10 @@ import numpy as np
 from riverbed.errors import MLServerUnavailableError
 from riverbed.model_repository import DeployedModel
 from riverbed.specs import DatasetSpec
+from serving.gateway.body import ReceivedBody, printable
 from serving.gateway.middleware import RequestClock
 from serving.gateway.mlserver_client import ScoredBatch, ScoringError, ServedModelNotFoundError, encode_inputs
-from serving.gateway.schemas import ParsedRequest, RequestRejected
+from serving.gateway.schemas import RESERVED_RECORD_FIELDS, ParsedRequest, RequestRejected
 from serving.gateway.state import GatewayState
 from serving.inference_log import AuditWriteError, Durability, InferenceRecord, RequestStatus
 
@@ -38,12 +39,20 @@ class PredictCall:
     dataset: str | None  # None for a dataset the gateway does not know
     client_key_id: str | None = None
     deployment: DeployedModel | None = None
-    inputs: list[Any] = field(default_factory=list)
+    body: ReceivedBody | None = None  # as far as it was read (None: refused before reading it)
+    inputs: list[Any] = field(default_factory=list)  # the validated values scored (set once the body is valid)
     outputs: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.clock.started) * 1000
+
+    def logged_inputs(self) -> list[Any]:
+        """What the row keeps of the request: the validated values, or for a refused body only its summary
+        (size, SHA-256, first bytes), never the body; nothing if it was refused before its body was read."""
+        if self.inputs:
+            return self.inputs
+        return [self.body.summary()] if self.body is not None else []
 
 
 async def score(
@@ -76,19 +85,42 @@ async def _infer(
             scored = await gateway.mlserver.infer(
                 deployment.served_model_name, call.request_id, inputs, explain=explain
             )
-        except ServedModelNotFoundError:
+        except ServedModelNotFoundError as error:
             if attempt == SCORING_ATTEMPTS - 1:
-                raise RequestRejected(
-                    503, f"MLServer does not serve the deployed model {deployment.served_model_name!r}"
+                raise _model_server_failure(
+                    call, 503, f"MLServer does not serve the deployed model {deployment.served_model_name!r}", error
                 ) from None
             await asyncio.sleep(0.05 * attempt)  # a swap in progress: re-read the pointer and retry
         except MLServerUnavailableError as error:
-            raise RequestRejected(503, f"the model server is unavailable: {error}") from None
+            raise _model_server_failure(call, 503, "the model server is unavailable", error) from None
         except ScoringError as error:
-            raise RequestRejected(422, f"the model could not score these records: {error}") from None
+            raise _model_server_failure(call, 422, "the model server could not score the request", error) from None
         else:
             return deployment, scored
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _model_server_failure(call: PredictCall, status: int, message: str, error: Exception) -> RequestRejected:
+    """The client gets ``message`` and the request id, never MLServer's own text: that goes to the log (WARNING)
+    and to the request's inference-log row."""
+    detail = printable(f"{message}: {error}", 2000)
+    logger.warning("request %s: %s", call.request_id, detail)
+    return RequestRejected(
+        status, f"{message} (request {call.request_id}: the details are in the inference log)", detail=detail
+    )
+
+
+def scored_inputs(parsed: ParsedRequest) -> list[dict[str, Any]]:
+    """The validated records as scored: typed values after coercion (a missing optional feature as null);
+    ``sample_id`` and ``event_time`` only when given."""
+    rows = []
+    for record in parsed.records:
+        row = record.model_dump(mode="json")
+        for name in RESERVED_RECORD_FIELDS:
+            if row.get(name) is None:
+                row.pop(name, None)
+        rows.append(row)
+    return rows
 
 
 def predictions(spec: DatasetSpec, parsed: ParsedRequest, scored: ScoredBatch) -> list[dict[str, Any]]:
@@ -121,16 +153,6 @@ def predictions(spec: DatasetSpec, parsed: ParsedRequest, scored: ScoredBatch) -
     return results
 
 
-def loggable_inputs(body: Any) -> list[Any]:
-    """The body's records as sent (at most 10,000): what the log keeps of a body that fails validation."""
-    if isinstance(body, dict) and isinstance(body.get("records"), list):
-        records: list[Any] = body["records"]
-        return records[:10_000]
-    if isinstance(body, dict) and "record" in body:
-        return [body["record"]]
-    return [body]
-
-
 def inference_record(call: PredictCall, status: RequestStatus, http_status: int, error: str | None) -> InferenceRecord:
     """The request's inference-log row; stamps the total time."""
     call.timings["total_ms"] = call.elapsed_ms()
@@ -143,7 +165,7 @@ def inference_record(call: PredictCall, status: RequestStatus, http_status: int,
         status=status,
         http_status=http_status,
         client_key_id=call.client_key_id,
-        inputs=call.inputs,
+        inputs=call.logged_inputs(),
         outputs=call.outputs,
         labels=[o["label"] for o in call.outputs],
         error=error,

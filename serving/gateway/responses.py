@@ -31,13 +31,24 @@ def error_response(
     problems: list[RecordProblem] | None = None,
     headers: dict[str, str] | None = None,
 ) -> ORJSONResponse:
-    """The error body: the request id, a message and every broken rule."""
-    body = ErrorResponse(request_id=request_id, error=message, problems=[p.as_dict() for p in problems or []])
+    """The error body: the request id, a message and every broken rule (a value JSON cannot carry, as text)."""
+    body = ErrorResponse(
+        request_id=request_id, error=message, problems=[_encodable(p.as_dict()) for p in problems or []]
+    )
     return ORJSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
+def _encodable(problem: dict[str, Any]) -> dict[str, Any]:
+    try:
+        orjson.dumps(problem["value"], option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # e.g. an integer beyond 64 bits, a lone surrogate
+        text = repr(problem["value"])
+        problem["value"] = text[:200].encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\u0000")
+    return problem
+
+
 async def on_request_rejected(request: Request, error: RequestRejected) -> Response:
-    return error_response(request_id_of(request), error.status, error.message, error.problems)
+    return error_response(request_id_of(request), error.status, error.message, error.problems, error.headers)
 
 
 async def on_invalid_request(request: Request, error: RequestValidationError) -> Response:

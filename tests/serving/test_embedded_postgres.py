@@ -12,6 +12,8 @@ import pytest
 from pydantic import SecretStr
 
 from riverbed.settings import RiverbedSettings
+from serving.api_keys import create_api_key
+from serving.database_roles import DATABASE_ROLES
 from serving.embedded_postgres import resolve_inference_log_dsn, start_embedded_postgres
 from serving.inference_log import Durability, InferenceLogWriter, verify_chain
 
@@ -57,3 +59,43 @@ def test_embedded_server_keeps_rows_across_restarts(tmp_path: Path, make_record:
         again.stop()
         again.stop()  # idempotent
     assert time.perf_counter() - began < 30
+
+
+def test_embedded_server_gives_each_component_its_least_privileged_role(tmp_path: Path, make_record: Callable) -> None:
+    settings = RiverbedSettings(home=tmp_path / "home", inference_log_dsn=None)
+    gateway_dsn, embedded = resolve_inference_log_dsn(settings, role="gateway")
+    assert embedded is not None
+    try:
+        assert gateway_dsn == embedded.dsn_for("gateway")
+        assert "user=riverbed_gateway_login" in gateway_dsn and "password" not in gateway_dsn  # socket, trust
+        assert embedded.dsn_for("admin") == embedded.dsn and "user=postgres" in embedded.dsn
+        for role in DATABASE_ROLES:
+            assert f"user=riverbed_{role}_login" in embedded.dsn_for(role)
+        with pytest.raises(ValueError, match="no role"):
+            embedded.dsn_for("root")  # type: ignore[arg-type]
+
+        # Already migrated by the start: the gateway's own (no-op) migration run and its writes succeed.
+        writer = InferenceLogWriter(gateway_dsn, settings.audit_spool_path)
+
+        async def write() -> list[Durability]:
+            await writer.start()
+            try:
+                return [await writer.record(make_record()) for _ in range(2)]
+            finally:
+                await writer.stop()
+
+        assert asyncio.run(write()) == [Durability.COMMITTED] * 2
+        with psycopg.connect(gateway_dsn, autocommit=True) as conn:
+            for statement in (
+                "update inference_log set error = 'x'",
+                "delete from inference_log",
+                "delete from api_keys",
+            ):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(statement)
+        created = create_api_key(embedded.dsn_for("owner"), ["predict"])  # key administration: the owner
+        with psycopg.connect(embedded.dsn_for("auditor")) as conn:
+            assert conn.execute("select key_id from api_keys").fetchall() == [(created.key_id,)]
+        assert verify_chain(embedded.dsn_for("auditor")).ok
+    finally:
+        embedded.stop()

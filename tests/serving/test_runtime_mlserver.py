@@ -112,3 +112,22 @@ def test_unknown_outputs_and_missing_features_are_clear_errors(mlserver_url: str
     missing = {**request, "inputs": request["inputs"][:2]}
     answer = httpx.post(f"{mlserver_url}/v2/models/toy-credit/infer", json=missing, timeout=30)
     assert answer.status_code == 400 and "region" in answer.text
+
+
+def test_direct_decoding_answers_as_mlservers_codecs_do(mlserver_url: str) -> None:
+    """The gateway's FP64/BYTES inputs are decoded without pandas; an input only MLServer's codecs decode (INT64)
+    sends the same rows down the PandasCodec path: the answers must be the same, to the last bit."""
+    rows = _frame(9, 25)
+    request = _request(rows)
+    request["inputs"][0]["data"][0] = None  # a missing number: FP64 null
+    unused = {"name": "unused", "datatype": "INT64", "shape": [9], "data": list(range(9))}
+    answers = []
+    for body in (request, {**request, "inputs": [*request["inputs"], unused]}):
+        response = httpx.post(f"{mlserver_url}/v2/models/toy-credit/infer", json=body, timeout=30)
+        assert response.status_code == 200, response.text
+        answers.append({o["name"]: o["data"] for o in response.json()["outputs"]})
+    assert answers[0] == answers[1]
+    probabilities = np.array(answers[0]["probabilities"]).reshape(9, 2)
+    margin = np.log(probabilities[:, 1] / probabilities[:, 0])
+    contributions = np.array(answers[0]["contributions"]).reshape(9, 3)
+    np.testing.assert_allclose(np.array(answers[0]["base_value"]) + contributions.sum(axis=1), margin, atol=1e-4)

@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import Response
 
 from riverbed.model_repository import DeployedModel
+from serving.gateway.body import BodyLimits, BodyTooLarge, decode_body, describe, read_body
 from serving.gateway.deps import Clock, GatewayDep, KeyCheck, PredictKey, RequestId
-from serving.gateway.prediction import PredictCall, loggable_inputs, predictions, record, score
+from serving.gateway.prediction import PredictCall, predictions, record, score, scored_inputs
 from serving.gateway.prediction_events import prediction_events
 from serving.gateway.responses import ORJSONResponse, error_response
 from serving.gateway.schemas import (
@@ -23,7 +23,6 @@ from serving.gateway.schemas import (
     ErrorResponse,
     ParsedRequest,
     PredictResponse,
-    RecordProblem,
     RequestRejected,
     parse_predict_body,
 )
@@ -36,8 +35,12 @@ TopKQuery = Annotated[int | None, Query(description="Override the body's 'top_k'
 PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing or invalid API key."},
     403: {"model": ErrorResponse, "description": "The key lacks the 'predict' role."},
-    413: {"model": ErrorResponse, "description": "Too many records in one batch."},
-    422: {"model": ErrorResponse, "description": "Invalid records: each field, value and rule."},
+    413: {"model": ErrorResponse, "description": "The body is larger than the byte limit, or the batch too large."},
+    422: {
+        "model": ErrorResponse,
+        "description": "Invalid records (each record, field, value and rule), or a body beyond the limits on "
+        "nesting depth, string length, numbers (finite, integers up to 2^53) or NUL characters.",
+    },
     503: {"model": ErrorResponse, "description": "MLServer or the inference log is unavailable."},
 }
 
@@ -125,34 +128,63 @@ async def _parse(
     explain: bool | None,
     top_k: int | None,
 ) -> ParsedRequest:
-    """Check the key and the dataset, then validate the body (query parameters override its options)."""
+    """Check the key and the dataset, read the body within the byte limit, decode it within the limits on
+    depth, strings and numbers, then validate it against the spec (query parameters override its options)."""
     call.client_key_id = key.require().key_id
     if dataset not in gateway.schemas:
         raise RequestRejected(404, f"unknown dataset {dataset!r}; known: {sorted(gateway.schemas)}")
+    limits = body_limits(gateway, dataset)
     try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as error:
-        raise RequestRejected(
-            422, "the body is not valid JSON", [RecordProblem(None, "body", None, f"invalid JSON: {error}")]
-        ) from None
-    call.inputs = loggable_inputs(body)
+        call.body = await read_body(request, limits.max_bytes)
+    except BodyTooLarge as too_large:
+        call.body = too_large.received  # what was read before the limit: the row keeps its summary
+        raise
+    body = decode_body(call.body.data, limits)
     parsed = parse_predict_body(
         gateway.schemas[dataset],
         body,
-        max_records=gateway.settings.max_batch_records,
+        max_records=limits.max_records,
         explain_query=explain,
         top_k_query=top_k,
     )
-    call.inputs = parsed.raw_records
+    call.inputs = scored_inputs(parsed)
     call.timings["validate_ms"] = call.elapsed_ms()
     return parsed
 
 
+def body_limits(gateway: GatewayState, dataset: str) -> BodyLimits:
+    """The settings' limits on a predict body of ``dataset``; the number of JSON values follows from the batch
+    size and the spec's width (generously: four values per field and record)."""
+    settings = gateway.settings
+    width = len(gateway.specs[dataset].features) + 4
+    return BodyLimits(
+        max_bytes=settings.max_body_bytes,
+        max_string_length=settings.max_string_length,
+        max_depth=settings.max_json_depth,
+        max_records=settings.max_batch_records,
+        max_values=max(65_536, 4 * width * settings.max_batch_records),
+    )
+
+
 async def _reject(gateway: GatewayState, call: PredictCall, rejection: RequestRejected) -> Response:
-    """Record the refused or failed request, then answer with the error."""
+    """Record the refused or failed request, then answer with the error. A refused body is recorded as its
+    summary, and the row's error is the reason (the rules broken, or the model server's own error text).
+
+    Unauthenticated refusals are recorded only within ``unauthenticated_log_per_second`` (see
+    :mod:`serving.gateway.refusals`): beyond it they are answered, counted and not recorded.
+    """
+    if (
+        rejection.status == 401
+        and gateway.refusal_log is not None
+        and not gateway.refusal_log.admit(rejection.reason or "unauthenticated")
+    ):
+        return error_response(call.request_id, 401, rejection.message, rejection.problems)
     status = RequestStatus.FAILED if rejection.status >= 500 else RequestStatus.REJECTED
-    await record(gateway, call, status, rejection.status, rejection.message)
-    return error_response(call.request_id, rejection.status, rejection.message, rejection.problems)
+    reason = rejection.detail or describe(rejection.message, rejection.problems)
+    await record(gateway, call, status, rejection.status, reason)
+    return error_response(
+        call.request_id, rejection.status, rejection.message, rejection.problems, headers=rejection.headers
+    )
 
 
 async def _respond(
