@@ -15,7 +15,7 @@ from riverbed.settings import RiverbedSettings
 from riverbed.sources import load_source_records
 from riverbed.specs import DatasetSpec
 from serving.api_keys import create_api_key
-from serving.inference_log import verify_chain
+from serving.inference_log import verify_chain_from_settings
 
 
 def gateway_records(spec: DatasetSpec, frame: Any, sample_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -85,10 +85,13 @@ def exercise_serving(settings: RiverbedSettings, spec: DatasetSpec, console: Con
                     str(len(row.get("inputs") or [])),
                 )  # fmt: skip
             console.print(table)
-        report = verify_chain(stack.dsn)
+        report = verify_chain_from_settings(stack.dsn, settings)
         summary.update(chain_ok=report.ok, rows=report.rows_checked)
         status = "[green]intact[/green]" if report.ok else f"[red]broken: {report.problems[:3]}[/red]"
-        console.print(f"audit chain {status}: {report.rows_checked} rows verified")
+        console.print(
+            f"audit chain {status}: {report.rows_checked} rows (keyed HMAC) and "
+            f"{report.checkpoints_checked} signed checkpoints verified"
+        )
     finally:
         with console.status("stopping the gateway, MLServer and the database..."):
             stack.stop()

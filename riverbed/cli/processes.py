@@ -5,7 +5,8 @@
 - :func:`stop` stops one: SIGTERM, a grace period, then SIGKILL for its whole process group.
 - :func:`port_free` probes a port the way uvicorn and MLServer bind it (``SO_REUSEADDR``): sockets in TIME-WAIT
   left by a previous run do not count, a listener does; :func:`port_holder` names the process listening.
-- :func:`process_identity` and :func:`same_process` tell a live process from a reused pid.
+- :func:`process_identity` and :func:`same_process` (from the core's stack file module) tell a live process
+  from a reused pid.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
+
+from riverbed.stack_file import stat_fields
 
 logger = logging.getLogger(__name__)
 
@@ -175,22 +178,6 @@ def process_cmdline(pid: int) -> list[str] | None:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part] or None
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """``/proc/<pid>/stat`` from field 3 (state) on; the command name before it may hold spaces."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2 :].split()
-
-
-def _boot_id() -> str | None:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-
-
 def pid_alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not count)."""
     try:
@@ -199,25 +186,5 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return fields is None or fields[0] not in ("Z", "X")
-
-
-def process_identity(pid: int) -> dict[str, Any]:
-    """What distinguishes this run of ``pid`` from a later process given the same pid: boot id and start time
-    (clock ticks after boot). Empty where ``/proc`` is not available."""
-    fields = _stat_fields(pid)
-    boot = _boot_id()
-    if fields is None or boot is None:
-        return {}
-    return {"boot_id": boot, "start_ticks": int(fields[19])}  # field 22 of stat(5)
-
-
-def same_process(pid: int, identity: Mapping[str, Any]) -> bool | None:
-    """Whether the live ``pid`` is the process ``identity`` was taken from (None: cannot tell)."""
-    if not identity:
-        return None
-    current = process_identity(pid)
-    if not current:
-        return None
-    return current == {key: identity.get(key) for key in current}

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import os
+import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,18 +28,20 @@ from riverbed.inference_log_schema import apply_migrations
 from riverbed.names import PREVIOUS_ALIAS
 from riverbed.settings import RiverbedSettings, get_settings
 from riverbed.specs import load_specs
-from serving.api_keys import create_api_key, list_api_keys, revoke_api_key
+from serving.api_keys import UnknownKeyError, create_api_key, list_api_keys, parse_expiry, revoke_api_key
+from serving.audit_access import list_audit_access, record_audit_access
 from serving.audit_queries import (
+    MAX_EXPORT_ROWS,
     AuditFilter,
-    export_csv_chunks,
-    export_parquet_bytes,
+    export_csv_file,
+    export_parquet_file,
     fetch_predictions,
     get_prediction,
     iter_export_rows,
 )
-from serving.embedded_postgres import resolve_inference_log_dsn
+from serving.embedded_postgres import EmbeddedRole, resolve_inference_log_dsn
 from serving.gateway.lineage import lineage_of
-from serving.inference_log import RequestStatus, verify_chain
+from serving.inference_log import RequestStatus, list_quarantine, verify_chain_from_settings
 
 console = Console()
 apikey_app = typer.Typer(help="API keys for the gateway (stored hashed in the inference-log database).")
@@ -46,9 +49,13 @@ audit_app = typer.Typer(help="The inference log: show, query, export and verify 
 
 
 @contextlib.contextmanager
-def inference_log_dsn(settings: RiverbedSettings | None = None) -> Iterator[str]:
-    """The inference log's DSN: configured, the running stack's, or an embedded server started for this command."""
-    dsn, embedded = resolve_inference_log_dsn(settings or get_settings())
+def inference_log_dsn(settings: RiverbedSettings | None = None, *, role: EmbeddedRole = "auditor") -> Iterator[str]:
+    """The inference log's DSN: configured, the running stack's, or an embedded server started for this command.
+
+    On the embedded server each command connects as the least-privileged role it needs: ``owner`` to manage keys,
+    ``auditor`` (read-only) to read the log.
+    """
+    dsn, embedded = resolve_inference_log_dsn(settings or get_settings(), role=role)
     try:
         yield dsn
     finally:
@@ -59,46 +66,66 @@ def inference_log_dsn(settings: RiverbedSettings | None = None) -> Iterator[str]
 # ---------------------------------------------------------------------------------------------------- apikey
 @apikey_app.command("create")
 def apikey_create(
-    roles: Annotated[str, typer.Option(help="Comma-separated roles: predict, audit.")] = "predict",
+    roles: Annotated[str, typer.Option(help="Comma-separated roles: predict, audit, review.")] = "predict",
     name: Annotated[str, typer.Option(help="A label for the key (who or what uses it).")] = "",
+    expires: Annotated[
+        str | None, typer.Option(help="Expiry: a duration from now (90d, 12h, 30m, 2w) or an ISO 8601 time.")
+    ] = None,
 ) -> None:
     """Create an API key; prints the key alone on the last line (it is shown only once)."""
     wanted = [role.strip() for role in roles.split(",") if role.strip()]
-    with inference_log_dsn() as dsn:
+    try:
+        expires_at = parse_expiry(expires) if expires else None
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--expires") from None
+    with inference_log_dsn(role="owner") as dsn:
         apply_migrations(dsn)
         try:
-            created = create_api_key(dsn, wanted, name)
+            created = create_api_key(dsn, wanted, name, expires_at=expires_at)
         except ValueError as error:
             console.print(f"[red]{error}[/red]")
             raise typer.Exit(2) from None
-    console.print(f"API key {created.key_id} with roles {', '.join(sorted(created.roles))} (shown only once):")
+    until = f", expires {created.expires_at.isoformat(timespec='seconds')}" if created.expires_at else ""
+    console.print(f"API key {created.key_id} with roles {', '.join(sorted(created.roles))}{until} (shown only once):")
     typer.echo(created.key)
 
 
 @apikey_app.command("list")
-def apikey_list() -> None:
-    """List API keys (ids, names, roles; never the keys)."""
-    with inference_log_dsn() as dsn:
+def apikey_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List API keys (ids, names, roles, status, expiry; never the keys)."""
+    with inference_log_dsn(role="owner") as dsn:
         apply_migrations(dsn)
         keys = list_api_keys(dsn)
-    table = Table("key id", "name", "roles", "created", "revoked")
+    if as_json:
+        listed = [{**key.__dict__, "roles": sorted(key.roles), "status": str(key.status())} for key in keys]
+        typer.echo(json.dumps(listed, indent=2, default=str))
+        return
+    table = Table("key id", "name", "roles", "status", "created", "expires", "revoked")
     for key in keys:
-        row = key if isinstance(key, dict) else key.__dict__
         table.add_row(
-            str(row.get("key_id")),
-            str(row.get("name") or ""),
-            ", ".join(sorted(row.get("roles") or [])),
-            str(row.get("created_at") or ""),
-            str(row.get("revoked_at") or ""),
+            key.key_id,
+            key.name or "",
+            ", ".join(sorted(key.roles)),
+            str(key.status()),
+            str(key.created_at or ""),
+            str(key.expires_at or ""),
+            str(key.revoked_at or ""),
         )
     console.print(table)
 
 
 @apikey_app.command("revoke")
 def apikey_revoke(key_id: Annotated[str, typer.Argument(help="The key id to revoke.")]) -> None:
-    """Revoke an API key; the gateway refuses it within seconds."""
-    with inference_log_dsn() as dsn:
-        revoke_api_key(dsn, key_id)
+    """Revoke an API key; every gateway refuses it within a second. Exits 1 for an unknown key id."""
+    with inference_log_dsn(role="owner") as dsn:
+        try:
+            revocation = revoke_api_key(dsn, key_id)
+        except UnknownKeyError:
+            console.print(f"[red]no API key {key_id!r}: nothing revoked[/red]")
+            raise typer.Exit(1) from None
+    if revocation.already_revoked:
+        console.print(f"{key_id} was already revoked at {revocation.revoked_at.isoformat(timespec='seconds')}")
+        return
     console.print(f"revoked {key_id}")
 
 
@@ -134,6 +161,28 @@ def _filter(
     )
 
 
+def _cli_identity() -> str:
+    """Who reads the log from the CLI, as recorded in audit_access_log (the OS user; no API key is involved)."""
+    try:
+        user = os.getlogin()
+    except OSError:
+        user = os.environ.get("USER") or str(os.getuid())
+    return f"cli:{user}"
+
+
+async def _recorded(pool: Any, route: str, filters: dict[str, Any], row_count: int) -> None:
+    """Record one CLI audit read before its result is shown (an unrecorded read is not shown)."""
+    await record_audit_access(
+        pool,
+        key_id=_cli_identity(),
+        route=route,
+        filters={name: value for name, value in filters.items() if value is not None},
+        row_count=row_count,
+        request_id=str(uuid.uuid4()),
+        received_at=dt.datetime.now(dt.UTC),
+    )
+
+
 async def _with_pool(dsn: str, work: Any) -> Any:
     async with AsyncConnectionPool(dsn, min_size=1, max_size=2, open=False) as pool:
         await pool.open(wait=True, timeout=10)
@@ -151,8 +200,14 @@ StatusOpt = Annotated[str | None, typer.Option(help="ok, rejected or failed.")]
 @audit_app.command("show")
 def audit_show(request_id: Annotated[str, typer.Argument(help="The X-Request-ID of a request.")]) -> None:
     """Show one request with its lineage (model version -> MLflow run -> data commits -> Dagster run)."""
+
+    async def work(pool: Any) -> dict[str, Any] | None:
+        found = await get_prediction(pool, request_id)
+        await _recorded(pool, "cli audit show", {"request_id": request_id}, 0 if found is None else 1)
+        return found
+
     with inference_log_dsn() as dsn:
-        row = asyncio.run(_with_pool(dsn, lambda pool: get_prediction(pool, request_id)))
+        row = asyncio.run(_with_pool(dsn, work))
     if row is None:
         console.print(f"[red]no request {request_id!r} in the inference log[/red]")
         raise typer.Exit(1)
@@ -173,10 +228,19 @@ def audit_query(
 ) -> None:
     """List recorded requests, newest first, with the same filters as the API."""
     selection = _filter(dataset, since, until, model_version, label, status)
+    filters: dict[str, Any] = {"dataset": dataset, "since": since, "until": until, "model_version": model_version}
+    filters |= {"label": label, "status": status, "limit": limit, "cursor": cursor}
+
+    async def work(pool: Any) -> tuple[list[dict[str, Any]], str | None]:
+        page, following = await fetch_predictions(pool, selection, limit=limit, cursor=cursor)
+        await _recorded(pool, "cli audit query", filters, len(page))
+        return page, following
+
     with inference_log_dsn() as dsn:
-        rows, next_cursor = asyncio.run(
-            _with_pool(dsn, lambda pool: fetch_predictions(pool, selection, limit=limit, cursor=cursor))
-        )
+        try:
+            rows, next_cursor = asyncio.run(_with_pool(dsn, work))
+        except ValueError as error:  # a malformed or foreign cursor
+            raise typer.BadParameter(str(error), param_hint="--cursor") from None
     if as_json:
         typer.echo(json.dumps({"predictions": rows, "next_cursor": next_cursor}, default=str))
         return
@@ -207,39 +271,110 @@ def audit_export(
     model_version: VersionOpt = None,
     label: LabelOpt = None,
     status: StatusOpt = None,
+    limit: Annotated[
+        int, typer.Option(min=1, max=MAX_EXPORT_ROWS, help="Most rows to export (the newest first).")
+    ] = MAX_EXPORT_ROWS,
 ) -> None:
     """Export the selected requests to CSV or Parquet."""
     if format not in ("csv", "parquet"):
         raise typer.BadParameter(f"{format!r}: use csv or parquet", param_hint="--format")
     selection = _filter(dataset, since, until, model_version, label, status)
+    filters: dict[str, Any] = {"dataset": dataset, "since": since, "until": until, "model_version": model_version}
+    filters |= {"label": label, "status": status, "format": format, "limit": limit}
 
     async def work(pool: Any) -> int:
-        rows = iter_export_rows(pool, selection)
-        if format == "parquet":
-            output.write_bytes(await export_parquet_bytes(rows))
-            return output.stat().st_size
-        with output.open("w", encoding="utf-8", newline="") as handle:
-            async for chunk in export_csv_chunks(rows):
-                handle.write(chunk if isinstance(chunk, str) else chunk.decode())
-        return output.stat().st_size
+        # Written to a temporary file beside the output, recorded, then moved into place: an export that could
+        # not be recorded is not left behind.
+        partial = output.with_name(f".{output.name}.partial")
+        rows = iter_export_rows(pool, selection, max_rows=limit)
+        try:
+            if format == "parquet":
+                count = await export_parquet_file(rows, partial)
+            else:
+                count = await export_csv_file(rows, partial)
+            await _recorded(pool, "cli audit export", filters, count)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        partial.replace(output)
+        return count
 
     with inference_log_dsn() as dsn:
-        size = asyncio.run(_with_pool(dsn, work))
-    console.print(f"wrote {output} ({size:,} bytes)")
+        count = asyncio.run(_with_pool(dsn, work))
+    console.print(f"wrote {output} ({count:,} rows, {output.stat().st_size:,} bytes)")
 
 
 @audit_app.command("verify")
 def audit_verify() -> None:
-    """Check the hash chain: exits 1 naming every edited or deleted row."""
-    with inference_log_dsn() as dsn:
-        report = verify_chain(dsn)
+    """Check the keyed hash chain, its head and the signed checkpoints in one snapshot: exits 1 naming every
+    edited, deleted or recomputed row, a deleted tail or a wiped log."""
+    settings = get_settings()
+    with inference_log_dsn(settings) as dsn:
+        report = verify_chain_from_settings(dsn, settings)
+    quarantined = f"; {report.quarantined:,} rows quarantined outside the chain (riverbed audit quarantine)"
+    summary = f"{report.rows_checked:,} rows and {report.checkpoints_checked:,} checkpoints verified"
     if report.ok:
-        console.print(f"[green]chain intact[/green]: {report.rows_checked:,} rows verified")
+        console.print(f"[green]chain intact[/green]: {summary}{quarantined if report.quarantined else ''}")
         return
-    console.print(f"[red]chain broken[/red] after checking {report.rows_checked:,} rows:")
+    console.print(f"[red]chain broken[/red] ({summary}{quarantined if report.quarantined else ''}):")
     for problem in report.problems:
         console.print(f"  - {problem}")
     raise typer.Exit(1)
+
+
+@audit_app.command("quarantine")
+def audit_quarantine(
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="Most entries to list, newest first.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with the kept content).")] = False,
+) -> None:
+    """Rows PostgreSQL refused or that timed out on their own: kept verbatim outside the chain."""
+    settings = get_settings()
+    with inference_log_dsn(settings) as dsn:
+        entries = list_quarantine(dsn, limit=limit, local_file=settings.audit_spool_path / "quarantine.jsonl")
+    if as_json:
+        typer.echo(json.dumps([entry.__dict__ for entry in entries], indent=2, default=str))
+        return
+    table = Table("quarantined", "request id", "reason", "bytes", "sha256", "where")
+    for entry in entries:
+        table.add_row(
+            str(entry.quarantined_at)[:23],
+            entry.request_id or "-",
+            entry.reason[:60],
+            f"{entry.content_bytes:,}",
+            entry.content_sha256[:16],
+            entry.source,
+        )
+    console.print(table)
+    console.print(f"{len(entries)} quarantined rows")
+
+
+@audit_app.command("access")
+def audit_access(
+    key_id: Annotated[
+        str | None, typer.Option("--key-id", help="Only reads by this key id (cli:<user> for the CLI).")
+    ] = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000, help="Most entries, newest first.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Who read or exported the log: every audit read with its key id, filters and row count."""
+    selection = _filter(None, since, until, None, None, None)
+    with inference_log_dsn() as dsn:
+        entries = list_audit_access(dsn, key_id=key_id, since=selection.since, until=selection.until, limit=limit)
+    if as_json:
+        typer.echo(json.dumps([entry.__dict__ for entry in entries], indent=2, default=str))
+        return
+    table = Table("received", "key id", "route", "filters", "rows")
+    for entry in entries:
+        table.add_row(
+            str(entry.received_at)[:23],
+            entry.key_id,
+            entry.route,
+            json.dumps(entry.filters)[:60],
+            f"{entry.row_count:,}",
+        )
+    console.print(table)
 
 
 def serve(

@@ -42,6 +42,7 @@ from riverbed.model_repository import ModelRepository
 from riverbed.names import CHAMPION_ALIAS
 from riverbed.settings import PROJECT_ROOT, RiverbedSettings
 from riverbed.specs import DatasetSpec, load_specs
+from riverbed.stack_file import process_identity
 from serving.embedded_postgres import EmbeddedPostgres, resolve_inference_log_dsn
 
 logger = logging.getLogger(__name__)
@@ -104,8 +105,19 @@ class ServingStack:
 
     @property
     def public_dsn(self) -> str | None:
-        """The inference log's DSN without its password: what stack.json and the screen show."""
-        return dsn_without_password(self.dsn) if self.dsn is not None else None
+        """The DSN other local commands use (stack.json, the screen), without its password: on the embedded server
+        the owner role's (manages keys, reads the log; never the superuser), else the configured one."""
+        if self.dsn is None:
+            return None
+        return dsn_without_password(self._embedded.dsn_for("owner") if self._embedded is not None else self.dsn)
+
+    @property
+    def gateway_dsn(self) -> str | None:
+        """What the gateway connects with: on the embedded server the gateway role (insert log rows, advance the
+        chain head; never update or delete them), else the configured DSN."""
+        if self.dsn is None:
+            return None
+        return self._embedded.dsn_for("gateway") if self._embedded is not None else self.dsn
 
     @property
     def logs_dir(self) -> Path:
@@ -167,7 +179,8 @@ class ServingStack:
     def _start_database(self) -> None:
         if self.settings.inference_log_dsn is None:  # the embedded server: clear what a killed stack left
             recover_embedded_postgres(self.settings.embedded_postgres_dir)
-        self.dsn, self._embedded = resolve_inference_log_dsn(self.settings)
+        # The superuser (embedded) or the configured DSN applies migrations; the gateway gets its own role.
+        self.dsn, self._embedded = resolve_inference_log_dsn(self.settings, role="admin")
         applied = apply_migrations(self.dsn)
         if applied:
             logger.info("inference log migrations applied: %s", ", ".join(applied))
@@ -242,11 +255,11 @@ class ServingStack:
 
     def _start_gateway(self) -> None:
         _check_port("the gateway's", self.settings.gateway_host, self.gateway_port, "RIVERBED_GATEWAY_PORT")
-        assert self.dsn is not None
+        assert self.gateway_dsn is not None
         env = {  # the DSN, password included, goes by environment only: stack.json never holds it
             **os.environ,
             "RIVERBED_HOME": str(self.settings.home),
-            "RIVERBED_INFERENCE_LOG_DSN": self.dsn,
+            "RIVERBED_INFERENCE_LOG_DSN": self.gateway_dsn,
             "RIVERBED_MLSERVER_URL": self.mlserver_url,
             "RIVERBED_MODEL_REPOSITORY": str(self.repository.root),
             "RIVERBED_AUDIT_SPOOL_DIR": str(self.settings.audit_spool_path),
@@ -285,7 +298,7 @@ class ServingStack:
             "database": self.public_dsn,
             "datasets": self.datasets,
             "pid": os.getpid(),
-            "process": processes.process_identity(os.getpid()),  # tells this run from a later owner of the pid
+            "process": process_identity(os.getpid()),  # tells this run from a later owner of the pid
             "gateway_pid": self.gateway_pid,
             "mlserver_pid": self.mlserver_pid,
             "model_repository": str(self.repository.root),

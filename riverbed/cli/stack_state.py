@@ -27,7 +27,8 @@ from typing import Any
 import fasteners
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from riverbed.cli.processes import pid_alive, process_cmdline, same_process
+from riverbed.cli.processes import pid_alive, process_cmdline
+from riverbed.stack_file import same_process
 
 with warnings.catch_warnings():  # it warns at import time when XDG_RUNTIME_DIR is unset (falls back to /tmp)
     warnings.simplefilter("ignore")

@@ -86,7 +86,7 @@ def test_apikey_predict_audit_and_verify_from_the_cli(served) -> None:
     with httpx.Client(base_url=stack["gateway"], headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
         ids = [client.post("/v1/salary_band/predict", json=r).headers["X-Request-ID"] for r in records[:5]]
         batch = client.post("/v1/salary_band/predict", json={"records": records})
-        assert batch.status_code == 200
+        assert batch.status_code == 200, batch.text
 
     shown = _riverbed(env, "audit", "show", ids[0])
     assert shown.returncode == 0, shown.stderr
@@ -109,6 +109,51 @@ def test_apikey_predict_audit_and_verify_from_the_cli(served) -> None:
         conn.execute("UPDATE inference_log SET labels = ARRAY['tampered'] WHERE request_id = %s", (ids[2],))
     tampered = _riverbed(env, "audit", "verify")
     assert tampered.returncode == 1 and ids[2] in tampered.stdout
+
+
+def test_key_lifecycle_from_the_cli(served) -> None:
+    env, _, stack, _ = served
+    created = _riverbed(env, "apikey", "create", "--roles", "audit,review", "--name", "reviewer", "--expires", "30d")
+    assert created.returncode == 0, created.stderr
+    key_id = created.stdout.split("API key ", 1)[1].split(" ", 1)[0]
+    assert "expires" in created.stdout
+    listed = _riverbed(env, "apikey", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (entry,) = [key for key in json.loads(listed.stdout) if key["key_id"] == key_id]
+    assert entry["roles"] == ["audit", "review"] and entry["status"] == "active" and entry["expires_at"]
+    assert _riverbed(env, "apikey", "create", "--expires", "yesterday").returncode == 2
+
+    revoked = _riverbed(env, "apikey", "revoke", key_id)
+    assert revoked.returncode == 0 and f"revoked {key_id}" in revoked.stdout
+    again = _riverbed(env, "apikey", "revoke", key_id)
+    assert again.returncode == 0 and "already revoked" in again.stdout
+    unknown = _riverbed(env, "apikey", "revoke", "rbk_doesnotexist")
+    assert unknown.returncode == 1 and "nothing revoked" in unknown.stdout
+    with psycopg.connect(stack["database"]) as conn:
+        row = conn.execute("select revoked_at is not null from api_keys where key_id = %s", (key_id,)).fetchone()
+    assert row == (True,)
+
+
+def test_cli_audit_reads_are_recorded_and_quarantine_listed(served) -> None:
+    env, _, _, _ = served
+    reads_before = _riverbed(env, "audit", "access", "--json", "--limit", "1000")
+    assert reads_before.returncode == 0, reads_before.stderr
+    before = json.loads(reads_before.stdout)
+    queried = _riverbed(env, "audit", "query", "--dataset", "salary_band", "--limit", "3", "--json")
+    assert queried.returncode == 0, queried.stderr
+    returned = len(json.loads(queried.stdout)["predictions"])
+    after = json.loads(_riverbed(env, "audit", "access", "--json", "--limit", "1000").stdout)
+    new = [entry for entry in after if entry["id"] not in {e["id"] for e in before}]
+    query_reads = [entry for entry in new if entry["route"] == "cli audit query"]
+    assert len(query_reads) == 1
+    (read,) = query_reads
+    assert read["key_id"].startswith("cli:") and read["row_count"] == returned
+    assert read["filters"] == {"dataset": "salary_band", "limit": 3}
+
+    quarantine = _riverbed(env, "audit", "quarantine")
+    assert quarantine.returncode == 0 and "0 quarantined rows" in quarantine.stdout
+    verified = _riverbed(env, "audit", "verify")
+    assert "checkpoints verified" in verified.stdout, verified.stdout
 
 
 def test_sigterm_stops_everything_cleanly(served) -> None:

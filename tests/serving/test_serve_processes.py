@@ -36,6 +36,7 @@ from riverbed.cli.stack_state import (
 )
 from riverbed.model_repository import ModelRepository
 from riverbed.settings import PROJECT_ROOT
+from riverbed.stack_file import process_identity
 from tests.scratch_postgres import create_database, drop_database
 from tests.serving.gateway_fixtures import install_trained_model
 
@@ -181,7 +182,7 @@ def test_stop_kills_the_whole_group_when_the_leader_ignores_sigterm(tmp_path: Pa
 # ------------------------------------------------------------------------------------------------ stack.json
 def test_a_stack_record_is_live_only_while_its_own_process_runs() -> None:
     me = os.getpid()
-    identity = processes.process_identity(me)
+    identity = process_identity(me)
     assert identity["start_ticks"] > 0 and identity["boot_id"]
     assert why_not_live({"pid": me, "process": identity}) is None
     dead = _dead_pid()
@@ -462,7 +463,7 @@ def test_a_stale_stack_file_is_replaced_and_a_live_stack_refuses_a_second_one() 
         assert f"stale {stack_file} replaced: pid {dead} is not running" in runner.output(process)
         assert stat.S_IMODE(stack_file.stat().st_mode) == 0o600
         assert "s3cret" not in stack_file.read_text() and conninfo_to_dict(record["database"]) == conninfo_to_dict(dsn)
-        assert record["process"] == processes.process_identity(process.pid)
+        assert record["process"] == process_identity(process.pid)
 
         second = runner.launch({**runner.env, "RIVERBED_GATEWAY_PORT": str(free_port())})
         assert second.wait(timeout=60) == 1
