@@ -2,13 +2,23 @@
 
 Rows come back JSON-ready (timestamps as ISO 8601 UTC text), newest first, ordered by (received_at, request_id).
 
+**Escaped text.** The log stores a string holding NUL or a lone surrogate (or starting with U+241B) escaped, with
+the marker U+241B first (:func:`serving.inference_log.escape_text`). :func:`fetch_predictions` and
+:func:`get_prediction` return the *original* text (:func:`serving.inference_log.unescape` applied to every row),
+so a NUL may be in a value: JSON carries it as ``\\u0000``. Exports (:func:`iter_export_rows` and the CSV /
+Parquet writers) keep the *stored* (escaped) form on purpose: a CSV or Parquet file must be valid UTF-8 text
+(a lone surrogate cannot be encoded at all, and a NUL byte breaks most CSV readers), and the stored form is
+exactly what the chain hash covers. An exported string that starts with U+241B is escaped;
+:func:`serving.inference_log.unescape_text` restores it.
+
 Everything a caller sends is checked before it reaches SQL: a malformed filter, request id, limit or cursor
 raises :class:`AuditQueryError` (a ``ValueError``) naming the parameter and the rule. Cursors are base64url
 JSON with an HMAC-SHA256 tag over the position *and the filters they were issued for*; a cursor that was
-altered, corrupted, forged or issued for other filters raises :class:`CursorError`. The tag's key is a
-built-in constant unless the caller passes a secret (the gateway derives one from ``audit_chain_key`` when it
-is set): without a secret the tag detects tampering and filter mix-ups, not a determined forger, which can
-only select rows its filters allow anyway.
+altered, corrupted, forged or issued for other filters raises :class:`CursorError`. The tag's key is
+:func:`cursor_key_for` the inference log's chain key (the gateway passes the key its writer was built with, so
+its cursors stay valid across restarts and between its processes, and the CLI can use the same key); no key is
+built in. A caller that passes no key gets a random key made once per process: its cursors are valid only in
+that process, and a restart invalidates them (clients then start from the first page again).
 
 Exports stop at ``max_rows`` (at most :data:`MAX_EXPORT_ROWS`); :func:`export_parquet_file` writes row
 groups incrementally to a file and :func:`export_csv_chunks` yields text, so neither holds an export in memory.
@@ -26,6 +36,7 @@ import hmac
 import io
 import json
 import re
+import secrets
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +46,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from serving.inference_log import CONTENT_FIELDS, RequestStatus, format_time, parse_time
+from serving.inference_log import CONTENT_FIELDS, RequestStatus, escape_text, format_time, parse_time, unescape
 
 MAX_LIMIT = 1000
 MAX_EXPORT_ROWS = 1_000_000  # the most rows one export holds (newest first)
@@ -46,7 +57,9 @@ MAX_CURSOR_LENGTH = 512
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _CURSOR_PATTERN = re.compile(r"([A-Za-z0-9_-]{1,480})\.([A-Za-z0-9_-]{22})")
 _CURSOR_VERSION = 1
-_DEFAULT_CURSOR_KEY = b"riverbed audit cursor v1"
+_CURSOR_KEY_LABEL = b"audit-cursor"
+# Used only when no key is passed: cursors then do not survive the process (see the module docstring).
+_PROCESS_CURSOR_KEY = secrets.token_bytes(32)
 
 
 class AuditQueryError(ValueError):
@@ -158,8 +171,17 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
 
 
+def cursor_key_for(chain_key: bytes) -> bytes:
+    """The key of the cursors' HMAC tags, derived from the inference log's chain key: HMAC-SHA256(key,
+    ``b"audit-cursor"``) (the chain key itself never tags anything else)."""
+    if len(chain_key) < 16:
+        raise ValueError("the chain key must be at least 16 bytes")
+    return hmac.new(chain_key, _CURSOR_KEY_LABEL, hashlib.sha256).digest()
+
+
 def _tag(payload: str, key: bytes | None) -> str:
-    return _b64(hmac.new(key or _DEFAULT_CURSOR_KEY, payload.encode("ascii"), hashlib.sha256).digest()[:16])
+    secret = _PROCESS_CURSOR_KEY if key is None else key
+    return _b64(hmac.new(secret, payload.encode("ascii"), hashlib.sha256).digest()[:16])
 
 
 def encode_cursor(received_at: str, request_id: str, flt: AuditFilter, *, key: bytes | None = None) -> str:
@@ -201,11 +223,12 @@ def decode_cursor(cursor: Any, flt: AuditFilter, *, key: bytes | None = None) ->
 
 
 def _where(flt: AuditFilter, after: tuple[dt.datetime, str] | None) -> tuple[sql.Composable, list[Any]]:
+    """The filter as SQL; text filters are compared in their stored (escaped) form."""
     clauses: list[sql.Composable] = []
     params: list[Any] = []
     if flt.dataset is not None:
         clauses.append(sql.SQL("dataset = %s"))
-        params.append(flt.dataset)
+        params.append(escape_text(flt.dataset))
     if flt.since is not None:
         clauses.append(sql.SQL("received_at >= %s"))
         params.append(_utc(flt.since))
@@ -214,10 +237,10 @@ def _where(flt: AuditFilter, after: tuple[dt.datetime, str] | None) -> tuple[sql
         params.append(_utc(flt.until))
     if flt.model_version is not None:
         clauses.append(sql.SQL("model_version = %s"))
-        params.append(flt.model_version)
+        params.append(escape_text(flt.model_version))
     if flt.label is not None:
         clauses.append(sql.SQL("labels @> array[%s]::text[]"))  # served by the GIN index
-        params.append(flt.label)
+        params.append(escape_text(flt.label))
     if flt.status is not None:
         clauses.append(sql.SQL("status = %s"))
         params.append(RequestStatus(flt.status).value)
@@ -227,6 +250,16 @@ def _where(flt: AuditFilter, after: tuple[dt.datetime, str] | None) -> tuple[sql
     if not clauses:
         return sql.SQL(""), params
     return sql.SQL(" where ") + sql.SQL(" and ").join(clauses), params
+
+
+def _original(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored row with every string (and object key) unescaped to the text the gateway was given."""
+    restored: dict[str, Any] = unescape(row)
+    return restored
+
+
+def _originals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [_original(row) for row in rows]
 
 
 def _json_ready(row: dict[str, Any]) -> dict[str, Any]:
@@ -255,10 +288,11 @@ async def fetch_predictions(
     cursor: str | None = None,
     cursor_key: bytes | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """One page of matching requests, newest first, and the cursor of the next page (None on the last one).
+    """One page of matching requests, newest first (their text unescaped: see the module docstring), and the
+    cursor of the next page (None on the last one).
 
     Raises :class:`AuditQueryError` for a malformed filter, limit or cursor (a cursor is valid only with the
-    filters, and the ``cursor_key``, of the query that returned it).
+    filters, and the ``cursor_key``, of the query that returned it; None: this process's random key).
     """
     flt.validate()
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIMIT:
@@ -266,27 +300,27 @@ async def fetch_predictions(
     after = decode_cursor(cursor, flt, key=cursor_key) if cursor else None
     rows = await _page(pool, flt, limit + 1, after)
     if len(rows) <= limit:
-        return rows, None
+        return _originals(rows), None
     rows = rows[:limit]
-    last = rows[-1]
-    return rows, encode_cursor(last["received_at"], last["request_id"], flt, key=cursor_key)
+    last = rows[-1]  # the stored request id: the keyset position is compared with what is stored
+    return _originals(rows), encode_cursor(last["received_at"], last["request_id"], flt, key=cursor_key)
 
 
 async def get_prediction(pool: AsyncConnectionPool, request_id: str) -> dict[str, Any] | None:
-    """The full row of one request (with its chain position and hashes), or None; raises
+    """The full row of one request (with its chain position and hashes, its text unescaped), or None; raises
     :class:`AuditQueryError` for text that cannot be a request id (NUL, over-long)."""
     check_text("request_id", request_id, MAX_REQUEST_ID_LENGTH)
     async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(_SELECT + sql.SQL(" where request_id = %s"), (request_id,))
         row = await cur.fetchone()
-    return None if row is None else _json_ready(row)
+    return None if row is None else _original(_json_ready(row))
 
 
 async def iter_export_rows(
     pool: AsyncConnectionPool, flt: AuditFilter, batch_size: int = 1000, *, max_rows: int = MAX_EXPORT_ROWS
 ) -> AsyncIterator[dict[str, Any]]:
     """The matching rows (the newest ``max_rows``), in the listing's order, fetched in keyset batches (no
-    connection held between them)."""
+    connection held between them). Rows keep their stored (escaped) text: see the module docstring."""
     flt.validate()
     if batch_size < 1:
         raise AuditQueryError("batch_size", "must be at least 1")
@@ -315,7 +349,8 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def export_csv_chunks(rows: AsyncIterable[dict[str, Any]], *, rows_per_chunk: int = 500) -> AsyncIterator[str]:
-    """CSV text in chunks: a header, then one line per row; nested columns are JSON-encoded."""
+    """CSV text in chunks: a header, then one line per row; nested columns are JSON-encoded. Text is in its
+    stored (escaped) form, so the CSV is valid UTF-8 without NUL characters (see the module docstring)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

@@ -33,6 +33,7 @@ from serving.audit_access import list_audit_access, record_audit_access
 from serving.audit_queries import (
     MAX_EXPORT_ROWS,
     AuditFilter,
+    cursor_key_for,
     export_csv_file,
     export_parquet_file,
     fetch_predictions,
@@ -41,7 +42,7 @@ from serving.audit_queries import (
 )
 from serving.embedded_postgres import EmbeddedRole, resolve_inference_log_dsn
 from serving.gateway.lineage import lineage_of
-from serving.inference_log import RequestStatus, list_quarantine, verify_chain_from_settings
+from serving.inference_log import RequestStatus, list_quarantine, load_chain_key, verify_chain_from_settings
 
 console = Console()
 apikey_app = typer.Typer(help="API keys for the gateway (stored hashed in the inference-log database).")
@@ -231,8 +232,11 @@ def audit_query(
     filters: dict[str, Any] = {"dataset": dataset, "since": since, "until": until, "model_version": model_version}
     filters |= {"label": label, "status": status, "limit": limit, "cursor": cursor}
 
+    chain_key = load_chain_key(get_settings(), create=False)
+    cursor_key = cursor_key_for(chain_key) if chain_key is not None else None  # the gateway's cursors work here too
+
     async def work(pool: Any) -> tuple[list[dict[str, Any]], str | None]:
-        page, following = await fetch_predictions(pool, selection, limit=limit, cursor=cursor)
+        page, following = await fetch_predictions(pool, selection, limit=limit, cursor=cursor, cursor_key=cursor_key)
         await _recorded(pool, "cli audit query", filters, len(page))
         return page, following
 

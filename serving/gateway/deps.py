@@ -5,6 +5,12 @@ The key dependencies never raise. FastAPI resolves dependencies before it valida
 gateway answers a malformed query with 422 whatever the key; a predict request refused for its key is still
 recorded in the inference log. So each key dependency holds the outcome of the check (:class:`KeyCheck`) and
 the handler calls :meth:`KeyCheck.require` first.
+
+Keys are checked by :meth:`serving.api_keys.ApiKeyAuthenticator.verify` (cached, revocations pushed): a refused
+key is answered 401 with its reason (``invalid or revoked API key``, ``key expired``), a key that cannot be checked
+now (the key store unreachable and the cache may not vouch for it) 503. Every 401 carries a ``reason`` label
+(``missing_key``, ``invalid_key``, ``expired_key``) that the refusal-row rate limit counts by
+(:mod:`serving.gateway.refusals`).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from serving.api_keys import ApiKey
+from serving.api_keys import ApiKey, ApiKeyRefused, KeyExpiredError, KeyStoreUnavailableError
 from serving.gateway.middleware import RequestClock, clock_of, request_id_of
 from serving.gateway.schemas import RequestRejected
 from serving.gateway.state import GatewayState, running_gateway
@@ -63,14 +69,20 @@ async def authenticate(request: Request, roles: tuple[str, ...]) -> ApiKey:
     if scheme.lower() != "bearer" or not token:
         raise RequestRejected(401, "missing API key: send 'Authorization: Bearer <key>'", reason="missing_key")
     if len(token) > MAX_TOKEN_LENGTH or not token.isprintable() or not token.isascii():
-        raise RequestRejected(401, "invalid or revoked API key", reason="invalid_key")  # never looked up
+        raise RequestRejected(401, ApiKeyRefused().message, reason="invalid_key")  # never looked up
     try:
-        key = await get_gateway(request).authenticator.authenticate(token)
-    except Exception as error:  # database unreachable and key not cached
-        logger.warning("could not verify an API key: %s", error)
-        raise RequestRejected(503, "cannot verify the API key right now: the key store is unreachable") from None
-    if key is None:
-        raise RequestRejected(401, "invalid or revoked API key", reason="invalid_key")
+        key = await get_gateway(request).authenticator.verify(token)
+    except KeyStoreUnavailableError as unavailable:  # database unreachable and the cache may not vouch for the key
+        raise RequestRejected(503, unavailable.message, reason="key_store_unavailable") from None
+    except KeyExpiredError as expired:
+        raise RequestRejected(401, expired.message, reason="expired_key") from None
+    except ApiKeyRefused as refused:
+        raise RequestRejected(401, refused.message, reason="invalid_key") from None
+    except Exception:  # a bug: refuse (and record the refusal) rather than answer 500 with no row
+        logger.exception("could not verify an API key")
+        raise RequestRejected(
+            503, "cannot verify the API key right now: the key store is unreachable", reason="key_store_unavailable"
+        ) from None
     if key.roles.isdisjoint(roles):
         raise RequestRejected(403, f"this API key lacks the '{roles[-1]}' role")
     return key

@@ -1,18 +1,52 @@
-"""Prometheus metrics of one gateway (own registry, so several apps can live in one test process)."""
+"""Prometheus metrics of one gateway (own registry, so several apps can live in one test process).
+
+The inference log's state is exported as gauges read at scrape time: ``riverbed_audit_spool_depth``,
+``riverbed_audit_degraded`` (new rows go to the spool: PostgreSQL unreachable or the spool being replayed),
+``riverbed_audit_unavailable``, ``riverbed_audit_replaying``, ``riverbed_audit_stalled`` (the chain head is
+locked), ``riverbed_audit_quarantined`` (rows this process quarantined since it started) and
+``riverbed_audit_checkpoint_failing`` (the last signed checkpoint could not be written); and
+``riverbed_api_key_listener`` (1 while the API-key revocation listener is connected).
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+class AuditLogState(Protocol):
+    """What the metrics read of the inference-log writer (:class:`serving.inference_log.InferenceLogWriter`)."""
+
+    @property
+    def spool_depth(self) -> int: ...
+
+    @property
+    def degraded(self) -> bool: ...
+
+    @property
+    def unavailable(self) -> bool: ...
+
+    @property
+    def replaying(self) -> bool: ...
+
+    @property
+    def stalled(self) -> bool: ...
+
+    @property
+    def quarantined(self) -> int: ...
+
+    @property
+    def checkpoint_error(self) -> str | None: ...
+
+
 class GatewayMetrics:
-    def __init__(self, spool_depth: Callable[[], float], degraded: Callable[[], float]) -> None:
+    def __init__(self, audit: AuditLogState, key_listener: Callable[[], bool] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "riverbed_gateway_requests",
@@ -49,7 +83,8 @@ class GatewayMetrics:
         )
         self.audit_write_seconds = Histogram(
             "riverbed_audit_write_seconds",
-            "Time until a request's audit row was durable (group commit or spool).",
+            "Time until a request's audit row was settled, by outcome: committed, spooled, quarantined (durable "
+            "outside the chain), timeout or failed (not durable: a prediction is then answered 503).",
             ["durability"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
@@ -66,13 +101,55 @@ class GatewayMetrics:
             ["reason"],
             registry=self.registry,
         )
-        spool = Gauge("riverbed_audit_spool_depth", "Audit records waiting in the local spool.", registry=self.registry)
-        spool.set_function(spool_depth)
-        down = Gauge(
-            "riverbed_audit_degraded", "1 while the inference log database is unreachable.", registry=self.registry
-        )
-        down.set_function(degraded)
+        gauges: list[tuple[str, str, Callable[[], float]]] = [
+            ("riverbed_audit_spool_depth", "Audit records waiting in the local spool.", lambda: audit.spool_depth),
+            (
+                "riverbed_audit_degraded",
+                "1 while new audit rows go to the local spool (the database unreachable, or the spool being replayed).",
+                lambda: audit.degraded,
+            ),
+            (
+                "riverbed_audit_unavailable",
+                "1 while the inference log database is unreachable.",
+                lambda: audit.unavailable,
+            ),
+            (
+                "riverbed_audit_replaying",
+                "1 while the local spool is being replayed into the chain (new rows are spooled behind it).",
+                lambda: audit.replaying,
+            ),
+            (
+                "riverbed_audit_stalled",
+                "1 while the chain head is locked: rows wait, and requests are answered 503 after the record timeout.",
+                lambda: audit.stalled,
+            ),
+            (
+                "riverbed_audit_quarantined",
+                "Audit rows this process quarantined (kept outside the hash chain) since it started.",
+                lambda: audit.quarantined,
+            ),
+            (
+                "riverbed_audit_checkpoint_failing",
+                "1 while the last signed checkpoint of the chain head could not be written.",
+                lambda: audit.checkpoint_error is not None,
+            ),
+        ]
+        if key_listener is not None:
+            gauges.append(
+                (
+                    "riverbed_api_key_listener",
+                    "1 while the API-key revocation listener is connected (revocations are then pushed).",
+                    key_listener,
+                )
+            )
+        for name, documentation, read in gauges:
+            gauge = Gauge(name, documentation, registry=self.registry)
+            gauge.set_function(partial(_as_float, read))
         self.monitoring = MonitoringGauges(self.registry)
+
+
+def _as_float(read: Callable[[], float | bool | int]) -> float:
+    return float(read())
 
 
 # The newest analysed chunk per dataset: drift alerts per feature, estimated / realised performance.

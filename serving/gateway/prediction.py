@@ -22,7 +22,7 @@ from serving.gateway.middleware import RequestClock
 from serving.gateway.mlserver_client import ScoredBatch, ScoringError, ServedModelNotFoundError, encode_inputs
 from serving.gateway.schemas import RESERVED_RECORD_FIELDS, ParsedRequest, RequestRejected
 from serving.gateway.state import GatewayState
-from serving.inference_log import AuditWriteError, Durability, InferenceRecord, RequestStatus
+from serving.inference_log import AuditTimeoutError, AuditWriteError, Durability, InferenceRecord, RequestStatus
 
 logger = logging.getLogger(__name__)
 
@@ -176,16 +176,46 @@ def inference_record(call: PredictCall, status: RequestStatus, http_status: int,
 
 async def record(
     gateway: GatewayState, call: PredictCall, status: RequestStatus, http_status: int, error: str | None
-) -> bool:
-    """Make the request's row durable (committed or spooled); False if it could be neither."""
+) -> RequestRejected | None:
+    """Make the request's row durable. None if it is in the chain or the spool; otherwise the 503 a successful
+    answer must become (a refusal keeps its own answer, the caller decides):
+
+    * ``audit_quarantined``: the row is durable, but outside the hash chain (``inference_log_quarantine``);
+    * ``audit_timeout``: not durable within ``audit_record_timeout_seconds`` (e.g. the chain head is locked);
+    * ``audit_<reason>`` for any other :class:`AuditWriteError` (e.g. ``audit_unavailable``: neither PostgreSQL
+      nor the spool took it).
+    """
     row = inference_record(call, status, http_status, error)
     began = time.perf_counter()
+    outcome: str
+    refusal: RequestRejected | None = None
     try:
         durability = await gateway.writer.record(row)
     except AuditWriteError as failure:
-        logger.error("request %s could not be recorded: %s", call.request_id, failure)
-        return False
-    gateway.metrics.audit_write_seconds.labels(
-        "committed" if durability is Durability.COMMITTED else "spooled"
-    ).observe(time.perf_counter() - began)
-    return True
+        logger.error("request %s could not be recorded (%s): %s", call.request_id, failure.reason, failure)
+        if isinstance(failure, AuditTimeoutError):
+            outcome = "timeout"
+            refusal = RequestRejected(
+                503,
+                "the prediction was not served because its inference-log row was not recorded within "
+                f"{gateway.settings.audit_record_timeout_seconds:g} s",
+                reason="audit_timeout",
+            )
+        else:
+            outcome = "failed"
+            refusal = RequestRejected(
+                503,
+                f"the prediction was not served because it could not be recorded ({failure.reason})",
+                reason=f"audit_{failure.reason}",
+            )
+    else:
+        outcome = durability.value
+        if durability is Durability.QUARANTINED:
+            refusal = RequestRejected(
+                503,
+                "the prediction was not served because its inference-log row could not enter the hash chain: it "
+                f"was quarantined (request {call.request_id})",
+                reason="audit_quarantined",
+            )
+    gateway.metrics.audit_write_seconds.labels(outcome).observe(time.perf_counter() - began)
+    return refusal

@@ -5,8 +5,8 @@ Every predict request is recorded, but a client without a valid key could otherw
 gateway process, refilled at the setting ``unauthenticated_log_per_second`` (its burst is one second's worth,
 at least one row; ``0`` logs no 401 row at all). A 401 beyond the bucket is still answered 401, but it is not
 recorded as a row: it is counted in the Prometheus counter ``riverbed_gateway_unlogged_refusals_total{reason}``
-(``reason`` is ``missing_key`` or ``invalid_key``) and reported by a WARNING at most once per second, which
-says how many refusals went unlogged since the previous one.
+(``reason`` is ``missing_key``, ``invalid_key`` or ``expired_key``) and reported by a WARNING at most once per
+second, which says how many refusals went unlogged since the previous one.
 """
 
 from __future__ import annotations

@@ -270,3 +270,9 @@ class ErrorResponse(BaseModel):
     request_id: str
     error: str
     problems: list[dict[str, Any]] = Field(default_factory=list)
+    reason: str | None = Field(
+        default=None,
+        description="A machine-readable reason, when there is one: e.g. missing_key, invalid_key, expired_key, "
+        "key_store_unavailable, audit_quarantined, audit_timeout, audit_unavailable (the request's inference-log "
+        "row could not be made durable, so a prediction was not served).",
+    )

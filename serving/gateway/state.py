@@ -35,6 +35,9 @@ class GatewayState:
     events: PredictionEventPublisher | None = None  # None when no Kafka is configured
     numeric: dict[str, set[str]] = field(default_factory=dict)  # numeric feature names per dataset
     refusal_log: RefusalLogLimiter | None = None  # None: every unauthenticated refusal is logged as a row
+    # The audit cursors' HMAC key, derived from the writer's chain key (serving.audit_queries.cursor_key_for).
+    # None (a writer without a key): a random key made once per process, so cursors do not survive a restart.
+    cursor_key: bytes | None = field(default=None, repr=False)
 
 
 def running_gateway(app: Starlette) -> GatewayState | None:

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import cloudpickle
 import pandas as pd
@@ -180,15 +181,21 @@ def point_at_scripted_model(repository: ModelRepository, spec: DatasetSpec, vers
 
 
 @contextlib.contextmanager
-def in_process_gateway(settings: RiverbedSettings) -> Iterator[str]:
-    """The gateway app on a real uvicorn server in a background thread; yields its base URL."""
+def in_process_gateway(settings: RiverbedSettings, **app_options: Any) -> Iterator[str]:
+    """The gateway app on a real uvicorn server in a background thread; yields its base URL. ``app_options`` go
+    to :func:`serving.gateway.main.create_app` (e.g. ``writer_options``)."""
     import uvicorn
 
     from serving.gateway.main import create_app
 
     port = free_tcp_port()
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on", access_log=False
+        create_app(settings, **app_options),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        access_log=False,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

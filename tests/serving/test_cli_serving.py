@@ -150,6 +150,14 @@ def test_cli_audit_reads_are_recorded_and_quarantine_listed(served) -> None:
     assert read["key_id"].startswith("cli:") and read["row_count"] == returned
     assert read["filters"] == {"dataset": "salary_band", "limit": 3}
 
+    first = json.loads(_riverbed(env, "audit", "query", "--limit", "1", "--json").stdout)
+    second = _riverbed(env, "audit", "query", "--limit", "1", "--json", "--cursor", first["next_cursor"])
+    assert second.returncode == 0, second.stdout + second.stderr  # a cursor printed by one run works in the next
+    (newest,), (older,) = first["predictions"], json.loads(second.stdout)["predictions"]
+    assert (older["received_at"], older["request_id"]) < (newest["received_at"], newest["request_id"])
+    forged = _riverbed(env, "audit", "query", "--cursor", first["next_cursor"][:-4] + "AAAA")
+    assert forged.returncode == 2 and "cursor" in forged.stdout + forged.stderr
+
     quarantine = _riverbed(env, "audit", "quarantine")
     assert quarantine.returncode == 0 and "0 quarantined rows" in quarantine.stdout
     verified = _riverbed(env, "audit", "verify")

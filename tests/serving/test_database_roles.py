@@ -229,22 +229,31 @@ ACCESS_ROW = (
 )
 
 
-def assert_gateway_appends_only(provisioned: dict[str, str]) -> None:
-    gateway = provisioned["gateway"]
+def assert_gateway_appends_only(provisioned: dict[str, str], *, auditor_records_reads: bool) -> None:
+    """The gateway appends to both tables and changes neither; the auditor reads both, never writes the quarantine,
+    and appends its own reads to audit_access_log once 0007 ran."""
+    gateway, auditor = provisioned["gateway"], provisioned["auditor"]
     assert run(gateway, QUARANTINE_ROW) == 1
     assert run(gateway, ACCESS_ROW) == 1
     for table in ("inference_log_quarantine", "audit_access_log"):
-        for statement in (f"delete from {table}", f"update {table} set id = id", f"truncate {table}"):
-            with pytest.raises(REFUSED):
-                run(gateway, statement)
-        run(provisioned["auditor"], f"select * from {table}")
+        for role in (gateway, auditor):
+            for statement in (f"delete from {table}", f"update {table} set id = id", f"truncate {table}"):
+                with pytest.raises(REFUSED):
+                    run(role, statement)
+        run(auditor, f"select * from {table}")
+    with pytest.raises(REFUSED):
+        run(auditor, QUARANTINE_ROW)
+    if auditor_records_reads:
+        assert run(auditor, ACCESS_ROW) == 1
+    else:
         with pytest.raises(REFUSED):
-            run(provisioned["auditor"], QUARANTINE_ROW if table == "inference_log_quarantine" else ACCESS_ROW)
+            run(auditor, ACCESS_ROW)
 
 
 def test_gateway_appends_to_the_quarantine_and_the_audit_access_log(dsns: dict[str, str]) -> None:
-    """0004 (audit_access_log) and 0005 (inference_log_quarantine) ran before 0006: granted on existing tables."""
-    assert_gateway_appends_only(dsns)
+    """0004 (audit_access_log) and 0005 (inference_log_quarantine) ran before 0006: granted on existing tables;
+    0007 lets the auditor record its own reads."""
+    assert_gateway_appends_only(dsns, auditor_records_reads=True)
 
 
 def test_tables_of_migrations_applied_after_0006_get_the_default_grants(tmp_path: Path) -> None:
@@ -263,6 +272,6 @@ def test_tables_of_migrations_applied_after_0006_get_the_default_grants(tmp_path
             "0004",
             "0005",
         ]
-        assert_gateway_appends_only(provisioned)
+        assert_gateway_appends_only(provisioned, auditor_records_reads=False)  # 0007 not applied here
     finally:
         drop_database(name)

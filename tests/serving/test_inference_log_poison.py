@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from serving.inference_log import (
     ESCAPE_MARKER,
@@ -326,13 +327,19 @@ async def test_nul_and_lone_surrogates_round_trip_losslessly_and_verify(
     await writer.start()
     try:
         assert await writer.record(record) is Durability.COMMITTED
-        row = await get_prediction(writer.pool, record.request_id)
+        shown = await get_prediction(writer.pool, record.request_id)
     finally:
         await writer.stop()
+    with psycopg.connect(migrated_dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("select error, inputs, labels from inference_log where request_id = %s", (record.request_id,))
+        row = cur.fetchone()
     assert row is not None
     assert row["error"] == ESCAPE_MARKER + "bad\\0byte"  # stored escaped, with the marker
     assert row["inputs"][0]["plain"] == "é"  # strings that need nothing are stored as they are
     assert unescape(row["inputs"]) == inputs
     assert unescape_text(row["error"]) == "bad\x00byte" and unescape(row["labels"]) == ["l\x00"]
+    # The audit queries show the original text.
+    assert shown is not None
+    assert (shown["error"], shown["inputs"], shown["labels"]) == ("bad\x00byte", inputs, ["l\x00"])
     report = verify_chain(migrated_dsn, key=b"k" * 32)
     assert report.ok and report.rows_checked == 1, report.problems

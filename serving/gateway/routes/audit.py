@@ -6,6 +6,12 @@ answered 422 naming the parameter and the rule. Every read served is first recor
 (key id, route, filters, row count); a read that cannot be recorded is answered 503, not served. Exports hold
 at most ``limit`` rows (default and maximum :data:`MAX_EXPORT_ROWS`), written to a temporary file under the
 gateway's home (Parquet row group by row group) and streamed from disk.
+
+Text the log stores escaped (a NUL or a lone surrogate: :func:`serving.inference_log.escape_text`) is shown as
+the original in the JSON routes (a NUL as ``\\u0000``); exports keep the stored, escaped form (valid UTF-8, no NUL
+in a CSV, and what the chain hash covers): a string starting with U+241B there is escaped (see
+:mod:`serving.audit_queries`). Cursors are tagged with a key derived from the chain key, so they stay valid
+across restarts of the gateway.
 """
 
 from __future__ import annotations
@@ -13,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import hashlib
-import hmac
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -163,7 +167,7 @@ async def audit_list(
     with _as_422():
         async with _database():
             rows, next_cursor = await fetch_predictions(
-                gateway.writer.pool, selection, limit=limit, cursor=cursor, cursor_key=cursor_key(gateway)
+                gateway.writer.pool, selection, limit=limit, cursor=cursor, cursor_key=gateway.cursor_key
             )
     filters = {**selection.as_json(), "limit": limit, **({"cursor": cursor} if cursor else {})}
     await _record_access(gateway, caller, LIST_ROUTE, filters, len(rows), own_request_id, clock)
@@ -171,7 +175,14 @@ async def audit_list(
 
 
 @router.get(
-    EXPORT_ROUTE, tags=["audit"], summary="Stream the selected requests as CSV or Parquet.", responses=AUDIT_RESPONSES
+    EXPORT_ROUTE,
+    tags=["audit"],
+    summary="Stream the selected requests as CSV or Parquet.",
+    description="Text is exported as the inference log stores it: a string that held a NUL character or a lone "
+    "surrogate is escaped, marked by a first character U+241B (backslash doubled, NUL as \\0, a surrogate as "
+    "\\uXXXX), so the file is valid UTF-8 with no NUL; every other string is exported unchanged. The JSON routes "
+    "show the original text.",
+    responses=AUDIT_RESPONSES,
 )
 async def audit_export(
     gateway: GatewayDep,
@@ -216,14 +227,6 @@ async def audit_export(
             "X-Export-Rows": str(count),
         },
     )
-
-
-def cursor_key(gateway: GatewayState) -> bytes | None:
-    """The key of the cursors' HMAC tags: derived from ``audit_chain_key`` when set (see serving.audit_queries)."""
-    secret = gateway.settings.audit_chain_key
-    if secret is None:
-        return None
-    return hmac.new(secret.get_secret_value().encode("utf-8"), b"riverbed audit cursor", hashlib.sha256).digest()
 
 
 def _audit_filter(

@@ -1,4 +1,18 @@
-"""Open routes: liveness, readiness (MLServer, the inference log, each deployed model) and Prometheus metrics."""
+"""Open routes: liveness, readiness (MLServer, the inference log, each deployed model) and Prometheus metrics.
+
+``/readyz`` answers 200 only when MLServer is live, PostgreSQL answers and the inference-log writer is ``ready``
+(committing directly into the chain). Its body:
+
+* ``status``: ``ready``; ``degraded`` (MLServer live, the log not ready: requests are still served and
+  recorded, in the spool or after a wait); ``unavailable`` (MLServer down).
+* ``audit``: the writer's status, ``ok``, ``unavailable`` (PostgreSQL unreachable: rows go to the local spool),
+  ``replaying`` (catching up with the spool in the background: new rows are spooled behind it) or ``stalled``
+  (the chain head is locked: rows wait, and are answered 503 after the record timeout); ``audit_replaying``,
+  ``audit_spool_depth``, ``audit_quarantined`` (rows this process kept outside the chain since it started).
+* ``database``: whether PostgreSQL answers now; ``key_listener``: whether the API-key revocation listener is
+  connected (without it revocations are polled: keys are re-read on every use); ``models``: each deployment.
+* ``detail`` when not ready: why, in words.
+"""
 
 from __future__ import annotations
 
@@ -33,22 +47,49 @@ async def readyz(gateway: GatewayDep) -> Response:
             "version": deployment.version,
             "ready": mlserver_live and await gateway.mlserver.model_ready(deployment.served_model_name),
         }
-    degraded = not database or gateway.writer.degraded
+    writer = gateway.writer
+    audit = writer.status
+    audit_ready = database and writer.ready
+    ready = mlserver_live and audit_ready
     body: dict[str, Any] = {
-        "status": "ready" if mlserver_live and not degraded else ("degraded" if mlserver_live else "unavailable"),
+        "status": "ready" if ready else ("degraded" if mlserver_live else "unavailable"),
         "mlserver": "reachable" if mlserver_live else "unreachable",
         "database": "reachable" if database else "unreachable",
-        "audit_spool_depth": gateway.writer.spool_depth,
+        "audit": audit,
+        "audit_replaying": writer.replaying,
+        "audit_spool_depth": writer.spool_depth,
+        "audit_quarantined": writer.quarantined,
+        "key_listener": gateway.authenticator.listening,
         "models": models,
     }
-    if degraded and mlserver_live:
-        body["detail"] = "the inference log is unreachable: requests are recorded in the local spool"
-    return ORJSONResponse(body, status_code=200 if mlserver_live and not degraded else 503)
+    if not ready:
+        body["detail"] = _not_ready(mlserver_live, database, audit, writer.spool_depth)
+    return ORJSONResponse(body, status_code=200 if ready else 503)
+
+
+def _not_ready(mlserver_live: bool, database: bool, audit: str, spool_depth: int) -> str:
+    """Why /readyz is not 200, in words (a log catching up is never called unreachable)."""
+    reasons = [] if mlserver_live else ["MLServer is unreachable: predictions are answered 503"]
+    if audit == "replaying":
+        reasons.append(
+            f"the inference log is catching up: replaying the local spool ({spool_depth} records left); "
+            "new requests are recorded in the spool behind them"
+        )
+        if not database:
+            reasons.append("PostgreSQL did not answer a ping just now")
+    elif audit == "unavailable" or not database:
+        reasons.append("the inference log is unreachable: requests are recorded in the local spool")
+    elif audit == "stalled":
+        reasons.append(
+            "the inference log's chain head is locked: requests wait for their rows and are answered 503 "
+            "(audit_timeout) if they are not recorded in time"
+        )
+    return "; ".join(reasons)
 
 
 @router.get("/metrics", tags=["health"], summary="Prometheus metrics.", include_in_schema=True)
 async def metrics(gateway: GatewayDep) -> Response:
-    if not gateway.writer.degraded:
+    if not gateway.writer.unavailable:
         await gateway.metrics.monitoring.refresh(partial(_fetch_rows, gateway.writer.pool))
     return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -2,22 +2,31 @@
 
 A request for a dataset the gateway does not know reaches the hidden catch-all route and is answered 404; every
 request, served or not, is recorded in the inference log. The handler's steps: parse, score, record, respond.
+
+The query parameters ``explain`` and ``top_k`` are taken as text and checked by the handler (after the key and
+the dataset), so a malformed one is answered 422 *and recorded*, like every other refusal; FastAPI would refuse
+it before the handler runs, with no row. The OpenAPI document still publishes them as boolean and integer.
+
+A served prediction is answered only once its row is durable: a row that was quarantined (outside the hash
+chain), timed out or could not be written turns the 200 into a 503 whose ``reason`` says which
+(:func:`serving.gateway.prediction.record`); a refusal keeps its own answer whatever happened to its row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import Response
+from pydantic import TypeAdapter, ValidationError, WithJsonSchema
 
 from riverbed.model_repository import DeployedModel
 from serving.gateway.body import BodyLimits, BodyTooLarge, decode_body, describe, read_body
 from serving.gateway.deps import Clock, GatewayDep, KeyCheck, PredictKey, RequestId
 from serving.gateway.prediction import PredictCall, predictions, record, score, scored_inputs
 from serving.gateway.prediction_events import prediction_events
-from serving.gateway.responses import ORJSONResponse, error_response
+from serving.gateway.responses import ORJSONResponse, error_response, validation_problems
 from serving.gateway.schemas import (
     DatasetSchemas,
     ErrorResponse,
@@ -29,8 +38,22 @@ from serving.gateway.schemas import (
 from serving.gateway.state import GatewayState
 from serving.inference_log import RequestStatus
 
-ExplainQuery = Annotated[bool | None, Query(description="Override the body's 'explain' (default true).")]
-TopKQuery = Annotated[int | None, Query(description="Override the body's 'top_k' (default 5).")]
+_EXPLAIN_HELP = "Override the body's 'explain' (default true)."
+_TOP_K_HELP = "Override the body's 'top_k' (default 5)."
+# Text as received (checked in the handler, see the module docstring), published as the types they are parsed to.
+ExplainQuery = Annotated[
+    str | None,
+    Query(description=_EXPLAIN_HELP),
+    WithJsonSchema({"anyOf": [{"type": "boolean"}, {"type": "null"}], "description": _EXPLAIN_HELP}),
+]
+TopKQuery = Annotated[
+    str | None,
+    Query(description=_TOP_K_HELP),
+    WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "null"}], "description": _TOP_K_HELP}),
+]
+_T = TypeVar("_T")
+_AS_BOOL: TypeAdapter[bool] = TypeAdapter(bool)
+_AS_INT: TypeAdapter[int] = TypeAdapter(int)
 
 PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing or invalid API key."},
@@ -41,7 +64,12 @@ PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "Invalid records (each record, field, value and rule), or a body beyond the limits on "
         "nesting depth, string length, numbers (finite, integers up to 2^53) or NUL characters.",
     },
-    503: {"model": ErrorResponse, "description": "MLServer or the inference log is unavailable."},
+    503: {
+        "model": ErrorResponse,
+        "description": "MLServer or the inference log is unavailable, or the request's inference-log row was "
+        "quarantined, not recorded in time or not written (reason audit_quarantined, audit_timeout, "
+        "audit_unavailable, ...): no prediction is served without its row.",
+    },
 }
 
 
@@ -91,8 +119,8 @@ async def predict_unknown(
     key: PredictKey,
     request_id: RequestId,
     clock: Clock,
-    explain: bool | None = None,
-    top_k: int | None = None,
+    explain: ExplainQuery = None,
+    top_k: TopKQuery = None,
 ) -> Response:
     call = PredictCall(request_id, clock, dataset if dataset in gateway.specs else None)
     return await predict(dataset, request, gateway, key, call, explain, top_k)
@@ -104,8 +132,8 @@ async def predict(
     gateway: GatewayState,
     key: KeyCheck,
     call: PredictCall,
-    explain: bool | None,
-    top_k: int | None,
+    explain: str | None,
+    top_k: str | None,
 ) -> Response:
     """One prediction: parse, score, record, respond. Every outcome is recorded in the inference log."""
     try:
@@ -125,14 +153,17 @@ async def _parse(
     gateway: GatewayState,
     key: KeyCheck,
     call: PredictCall,
-    explain: bool | None,
-    top_k: int | None,
+    explain: str | None,
+    top_k: str | None,
 ) -> ParsedRequest:
-    """Check the key and the dataset, read the body within the byte limit, decode it within the limits on
-    depth, strings and numbers, then validate it against the spec (query parameters override its options)."""
+    """Check the key, the dataset and the query parameters, read the body within the byte limit, decode it within
+    the limits on depth, strings and numbers, then validate it against the spec (query parameters override its
+    options)."""
     call.client_key_id = key.require().key_id
     if dataset not in gateway.schemas:
         raise RequestRejected(404, f"unknown dataset {dataset!r}; known: {sorted(gateway.schemas)}")
+    explain_option = _query_option("explain", explain, _AS_BOOL)
+    top_k_option = _query_option("top_k", top_k, _AS_INT)
     limits = body_limits(gateway, dataset)
     try:
         call.body = await read_body(request, limits.max_bytes)
@@ -144,12 +175,23 @@ async def _parse(
         gateway.schemas[dataset],
         body,
         max_records=limits.max_records,
-        explain_query=explain,
-        top_k_query=top_k,
+        explain_query=explain_option,
+        top_k_query=top_k_option,
     )
     call.inputs = scored_inputs(parsed)
     call.timings["validate_ms"] = call.elapsed_ms()
     return parsed
+
+
+def _query_option(name: str, raw: str | None, adapter: TypeAdapter[_T]) -> _T | None:
+    """A query parameter parsed as FastAPI would (same rules, same messages); 422 naming it if malformed."""
+    if raw is None:
+        return None
+    try:
+        return adapter.validate_python(raw)
+    except ValidationError as error:
+        problems = validation_problems({**item, "loc": ("query", name)} for item in error.errors())
+        raise RequestRejected(422, "invalid request", problems) from None
 
 
 def body_limits(gateway: GatewayState, dataset: str) -> BodyLimits:
@@ -178,12 +220,17 @@ async def _reject(gateway: GatewayState, call: PredictCall, rejection: RequestRe
         and gateway.refusal_log is not None
         and not gateway.refusal_log.admit(rejection.reason or "unauthenticated")
     ):
-        return error_response(call.request_id, 401, rejection.message, rejection.problems)
+        return error_response(call.request_id, 401, rejection.message, rejection.problems, reason=rejection.reason)
     status = RequestStatus.FAILED if rejection.status >= 500 else RequestStatus.REJECTED
     reason = rejection.detail or describe(rejection.message, rejection.problems)
-    await record(gateway, call, status, rejection.status, reason)
+    await record(gateway, call, status, rejection.status, reason)  # whatever became of its row: still refused
     return error_response(
-        call.request_id, rejection.status, rejection.message, rejection.problems, headers=rejection.headers
+        call.request_id,
+        rejection.status,
+        rejection.message,
+        rejection.problems,
+        headers=rejection.headers,
+        reason=rejection.reason,
     )
 
 
@@ -195,10 +242,12 @@ async def _respond(
     parsed: ParsedRequest,
     answers: list[dict[str, Any]],
 ) -> Response:
-    """Record the served request, publish its events, answer; a prediction that cannot be recorded is not served."""
+    """Record the served request, publish its events, answer; a prediction whose row is not in the chain (or the
+    spool) is not served: 503 naming why."""
     call.outputs = answers
-    if not await record(gateway, call, RequestStatus.OK, 200, None):
-        return error_response(call.request_id, 503, "the prediction was not served because it could not be recorded")
+    refusal = await record(gateway, call, RequestStatus.OK, 200, None)
+    if refusal is not None:
+        return error_response(call.request_id, refusal.status, refusal.message, reason=refusal.reason)
     if gateway.events is not None:
         spec = gateway.specs[dataset]
         gateway.events.publish(
