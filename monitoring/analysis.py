@@ -102,7 +102,7 @@ def _import_nannyml() -> Any:
     os.environ.setdefault("NML_DISABLE_USAGE_LOGGING", "1")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import nannyml
+        import nannyml  # 5-15 s to import (benchmarks/RESULTS.md, "Import times"): only the analysis needs it
 
     return nannyml
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from riverbed.inference_log_schema import apply_migrations
 from riverbed.settings import RiverbedSettings
 from riverbed.stack_file import inference_log_dsn
 
@@ -23,7 +24,6 @@ class InferenceLogResource(dg.ConfigurableResource["InferenceLogResource"]):
 
     def get_dsn(self) -> str:
         """The DSN with the schema migrated (idempotent); raises when no database is configured or running."""
-        from riverbed.inference_log_schema import apply_migrations
 
         if self.dsn:
             dsn = self.dsn

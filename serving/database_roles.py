@@ -35,6 +35,9 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from riverbed.inference_log_schema import apply_migrations
+from riverbed.settings import RiverbedSettings
+
 logger = logging.getLogger(__name__)
 
 DatabaseRole = Literal["owner", "gateway", "pipeline", "auditor"]
@@ -144,8 +147,6 @@ def _provision(conn: psycopg.Connection[Any], role: DatabaseRole, password: str 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m serving.database_roles migrate``: apply the inference-log migrations to the configured DSN."""
-    from riverbed.inference_log_schema import apply_migrations
-    from riverbed.settings import RiverbedSettings
 
     args = sys.argv[1:] if argv is None else argv
     if args != ["migrate"]:

@@ -47,6 +47,8 @@ class AuditLogState(Protocol):
 
 class GatewayMetrics:
     def __init__(self, audit: AuditLogState, key_listener: Callable[[], bool] | None = None) -> None:
+        # Long on purpose: one declaration per exported metric, in the order /metrics lists them, so the whole
+        # set a dashboard or alert rule can use reads in one place.
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "riverbed_gateway_requests",
