@@ -36,9 +36,12 @@ MODEL_FILE = "model.pkl"  # the names serving/runtime.py reads
 FEATURE_GROUPS_FILE = "feature_groups.json"
 MODEL_INFO_FILE = "model.json"
 RUNTIME_IMPLEMENTATION = "serving.runtime.RiverbedModelRuntime"
-# MLServer's adaptive batching: concurrent single-row requests share one predict + TreeSHAP call. Measured
-# on 2 cores (benchmarks/RESULTS.md): ~200 -> ~300 requests/s at 8 clients; adds at most 2 ms of waiting.
-ADAPTIVE_BATCHING: dict[str, float | int] = {"max_batch_size": 16, "max_batch_time": 0.002}
+# MLServer's adaptive batching: concurrent single-row requests share one predict + TreeSHAP call (XGBoost's
+# TreeSHAP costs ~2.2 ms CPU for one row alone, ~1.5 ms a row in fours, ~1.4 in sixteens). Measured on 2 cores
+# with the serving benchmark's load (quiet machine, 2-6 runs each, req/s at 8 / 32 clients): no batching 300 / 353
+# (MLServer +0.3 ms CPU a request), 16 rows / 2 ms 287 / 352, 8 / 2 ms - / 348, 32 / 2 ms - / 320,
+# 16 / 5 ms - / 369, 16 / 1 ms 305 / 388: a batch waits at most 1 ms for company.
+ADAPTIVE_BATCHING: dict[str, float | int] = {"max_batch_size": 16, "max_batch_time": 0.001}
 
 
 class ModelRepositoryError(RuntimeError):

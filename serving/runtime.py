@@ -72,52 +72,6 @@ def numeric_features(pipeline: object, info: dict[str, object]) -> frozenset[str
     return frozenset(numeric)
 
 
-class _Coalescer:  # EXPERIMENT
-    def __init__(self, score, in_flight: int) -> None:
-        self._score = score
-        self._pending: dict[bool, list] = {True: [], False: []}
-        self._running = 0
-        self._in_flight = in_flight
-
-    async def submit(self, encoded: np.ndarray, explain: bool):
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._pending[explain].append((encoded, future))
-        if self._running < self._in_flight:
-            self._running += 1
-            loop.create_task(self._drain())
-        return await future
-
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._pending[True] or self._pending[False]:
-                explain = bool(self._pending[True])
-                group, self._pending[explain] = self._pending[explain], []
-                matrix = group[0][0] if len(group) == 1 else np.vstack([e for e, _ in group])
-                try:
-                    batch = await loop.run_in_executor(None, self._score, matrix, explain)
-                except Exception as error:
-                    for _, future in group:
-                        if not future.done():
-                            future.set_exception(error)
-                    continue
-                start = 0
-                for encoded, future in group:
-                    end = start + len(encoded)
-                    if not future.done():
-                        future.set_result(batch if len(group) == 1 else _rows(batch, start, end))
-                    start = end
-        finally:
-            self._running -= 1
-
-
-def _rows(batch, start, end):
-    from serving.explanations import ExplainedBatch
-    return ExplainedBatch(batch.feature_names, batch.positive_probability[start:end], batch.margin[start:end],
-                          batch.base_value[start:end], batch.contributions[start:end])
-
-
 class RiverbedModelRuntime(MLModel):
     """Serves one pinned model version of a Riverbed dataset."""
 
@@ -132,12 +86,6 @@ class RiverbedModelRuntime(MLModel):
         self._fast_encoder = await asyncio.to_thread(verified_fast_encoder, self._pipeline, self._features)
         self._wide_booster = parallel_booster(self._pipeline, os.cpu_count() or 1)
         self._feature_names_json = json.dumps(self._features)
-        self._coalescer = None
-        if os.environ.get("RIVERBED_COALESCE"):  # EXPERIMENT
-            self._coalescer = _Coalescer(
-                lambda m, e: explain_encoded(self._pipeline, self._feature_groups, m, e, self._wide_booster),
-                int(os.environ["RIVERBED_COALESCE"]),
-            )
         if self._fast_encoder is None:
             logger.warning("model %s: encoding with scikit-learn (no verified fast encoder)", self.name)
         self.ready = True
@@ -221,12 +169,7 @@ class RiverbedModelRuntime(MLModel):
                 self._wide_booster,
             )
         try:  # CPU-bound work off the event loop so health checks stay responsive (XGBoost releases the GIL)
-            if self._coalescer is not None and encoded is not None:
-                batch = await self._coalescer.submit(encoded, explain)
-            elif len(encoded if encoded is not None else []) and len(encoded) <= int(os.environ.get("RIVERBED_INLINE_ROWS", "0")):  # EXPERIMENT
-                batch = work()
-            else:
-                batch = await asyncio.get_running_loop().run_in_executor(None, work)
+            batch = await asyncio.get_running_loop().run_in_executor(None, work)
         except (ExplanationError, ValueError) as error:
             raise InferenceError(f"could not score the inputs: {error}") from None
         positive = batch.positive_probability
