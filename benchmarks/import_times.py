@@ -31,7 +31,7 @@ LIBRARIES = [
     "dagster",
     "mlflow",
     "optuna",
-    "fairlearn",
+    "fairlearn.metrics",
     "nannyml",
 ]
 ENTRY_MODULES = [

@@ -153,7 +153,7 @@ def _score(metric: str, y_true: np.ndarray, probabilities: np.ndarray) -> float:
 
 def tune_and_train(spec: DatasetSpec, train: pd.DataFrame, params: TrainingParams) -> TrainingOutcome:
     """Optuna TPE search on a seeded stratified validation split of ``train``, then a refit on all of it."""
-    import optuna  # ~1 s to import: only tuning needs it (evaluation and the gate do not)
+    import optuna  # ~0.4 s to import (RESULTS.md, "Import times"): only tuning needs it, not evaluation or the gate
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     target = _labels(spec, train, "training")
@@ -227,7 +227,7 @@ def fairness_report(spec: DatasetSpec, pipeline: Pipeline, test: pd.DataFrame) -
     only does not fail: fairlearn counts its undefined true (or false) positive rate as 0, which can
     inflate the equalized odds difference; the group counts show when that applies.
     """
-    # fairlearn: ~1 s to import; only the fairness report needs it
+    # fairlearn.metrics pulls in scikit-learn (~2.3 s to import): only the fairness report needs it
     from fairlearn.metrics import MetricFrame, count, demographic_parity_difference, equalized_odds_difference
     from fairlearn.metrics import selection_rate as selection_rate_metric
 
