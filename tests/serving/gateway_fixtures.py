@@ -3,7 +3,6 @@
 import contextlib
 import datetime as dt
 import json
-import socket
 import threading
 import time
 import uuid
@@ -16,6 +15,7 @@ import cloudpickle
 import pandas as pd
 
 from riverbed.cli.demo_serving import gateway_records
+from riverbed.cli.mlserver_process import free_port
 from riverbed.ml.features import build_features
 from riverbed.ml.training import build_pipeline, encoded_feature_groups, model_inputs
 from riverbed.model_repository import DeployedModel, ModelRepository
@@ -78,12 +78,6 @@ def install_trained_model(
 # tests that need MLServer to misbehave on demand (or do not need a trained model at all).
 
 
-def free_tcp_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class ScriptedMLServer:
     """Answers the V2 routes the gateway uses. ``mode``: ``ok`` (plausible scores), ``refuse`` (400) or ``fail``
     (500), the last two with ``secret`` in the error text, which the gateway must never echo to a client."""
@@ -143,7 +137,7 @@ class ScriptedMLServer:
                     },
                 )
 
-        self.port = free_tcp_port()
+        self.port = free_port()
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -188,7 +182,7 @@ def in_process_gateway(settings: RiverbedSettings, **app_options: Any) -> Iterat
 
     from serving.gateway.main import create_app
 
-    port = free_tcp_port()
+    port = free_port()
     config = uvicorn.Config(
         create_app(settings, **app_options),
         host="127.0.0.1",

@@ -10,16 +10,12 @@ import contextlib
 import socket
 import threading
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from riverbed.cli.mlserver_process import free_port
 
 
 class CuttableProxy:
     def __init__(self, target_port: int = 5432) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.target_port = target_port
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
