@@ -62,6 +62,8 @@ def write_mlserver_settings(
         "parallel_workers": 0,
         "load_models_at_startup": True,
         "debug": False,
+        # The gateway asks for uncompressed answers; without the middleware MLServer skips its per-request work.
+        "gzip_enabled": False,
         **(extra or {}),
     }
     folder.mkdir(parents=True, exist_ok=True)
