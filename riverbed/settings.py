@@ -63,6 +63,19 @@ class RiverbedSettings(BaseSettings):
     mlserver_url: str = Field(default="http://127.0.0.1:8080", description="MLServer's HTTP (V2) address.")
     mlserver_grpc_port: int = 8081
     mlserver_metrics_port: int = 8082
+    mlserver_coalesce_max_rows: int = Field(
+        default=64,
+        ge=0,
+        le=100_000,
+        description="The gateway scores concurrent requests for one model in one MLServer call up to this many rows "
+        "(exact per-row results; a larger request goes alone). 0 or 1: one call per request.",
+    )
+    mlserver_max_in_flight: int = Field(
+        default=2,
+        ge=1,
+        le=1024,
+        description="MLServer calls the gateway keeps running per model; requests arriving meanwhile are coalesced.",
+    )
     model_repository: Path | None = Field(
         default=None,
         description="MLServer model repository shared with the gateway (default: <home>/model-repository).",

@@ -95,7 +95,11 @@ async def lifespan(
         )
         await authenticator.start()
         stack.push_async_callback(authenticator.stop)  # stops before the writer, whose pool it uses
-        mlserver = MLServerClient(settings.mlserver_url)
+        mlserver = MLServerClient(
+            settings.mlserver_url,
+            max_batch_rows=settings.mlserver_coalesce_max_rows,
+            max_in_flight=settings.mlserver_max_in_flight,
+        )
         await mlserver.start()
         stack.push_async_callback(mlserver.close)
         metrics = GatewayMetrics(writer, key_listener=lambda: authenticator.listening)

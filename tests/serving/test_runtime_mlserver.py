@@ -131,3 +131,83 @@ def test_direct_decoding_answers_as_mlservers_codecs_do(mlserver_url: str) -> No
     margin = np.log(probabilities[:, 1] / probabilities[:, 0])
     contributions = np.array(answers[0]["contributions"]).reshape(9, 3)
     np.testing.assert_allclose(np.array(answers[0]["base_value"]) + contributions.sum(axis=1), margin, atol=1e-4)
+
+
+def _v2_inputs(rows) -> list[dict]:
+    return _request(rows)["inputs"]
+
+
+async def _coalesced(mlserver_url: str, requests: list[list[dict]], *, max_in_flight: int) -> tuple[list, object]:
+    import asyncio
+
+    from serving.gateway.mlserver_client import MLServerClient
+
+    client = MLServerClient(mlserver_url, max_in_flight=max_in_flight)
+    await client.start()
+    try:
+        answers = await asyncio.gather(
+            *(client.infer("toy-credit", f"r{i}", inputs, explain=True) for i, inputs in enumerate(requests)),
+            return_exceptions=True,
+        )
+        alone = [
+            await client.infer_alone("toy-credit", f"a{i}", inputs, explain=True)
+            for i, inputs in enumerate(requests)
+            if not isinstance(answers[i], BaseException)
+        ]
+    finally:
+        await client.close()
+    return list(zip([a for a in answers if not isinstance(a, BaseException)], alone, strict=True)), (answers, client)
+
+
+def test_coalesced_requests_get_exactly_what_each_gets_alone(mlserver_url: str) -> None:
+    """Concurrent small requests leave in fewer V2 calls, and each gets its own rows' answers, bit for bit."""
+    import asyncio
+
+    frame = _frame(40, 26)
+    sizes = [1, 3, 1, 2, 5, 1, 1, 4, 2, 1, 3, 1, 2, 1, 1, 2, 1, 1, 3, 1]
+    requests, start = [], 0
+    for size in sizes:
+        requests.append(_v2_inputs(frame.iloc[start : start + size]))
+        start += size
+    pairs, (answers, client) = asyncio.run(_coalesced(mlserver_url, requests, max_in_flight=1))
+    assert client.coalescing.requests == len(sizes)
+    assert client.coalescing.calls < len(sizes)  # 20 requests queued behind one call at a time
+    assert len(pairs) == len(sizes)
+    for (together, alone), size in zip(pairs, sizes, strict=True):
+        assert len(together.labels) == size and together.labels == alone.labels
+        assert together.model_version == alone.model_version == "1"
+        np.testing.assert_array_equal(together.probabilities, alone.probabilities)
+        np.testing.assert_array_equal(together.contributions, alone.contributions)
+        np.testing.assert_array_equal(together.base_value, alone.base_value)
+
+
+def test_a_refused_request_does_not_fail_the_requests_coalesced_with_it(mlserver_url: str) -> None:
+    import asyncio
+
+    from serving.gateway.mlserver_client import MLServerAnsweredError, ScoringError
+
+    frame = _frame(12, 27)
+    requests = [_v2_inputs(frame.iloc[i : i + 1]) for i in range(12)]
+    requests[5][0]["data"] = ["not a number"]  # income: a text in an FP64 input, MLServer refuses the call
+    pairs, (answers, client) = asyncio.run(_coalesced(mlserver_url, requests, max_in_flight=1))
+    assert isinstance(answers[5], ScoringError | MLServerAnsweredError)
+    assert [i for i, a in enumerate(answers) if isinstance(a, BaseException)] == [5]
+    assert len(pairs) == 11
+    for together, alone in pairs:
+        np.testing.assert_array_equal(together.probabilities, alone.probabilities)
+    assert client.coalescing.split_retries >= 1
+
+
+def test_inputs_whose_shapes_disagree_are_never_coalesced() -> None:
+    from serving.gateway.mlserver_client import batch_rows, concatenate_inputs
+
+    good = _v2_inputs(_frame(2, 28))
+    assert batch_rows(good) == 2
+    ragged = [dict(item) for item in good]
+    ragged[1] = {**ragged[1], "data": [*ragged[1]["data"], "extra"]}
+    assert batch_rows(ragged) == -1
+    wrong_shape = [{**item, "shape": [3]} for item in good]
+    assert batch_rows(wrong_shape) == -1
+    combined = concatenate_inputs([good, good])
+    assert [item["shape"] for item in combined] == [[4], [4], [4]]
+    assert combined[0]["data"] == good[0]["data"] * 2
