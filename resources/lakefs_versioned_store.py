@@ -53,6 +53,7 @@ PAGE_SIZE = 1000  # the API's maximum page
 INTERNAL_METADATA_PREFIX = ".lakefs."  # keys lakeFS adds itself, e.g. ".lakefs.merge.strategy" on merges
 DIFF_TYPES = ("added", "removed", "changed")
 REPOSITORY_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{2,62}$")  # RepositoryCreation.name in the API
+NO_CHANGES_MESSAGE = "no changes"  # graveler.ErrNoChanges, answered as a plain 400 (see _translate)
 
 # The lakefs_sdk request models are pydantic.v1 models whose optional fields are declared as
 # ``Field(<default>, description=...)``. mypy reads pydantic.v1 models through ``dataclass_transform``, which
@@ -167,6 +168,11 @@ class LakeFSVersionedStore(VersionedStore):
         conflict: ErrorFactory | None,
         no_changes: ErrorFactory | None,
     ) -> VersionedStoreError:
+        """Map a lakeFS error response by its status, as the API documents each operation's responses.
+
+        lakeFS answers errors with an ``Error`` body (``{"message": ...}``; the 409 of ``mergeIntoBranch`` is a
+        ``MergeResult``); the message is only carried into ours, except for "no changes" (see below).
+        """
         status = exc.status_code or 0
         body = exc.body if isinstance(exc.body, dict) else {}
         message = str(body.get("message") or exc.reason or "").strip()
@@ -183,12 +189,27 @@ class LakeFSVersionedStore(VersionedStore):
             if conflict is not None:
                 return conflict(message)
             return VersionedStoreError(f"conflict while {action} in {self._where()}: {message}")
-        if status == 400 and "no changes" in message and no_changes is not None:
-            return no_changes(message)
-        if status in (400, 403, 412):
-            return VersionedStoreError(f"lakeFS refused {action} in {self._where()}: {message} (HTTP {status})")
-        detail = f"HTTP {status} {message}" if status else message or type(exc).__name__
-        return StoreUnavailableError(f"lakeFS at {self.endpoint} failed while {action}: {detail}")
+        if status == 400:
+            # A commit or merge with nothing to record is graveler's ErrNoChanges, which lakeFS's error mapping
+            # (handleApiErrorCallback in pkg/api/controller.go) answers with the same 400 as a dirty branch, an
+            # invalid ref or value, and the document gives it no distinct status or error code. Only the text of
+            # that error ("no changes", possibly wrapped, e.g. "commit: no changes") tells it apart.
+            if no_changes is not None and message.endswith(NO_CHANGES_MESSAGE):
+                return no_changes(message)
+            return VersionedStoreError(f"lakeFS refused {action} in {self._where()}: {message} (HTTP 400)")
+        if status == 403:
+            return VersionedStoreError(
+                f"lakeFS forbids {action} in {self._where()} (read-only repository, protected or default branch, "
+                f"missing permission): {message} (HTTP 403)"
+            )
+        if status == 412:
+            return VersionedStoreError(f"lakeFS precondition failed while {action} in {self._where()}: {message}")
+        detail = f"HTTP {status} {message}".strip() if status else message or type(exc).__name__
+        if status == 429 or status >= 500 or not status:
+            # Too many requests (lakeFS: too many tries), server errors (e.g. a locked branch, KV throttling) or no
+            # status at all: nothing says the request is wrong, a later attempt may succeed.
+            return StoreUnavailableError(f"lakeFS at {self.endpoint} failed while {action}: {detail}")
+        return VersionedStoreError(f"unexpected lakeFS answer while {action} in {self._where()}: {detail}")
 
     def _pages(self, action: str, fetch: Callable[[str | None], Any], **errors: ErrorFactory) -> Iterator[Any]:
         """All results of a paginated listing, following ``pagination.next_offset``."""

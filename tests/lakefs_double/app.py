@@ -1,7 +1,9 @@
 """The lakeFS REST API subset (base path ``/api/v1``) as a FastAPI app, written from lakeFS's ``api/swagger.yml``.
 
 Paths, parameters, request and response schemas, status codes and ``{"message": ...}`` error bodies follow
-the OpenAPI document; behaviour follows the server (see ``state.py``). Authentication is HTTP basic with one
+the OpenAPI document, and :class:`~tests.lakefs_double.validation.ContractValidationMiddleware` holds every
+request and response to it as ``lakefs-sdk`` carries it (``contract.py``); the enforced subset is served at
+``/api/v1/openapi.json``. Behaviour follows the server (see ``state.py``). Authentication is HTTP basic with one
 configured access key pair, as ``basic_auth`` in the document; ``/healthcheck`` and ``GET /setup_lakefs``
 are open, like on the server.
 """
@@ -22,7 +24,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tests.lakefs_double.contract import API_PREFIX, load_contract
 from tests.lakefs_double.state import ApiError, Commit, Entry, LakeFSState, Repository, bad_request
+from tests.lakefs_double.validation import OPENAPI_PATH, ContractValidationMiddleware, ContractViolations
 
 API_VERSION = "1.84.0"
 DEFAULT_PER_PAGE = 100
@@ -33,6 +37,7 @@ RE_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 # -- request bodies (components/schemas) -----------------------------------------
 class _Body(BaseModel):
+    # Unknown properties never reach these models: the contract middleware refuses them first (400).
     model_config = ConfigDict(extra="allow")
 
 
@@ -181,9 +186,45 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"message": message}, status_code=status)
 
 
-def create_app(state: LakeFSState, access_key_id: str, secret_access_key: str) -> FastAPI:
-    """The API app over ``state``, accepting one access key pair."""
+def served_operations(app: FastAPI) -> list[str]:
+    """The contract's operation ids the app has a route for; raises if a route is not a lakeFS operation."""
+    contract = load_contract()
+    served = []
+    for route in app.routes:
+        path = getattr(route, "path", "")
+        if not path.startswith(f"{API_PREFIX}/") or path == OPENAPI_PATH:
+            continue
+        for method in sorted(getattr(route, "methods", ())):
+            found = [
+                op.operation_id
+                for op in contract.operations
+                if op.method == method and f"{API_PREFIX}{op.path}" == path
+            ]
+            if not found:
+                raise RuntimeError(f"the double serves {method} {path}, which lakefs-sdk does not know")
+            served.extend(found)
+    return sorted(set(served))
+
+
+def create_app(
+    state: LakeFSState,
+    access_key_id: str,
+    secret_access_key: str,
+    violations: ContractViolations | None = None,
+) -> FastAPI:
+    """The API app over ``state``, accepting one access key pair, validated against the published API.
+
+    Responses that break the contract are recorded in ``violations`` (and answered ``500``).
+    """
     app = FastAPI(title="lakeFS API test double", docs_url=None, redoc_url=None, openapi_url=None)
+    contract = load_contract()
+    served: set[str] = set()  # filled below, once every route is defined
+    app.add_middleware(
+        ContractValidationMiddleware,
+        contract=contract,
+        violations=violations if violations is not None else ContractViolations(),
+        served=served,
+    )
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> Response:
@@ -722,5 +763,13 @@ def create_app(state: LakeFSState, access_key_id: str, secret_access_key: str) -
         go_bool("force", force)
         locked(lambda: state.delete_tag(state.repository(repository), tag))
         return Response(status_code=204)
+
+    served.update(served_operations(app))
+    document = contract.openapi(served)
+
+    @app.get(OPENAPI_PATH)
+    def openapi_document() -> dict[str, Any]:
+        """What the double enforces: the served operations with their parameters and schemas."""
+        return document
 
     return app

@@ -2,7 +2,8 @@
 
 - ``local``: the embedded store, objects in a local directory;
 - ``local-s3``: the embedded store with its objects in S3 (moto server over HTTP);
-- ``lakefs``: the production lakeFS backend (official SDK) over HTTP to the lakeFS API test double.
+- ``lakefs``: the production lakeFS backend (official SDK) over HTTP to the lakeFS API test double, which
+  validates every request and response against lakeFS's published API (a test fails on any violation).
 """
 
 import uuid
@@ -16,7 +17,11 @@ from resources.object_store import LocalObjectStore
 from resources.s3_object_store import S3ObjectStore
 from resources.versioned_store import VersionedStore
 from tests.conftest import MOTO_ACCESS_KEY, MOTO_SECRET_KEY
-from tests.resources.lakefs_fixture import lakefs_double, make_lakefs_store  # noqa: F401 - fixture re-export
+from tests.resources.lakefs_fixture import (  # noqa: F401 - fixture re-exports
+    lakefs_contract_guard,
+    lakefs_double,
+    make_lakefs_store,
+)
 
 
 def make_s3_object_store(endpoint: str, bucket: str | None = None, prefix: str = "") -> S3ObjectStore:
@@ -41,6 +46,14 @@ def versioned_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
         endpoint = request.getfixturevalue("moto_s3_endpoint")
         store = LocalVersionedStore(tmp_path / "meta", make_s3_object_store(endpoint), repository=repository)
     else:
-        store = make_lakefs_store(request.getfixturevalue("lakefs_double"), repository=repository)
+        double = request.getfixturevalue("lakefs_double")
+        violations_before, checked_before = len(double.violations), double.violations.checked
+        store = make_lakefs_store(double, repository=repository)
+        store.ensure_repository()
+        yield store
+        # every response of the double during the test was checked against the published API, and none broke it
+        assert double.violations.checked > checked_before
+        double.assert_no_violations(since=violations_before)
+        return
     store.ensure_repository()
     yield store

@@ -1,4 +1,8 @@
-"""lakeFS backend fixtures: one API test double per session, a store on a fresh repository per test."""
+"""lakeFS backend fixtures: one API test double per session, a store on a fresh repository per test.
+
+Every response of the double is validated against lakeFS's published API (``tests/lakefs_double/contract.py``);
+:func:`lakefs_contract_guard` fails the test during which the double answered something the API does not allow.
+"""
 
 from __future__ import annotations
 
@@ -33,3 +37,15 @@ def make_lakefs_store(double: LakeFSDouble, repository: str | None = None, **opt
 def lakefs_double() -> Iterator[LakeFSDouble]:
     with run_lakefs_double() as double:
         yield double
+
+
+@pytest.fixture(autouse=True)
+def lakefs_contract_guard(request: pytest.FixtureRequest) -> Iterator[None]:
+    """For tests on the session double: no response may break the published API during the test."""
+    if "lakefs_double" not in request.fixturenames:
+        yield
+        return
+    double: LakeFSDouble = request.getfixturevalue("lakefs_double")
+    before = len(double.violations)
+    yield
+    double.assert_no_violations(since=before)

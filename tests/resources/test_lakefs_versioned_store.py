@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import socket
 import threading
 import time
@@ -83,31 +85,67 @@ def test_unreachable_endpoint_fails_every_operation_as_unavailable() -> None:
         store.get_object("main", "a.txt")
 
 
-class _FailingLakeFS(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = json.dumps({"message": "kv store unavailable"}).encode()
-        self.send_response(503)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+def _answering(status: int, message: str) -> type[BaseHTTPRequestHandler]:
+    """A stand-in server answering every request with ``status`` and lakeFS's Error body."""
 
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+    class Answering(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            body = json.dumps({"message": message}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_DELETE = _answer
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    return Answering
 
 
-def test_server_errors_are_unavailable_with_the_server_message() -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FailingLakeFS)
+@contextlib.contextmanager
+def _answering_server(status: int, message: str) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _answering(status, message))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        store = LakeFSVersionedStore(url, "AKIAEXAMPLE", "secret", repository="failing")
-        with pytest.raises(StoreUnavailableError, match="HTTP 503 kv store unavailable"):
-            store.ensure_repository()
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_server_errors_are_unavailable_with_the_server_message() -> None:
+    with _answering_server(503, "kv store unavailable") as url:
+        store = LakeFSVersionedStore(url, "AKIAEXAMPLE", "secret", repository="failing")
+        with pytest.raises(StoreUnavailableError, match="HTTP 503 kv store unavailable"):
+            store.ensure_repository()
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "error", "unavailable", "text"),
+    [
+        (429, "too many requests", StoreUnavailableError, True, "HTTP 429 too many requests"),
+        (403, "read-only repository", VersionedStoreError, False, "lakeFS forbids committing on branch 'main'"),
+        (412, "precondition failed", VersionedStoreError, False, "precondition failed while committing"),
+        (400, "commit: no changes", NoChangesError, False, "branch 'main' has no uncommitted changes"),
+        # a 400 about something else is a refusal, even if its text mentions changes
+        (400, "no changes allowed on a tag: invalid value", VersionedStoreError, False, "lakeFS refused committing"),
+        (404, "branch not found", NotFoundError, False, "branch 'main' not found"),
+        (418, "teapot", VersionedStoreError, False, "unexpected lakeFS answer while committing"),
+    ],
+)
+def test_errors_map_by_status_first(
+    status: int, message: str, error: type[VersionedStoreError], unavailable: bool, text: str
+) -> None:
+    with _answering_server(status, message) as url:
+        store = LakeFSVersionedStore(url, "AKIAEXAMPLE", "secret", repository="answering")
+        with pytest.raises(error, match=re.escape(text)) as caught:
+            store.commit("main", "m")
+    assert type(caught.value) is error
+    assert isinstance(caught.value, StoreUnavailableError) is unavailable
 
 
 def test_missing_settings_are_named() -> None:
