@@ -4,7 +4,9 @@ A raw message (topic ``<prefix>.<dataset>.raw``) is one flat JSON object: ``samp
 ``event_time`` (ISO 8601; without an offset it means UTC), one property per feature of the spec and the
 target. Its schema is derived from the dataset spec and versioned with it (``schemas/<dataset>.raw.v<N>.json``,
 N = the spec's ``version``). The schema is the *structural* contract: every field present, of its JSON type,
-nothing unknown. Value rules (ranges, category lists, classes) stay with the raw asset's validation, which
+nothing unknown, and only what every store downstream can hold: a sample id of at most ``MAX_ID_LENGTH``
+characters without control characters, no NUL in any text, integers within 64 bits, an event time that exists
+in UTC (years 1 to 9999). Value rules (ranges, category lists, classes) stay with the raw asset's validation, which
 keeps such records under ``_rejected`` with their reason, so a value a provider gets wrong is never lost.
 
 Labels, prediction events and dead letters have schemas generated from their models in
@@ -19,19 +21,21 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from riverbed.events import SAMPLE_ID_FIELD, DeadLetter, LabelEvent, PredictionEvent
+from riverbed.events import ID_PATTERN, MAX_ID_LENGTH, SAMPLE_ID_FIELD, DeadLetter, LabelEvent, PredictionEvent
 from riverbed.settings import PROJECT_ROOT
 from riverbed.specs import DatasetSpec, FeatureType
 
 SCHEMAS_DIR = PROJECT_ROOT / "schemas"
 EVENT_TIME_FIELD = "event_time"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+NO_NUL_PATTERN = "^[^\\u0000]*$"
 EVENT_SCHEMA_VERSION = 1  # of the label / prediction / dead-letter schemas; bump with an incompatible change
 
 
@@ -57,13 +61,23 @@ def _feature_schema(feature: Any) -> dict[str, Any]:
         "type": [json_type, "null"] if feature.nullable else json_type,
         "description": (feature.description or feature.name) + rule,
     }
+    if json_type == "string":
+        schema["pattern"] = NO_NUL_PATTERN
+    elif json_type == "integer":
+        schema["minimum"], schema["maximum"] = -(2**63), 2**63 - 1
     return schema
 
 
 def raw_record_schema(spec: DatasetSpec) -> dict[str, Any]:
     """The JSON Schema of ``<prefix>.<spec.name>.raw`` messages."""
     properties: dict[str, Any] = {
-        SAMPLE_ID_FIELD: {"type": "string", "minLength": 1, "description": "The record's id (Kafka key too)."},
+        SAMPLE_ID_FIELD: {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_ID_LENGTH,
+            "pattern": ID_PATTERN,
+            "description": "The record's id (Kafka key too); no control characters.",
+        },
         EVENT_TIME_FIELD: {
             "type": "string",
             "format": "date-time",
@@ -75,6 +89,8 @@ def raw_record_schema(spec: DatasetSpec) -> dict[str, Any]:
         properties[feature.name] = _feature_schema(feature)
     properties[spec.target.name] = {
         "type": ["string", "integer"],
+        "maxLength": MAX_ID_LENGTH,
+        "pattern": NO_NUL_PATTERN,
         "description": f"The label, one of {spec.target.classes} (checked by raw validation).",
     }
     return {
@@ -188,6 +204,14 @@ def raw_message(spec: DatasetSpec, row: Mapping[str, Any]) -> bytes:
     return orjson.dumps(message)
 
 
+_INT64 = 2**63
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _has_nul(value: str) -> bool:
+    return "\x00" in value
+
+
 class _RawParser:
     """Checks compiled once per spec: field name -> (accepted Python types, rule text, nullable)."""
 
@@ -207,7 +231,7 @@ class _RawParser:
 
     def parse(self, value: bytes) -> dict[str, Any]:
         try:
-            record = orjson.loads(value)
+            record = orjson.loads(value)  # strict JSON: no NaN / Infinity, valid UTF-8, nesting depth <= 1024
         except orjson.JSONDecodeError as error:
             raise RawMessageError(f"value: not a JSON document ({error})") from None
         if not isinstance(record, dict):
@@ -216,33 +240,70 @@ class _RawParser:
             missing = sorted(self.fields - record.keys())
             if missing:
                 raise RawMessageError(f"{', '.join(missing)}: missing (required by {self.version})")
-            unknown = sorted(record.keys() - self.fields)
+            unknown = sorted(_shown(k) for k in record.keys() - self.fields)
             raise RawMessageError(f"{', '.join(unknown)}: not a field of {self.version}")
         sample_id = record[SAMPLE_ID_FIELD]
         if not isinstance(sample_id, str) or not sample_id:
-            raise RawMessageError(f"sample_id: {sample_id!r} is not a non-empty string")
-        event_time = record[EVENT_TIME_FIELD]
-        if not isinstance(event_time, str):
-            raise RawMessageError(f"event_time: {event_time!r} is not an ISO 8601 string")
-        try:
-            moment = dt.datetime.fromisoformat(event_time)
-        except ValueError:
-            raise RawMessageError(f"event_time: {event_time!r} is not an ISO 8601 date-time") from None
-        moment = moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
-        record[EVENT_TIME_FIELD] = moment.isoformat()
+            raise RawMessageError(f"sample_id: {_shown(sample_id)} is not a non-empty string")
+        if len(sample_id) > MAX_ID_LENGTH:
+            raise RawMessageError(f"sample_id: {len(sample_id)} characters, more than the {MAX_ID_LENGTH} allowed")
+        if _CONTROL.search(sample_id):
+            raise RawMessageError(f"sample_id: {_shown(sample_id)} contains a control character (NUL, line break...)")
+        record[EVENT_TIME_FIELD] = _utc_event_time(record[EVENT_TIME_FIELD])
         for name, types, rule, nullable, whole in self.checks:
             item = record[name]
             if item is None:
                 if nullable:
                     continue
                 raise RawMessageError(f"{name}: null (the feature is not nullable)")
-            if not isinstance(item, types) or isinstance(item, bool) or (whole and item != int(item)):
+            if not isinstance(item, types) or isinstance(item, bool):
+                raise RawMessageError(f"{name}: {_shown(item)} is not {rule}")
+            if isinstance(item, str):
+                if _has_nul(item):
+                    raise RawMessageError(f"{name}: {_shown(item)} contains a NUL character")
+            elif isinstance(item, int):
+                if not -_INT64 <= item < _INT64:
+                    raise RawMessageError(f"{name}: {item} is outside the 64-bit integer range")
+                if not whole:
+                    record[name] = float(item)  # a number column stays float64 whatever the literal looked like
+            elif not math.isfinite(item):  # orjson refuses NaN / Infinity; kept for records built in Python
+                raise RawMessageError(f"{name}: {item} is not a finite number")
+            elif whole and not item.is_integer():
                 raise RawMessageError(f"{name}: {item!r} is not {rule}")
+            elif whole and not -_INT64 <= item < _INT64:
+                raise RawMessageError(f"{name}: {item:g} is outside the 64-bit integer range")
         target = record[self.spec.target.name]
         if isinstance(target, bool) or not isinstance(target, str | int):
-            raise RawMessageError(f"{self.spec.target.name}: {target!r} is not a string or integer label")
-        record[self.spec.target.name] = str(target)
+            raise RawMessageError(f"{self.spec.target.name}: {_shown(target)} is not a string or integer label")
+        target = str(target)
+        if _has_nul(target) or len(target) > MAX_ID_LENGTH:
+            raise RawMessageError(
+                f"{self.spec.target.name}: {_shown(target)} contains a NUL character or is longer than "
+                f"{MAX_ID_LENGTH} characters"
+            )
+        record[self.spec.target.name] = target
         return record
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr`` of a value for a reason, cut to ``limit`` characters (a reason must stay small)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(text)} chars)"
+
+
+def _utc_event_time(event_time: Any) -> str:
+    """The event time as UTC ISO 8601; raises :class:`RawMessageError` naming the rule."""
+    if not isinstance(event_time, str):
+        raise RawMessageError(f"event_time: {_shown(event_time)} is not an ISO 8601 string")
+    try:
+        moment = dt.datetime.fromisoformat(event_time)
+    except ValueError:
+        raise RawMessageError(f"event_time: {_shown(event_time)} is not an ISO 8601 date-time") from None
+    try:
+        moment = moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+    except OverflowError:
+        raise RawMessageError(f"event_time: {_shown(event_time)} is outside the years 1 to 9999 in UTC") from None
+    return moment.isoformat()
 
 
 # Compiled checks per spec object (a parser holds its spec, so an id is never reused while cached).

@@ -134,6 +134,12 @@ class RiverbedSettings(BaseSettings):
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_ca_location: Path | None = None
     kafka_topic_prefix: str = Field(default="riverbed", pattern=r"^[A-Za-z0-9._-]+$")
+    label_clock_skew_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="How far a label's labelled_at may be ahead of the labels sensor's clock; later ones are "
+        "dead-lettered (a future date would outrank every later label).",
+    )
 
     @field_validator("home")
     @classmethod

@@ -46,6 +46,7 @@ FLUSH_SECONDS = 30.0
 PROGRESS_INTERVAL_SECONDS = 0.1
 _LABEL_POLL_SECONDS = 0.2
 _METADATA_RETRY_SECONDS = 1.0
+_LABEL_NAMESPACE = uuid.UUID("6f1c2a52-3d0e-4c1b-9a57-0c2f7e4b9d10")  # label event ids of the labeller (uuid5)
 
 
 class KafkaUnavailableError(RuntimeError):
@@ -315,10 +316,10 @@ def publish_labels_for_predictions(
     Reads ``<prefix>.<dataset>.predictions`` from the beginning of every partition (no consumer group offsets
     are committed). For each :class:`~riverbed.events.PredictionEvent` whose ``sample_id`` is in ``truth``, a
     :class:`~riverbed.events.LabelEvent` (sample id, request id, record index, the true label, ``labelled_at``
-    = when it is published) goes to ``<prefix>.<dataset>.labels`` no earlier than ``delay_seconds`` after the
-    prediction was seen. Each sample id is labelled once. Stops after ``duration_seconds``, or as soon as every
-    id of ``truth`` is labelled; labels not yet due by then are dropped. Returns how many labels the broker
-    acknowledged.
+    = when it is published, ``label_event_id`` from :func:`label_event_id`) goes to ``<prefix>.<dataset>.labels``
+    no earlier than ``delay_seconds`` after the prediction was seen. Each sample id is labelled once. Stops after
+    ``duration_seconds``, or as soon as every id of ``truth`` is labelled; labels not yet due by then are dropped.
+    Returns how many labels the broker acknowledged.
 
     Raises :class:`KafkaUnavailableError` when the broker does not answer within ``connect_timeout_seconds``.
     """
@@ -355,6 +356,13 @@ def publish_labels_for_predictions(
         remaining = producer.flush(flush_seconds) if producer is not None else 0
     labeller.log_outcome(remaining)
     return labeller.deliveries.acknowledged
+
+
+def label_event_id(dataset: str, prediction: PredictionEvent, label: str) -> str:
+    """The id of the label this labeller gives ``prediction``: derived from what it labels, so labelling the same
+    prediction again (a retry, the labeller run twice) publishes the same label event, stored once."""
+    parts = [dataset, prediction.request_id, str(prediction.record_index), str(prediction.sample_id), label]
+    return str(uuid.uuid5(_LABEL_NAMESPACE, "\x1f".join(parts)))
 
 
 class _Labeller:
@@ -428,6 +436,7 @@ class _Labeller:
                 record_index=event.record_index,
                 label=self.truth[sample_id],
                 labelled_at=dt.datetime.now(dt.UTC),
+                label_event_id=label_event_id(self.spec.name, event, self.truth[sample_id]),
             )
             value = label.model_dump_json().encode("utf-8")
             _produce(producer, self.labels_topic, sample_id.encode("utf-8"), value, self.deliveries)

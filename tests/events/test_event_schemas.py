@@ -9,7 +9,11 @@ from typing import Any
 import jsonschema
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from resources import landing_zone
+from resources.landing_zone import OFFSET_COLUMN, PARTITION_COLUMN
 from riverbed.event_schemas import (
     SCHEMAS_DIR,
     RawMessageError,
@@ -20,10 +24,11 @@ from riverbed.event_schemas import (
     schema_text,
     write_schemas,
 )
-from riverbed.events import DeadLetter, LabelEvent, PredictionEvent
+from riverbed.events import MAX_ID_LENGTH, DeadLetter, LabelEvent, PredictionEvent
 from riverbed.settings import PROJECT_ROOT
 from riverbed.sources import records_for_window
 from riverbed.specs import DatasetSpec, load_specs
+from sensors.kafka_ingestion import landing_batches
 
 SPECS = load_specs([PROJECT_ROOT / "datasets"])
 
@@ -93,6 +98,14 @@ def _mutations(spec: DatasetSpec, good: dict[str, Any]) -> list[tuple[str, Any]]
     ]
     if integer != numeric:
         cases.append((integer, {**good, integer: 1.5}))
+        cases.append((integer, {**good, integer: 2**63}))  # outside 64 bits
+    cases += [
+        ("sample_id", {**good, "sample_id": "x" * (MAX_ID_LENGTH + 1)}),
+        ("sample_id", {**good, "sample_id": "a\x00b"}),
+        ("sample_id", {**good, "sample_id": "a\nb"}),
+        (category, {**good, category: "L\x00"}),
+        (spec.target.name, {**good, spec.target.name: "1\x00"}),
+    ]
     for name in [spec.features[0].name, "sample_id", "event_time", spec.target.name]:
         cases.append((name, {k: v for k, v in good.items() if k != name}))
     return cases
@@ -155,3 +168,44 @@ def test_event_schema_files_accept_what_the_models_accept(model: Any, document: 
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**document, "unexpected": 1}, schema)
     assert DeadLetter.model_json_schema()["additionalProperties"] is False
+
+
+def test_event_times_outside_the_representable_years_are_refused_not_raised() -> None:
+    spec = SPECS["machine_failure"]
+    good = json.loads(raw_message(spec, _records(spec, 1)[0]))
+    for moment in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:30:00-01:00"):
+        with pytest.raises(RawMessageError, match=r"event_time: .* outside the years 1 to 9999"):
+            parse_raw_message(spec, json.dumps({**good, "event_time": moment}).encode())
+
+
+_JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40)
+)
+_JSON_VALUES = st.recursive(_JSON_SCALARS, lambda inner: st.lists(inner, max_size=3), max_leaves=6)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_whatever_the_parser_accepts_can_be_landed(data: st.DataObject) -> None:
+    """Any field may hold any JSON value: the parser refuses it with a RawMessageError naming a field, or the
+    record it returns goes through the landing code path (frame, parquet) without an error."""
+    spec = SPECS["machine_failure"]
+    good = json.loads(raw_message(spec, _records(spec, 1)[0]))
+    fields = data.draw(st.lists(st.sampled_from(sorted(good)), max_size=3, unique=True))
+    document = dict(good)
+    for name in fields:
+        document[name] = data.draw(_JSON_VALUES | st.just("2026-10-0" + str(data.draw(st.integers(1, 9))) + "T01:00Z"))
+    value = json.dumps(document).encode()
+    try:
+        record = parse_raw_message(spec, value)
+    except RawMessageError as error:
+        assert str(error).split(":", 1)[0] in {*good, "value"} or ", " in str(error).split(":", 1)[0]
+        return
+    record[PARTITION_COLUMN], record[OFFSET_COLUMN] = 0, 0
+    day = record["event_time"][:10]
+    batches = landing_batches(spec, "t.raw", [record], [day], {0: 0}, {0: 1})
+    assert len(batches) == 1 and len(landing_zone.landed_object_bytes(batches[0].records)) > 0

@@ -1,10 +1,13 @@
 """The Kafka ingestion sensor against librdkafka's mock cluster, the local versioned store and a real instance.
 
 One test per ordering of events (first messages, nothing new, a landed day gets more, days out of order across
-partitions), bad messages to the DLQ, an unreachable broker, and a crash (SIGKILL-style exits) during
-consumption and after landing, followed by materialising the raw partitions: exactly the produced ids.
+partitions), bad messages to the DLQ, an unreachable broker, and crashes (SIGKILL-style exits) during
+consumption and after landing combined with ticks cut by their time limit: the landed objects (not a
+de-duplicated read of them) hold every produced record exactly once, then the raw partitions are materialised.
 """
 
+import io
+import itertools
 import json
 import os
 import socket
@@ -36,6 +39,7 @@ from riverbed.specs import DatasetSpec, load_specs
 from sensors.kafka_ingestion import (
     FAULT_AFTER_LANDING_ENV,
     FAULT_DURING_CONSUMPTION_ENV,
+    FAULT_TIME_LIMIT_AFTER_ENV,
     IngestionLimits,
     build_kafka_ingestion_sensor,
     parse_cursor,
@@ -288,26 +292,107 @@ def _tick_in_subprocess(
     )
 
 
+def _positions(env: Env) -> dict[tuple[int, int], tuple[str, str]]:
+    """(partition, offset) -> (record id, event day) of every message on the raw topic, read back from the broker."""
+    ends = _end_offsets(env)
+    consumer = Consumer(
+        {"bootstrap.servers": env.settings.kafka_bootstrap_servers, "group.id": f"read-{uuid.uuid4().hex}"}
+    )
+    consumer.assign([TopicPartition(env.topic, p, 0) for p in ends])
+    found: dict[tuple[int, int], tuple[str, str]] = {}
+    deadline = time.monotonic() + 30
+    while len(found) < sum(ends.values()) and time.monotonic() < deadline:
+        for message in consumer.consume(1000, timeout=0.5):
+            if message.error() is None:
+                record = json.loads(message.value())
+                found[(message.partition(), message.offset())] = (record["sample_id"], record["event_time"][:10])
+    consumer.close()
+    assert len(found) == sum(ends.values())
+    return found
+
+
+def _objects(env: Env) -> dict[str, bytes]:
+    """Every landed object at main's head, by path, as bytes (no reader's de-duplication)."""
+    store = env.store
+    commit = landing_zone.main_commit(store)
+    days = landing_zone.landed_days(store, commit, DATASET)
+    return {path: store.get_object(commit, path) for paths in days.values() for path in paths}
+
+
+def _assert_exact_objects(objects: dict[str, bytes], positions: dict[tuple[int, int], tuple[str, str]]) -> None:
+    """Per partition, the objects' offset ranges tile [0, end) without overlap, and every object holds exactly the
+    records of its range and day: each produced record lands in exactly one object."""
+    ranges: dict[int, set[tuple[int, int]]] = {}
+    for path, data in objects.items():
+        day = path.split("/")[-2]
+        name = landing_zone.parse_object_name(path)
+        assert name is not None and name.topic.endswith(".raw"), path
+        ranges.setdefault(name.partition, set()).add((name.first_offset, name.last_offset))
+        frame = pd.read_parquet(io.BytesIO(data))
+        expected = sorted(
+            record_id
+            for (partition, offset), (record_id, record_day) in positions.items()
+            if partition == name.partition and name.first_offset <= offset <= name.last_offset and record_day == day
+        )
+        assert len(frame) == len(expected), path
+        assert sorted(frame["record_id"]) == expected, path
+        assert frame[landing_zone.OFFSET_COLUMN].between(name.first_offset, name.last_offset).all(), path
+    ends: dict[int, int] = {}
+    for partition, offset in positions:
+        ends[partition] = max(ends.get(partition, 0), offset + 1)
+    for partition, end in ends.items():
+        tiles = sorted(ranges.get(partition, set()))
+        assert tiles and tiles[0][0] == 0 and tiles[-1][1] == end - 1, (partition, tiles)
+        for (_, last), (first, _) in itertools.pairwise(tiles):
+            assert first == last + 1, (partition, tiles)  # contiguous, no overlap
+    landed = [record_id for data in objects.values() for record_id in pd.read_parquet(io.BytesIO(data))["record_id"]]
+    assert len(landed) == len(set(landed)) == len(positions)
+
+
 @pytest.mark.slow
-def test_a_crash_during_consumption_or_after_landing_loses_and_duplicates_nothing(env: Env) -> None:
+def test_crashes_and_time_limits_land_every_record_in_exactly_one_object(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
     days = ["2026-10-10", "2026-10-11", "2026-10-12"]
     rows = _rows(env.spec, days, 1667, "z")[:5000]
     _produce(env, rows)
+    positions = _positions(env)
 
-    # Killed while consuming: nothing landed, no cursor stored.
+    # Killed while consuming: nothing landed, nothing recorded, no cursor stored.
     killed = _tick_in_subprocess(env, None, 3000, {FAULT_DURING_CONSUMPTION_ENV: "1500"})
     assert killed.returncode == 9, killed.stderr[-2000:]
-    assert _landed_ids(env) == {}
+    assert _objects(env) == {}
+    assert env.store.list_objects(env.store.main_branch, landing_zone.CUTS_ROOT + "/") == []
 
-    # Killed right after the landing commit, before the cursor reached Dagster: landed, cursor still empty.
-    killed = _tick_in_subprocess(env, None, 3000, {FAULT_AFTER_LANDING_ENV: "1"})
+    # A tick cut by its time limit after 1200 messages, killed right after its landing commit: the cursor is lost.
+    killed = _tick_in_subprocess(env, None, 100_000, {FAULT_TIME_LIMIT_AFTER_ENV: "1200", FAULT_AFTER_LANDING_ENV: "1"})
     assert killed.returncode == 9, killed.stderr[-2000:]
-    assert sum(len(ids) for ids in _landed_ids(env).values()) == 3000
+    first = _objects(env)
+    assert sum(len(pd.read_parquet(io.BytesIO(data))) for data in first.values()) == 1200
 
-    # Restart from the last stored cursor (none): the same offsets are read again and land under the same names.
-    cursor: str | None = None
-    requested: set[str] = set()
-    for _ in range(5):
+    # The retry starts from the same (empty) cursor and is cut even shorter by its own time limit (300 messages).
+    # It takes the landed cut over instead of landing 0..299 again beside it, then reads 300 new messages.
+    monkeypatch.setenv(FAULT_TIME_LIMIT_AFTER_ENV, "300")
+    retry = env.tick(None)
+    monkeypatch.delenv(FAULT_TIME_LIMIT_AFTER_ENV)
+    assert isinstance(retry, dg.SensorResult)
+    second = _objects(env)
+    assert {path: second[path] for path in first} == first  # the same keys, byte for byte
+    assert sum(len(pd.read_parquet(io.BytesIO(data))) for data in second.values()) == 1500
+    assert sum(int(r.tags["riverbed/records"]) for r in retry.run_requests) == 1500  # recovered days requested too
+    assert sum(parse_cursor(retry.cursor).values()) == 1500
+
+    # The retry's cursor is lost as well (a crash before Dagster stored it): the next tick, with a narrower
+    # max_records, follows both recorded cuts and lands only what comes after them.
+    again = env.tick(None, IngestionLimits(max_records=100))
+    assert isinstance(again, dg.SensorResult)
+    third = _objects(env)
+    assert {path: third[path] for path in second} == second
+    assert sum(parse_cursor(again.cursor).values()) == 1600
+
+    cursor: str | None = again.cursor
+    requested: set[str] = {r.partition_key for r in again.run_requests}
+    for _ in range(10):
         result = env.tick(cursor, IngestionLimits(max_records=3000))
         if isinstance(result, dg.SkipReason):
             break
@@ -315,6 +400,7 @@ def test_a_crash_during_consumption_or_after_landing_loses_and_duplicates_nothin
         cursor = result.cursor
     assert parse_cursor(cursor) == _end_offsets(env)
     assert requested == set(days)
+    _assert_exact_objects(_objects(env), positions)
 
     # Materialise the requested partitions (one run over the range, as a backfill would).
     instance = local_instance(env.settings)

@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 from riverbed.cli import app
 from riverbed.cli.producer import (
     KafkaUnavailableError,
+    label_event_id,
     produce_records,
     publish_labels_for_predictions,
     replay_frame,
@@ -261,6 +262,9 @@ def test_labeller_labels_known_predictions_once_after_the_delay(settings: Riverb
     assert by_id["mf-3"].request_id == "req-c"
     assert all(event.dataset == DATASET for event in by_id.values())
     assert all(event.labelled_at >= started + dt.timedelta(seconds=0.5) for event in by_id.values())
+    # Each label event has an id derived from the prediction it labels: labelling it again repeats the id.
+    assert by_id["mf-1"].label_event_id == label_event_id(DATASET, _prediction("mf-1", "req-a", 0), "1")
+    assert len({event.label_event_id for event in by_id.values()}) == 3
 
 
 def test_labeller_waits_for_the_predictions_topic_and_stops_once_everything_is_labelled(

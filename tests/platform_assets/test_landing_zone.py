@@ -9,7 +9,15 @@ from platform_assets.environments import build_resources
 from platform_assets.runner import local_instance
 from platform_assets.stages import asset_key
 from resources import landing_zone
-from resources.landing_zone import OFFSET_COLUMN, PARTITION_COLUMN, LandingBatch, land_batches
+from resources.landing_zone import (
+    OFFSET_COLUMN,
+    PARTITION_COLUMN,
+    LandingBatch,
+    LandingOverlapError,
+    PartitionCut,
+    find_cut,
+    land_batches,
+)
 from resources.versioned_io_manager import materialized_commit, parquet_to_dataframe, table_path
 from riverbed.names import Stage
 from riverbed.settings import PROJECT_ROOT, RiverbedSettings
@@ -17,6 +25,7 @@ from riverbed.sources import load_source_records
 from riverbed.specs import load_specs
 
 DATASET = "machine_failure"
+TOPIC = "riverbed.machine_failure.raw"
 RAW_KEY = asset_key(Stage.RAW, DATASET)
 
 
@@ -33,27 +42,64 @@ def _records(ids: list[str], day: str, partition: int, offsets: list[int], torqu
 
 def _batch(day: str, partition: int, first: int, last: int, ids: list[str], **kwargs) -> LandingBatch:
     records = _records(ids, day, partition, list(range(first, first + len(ids))), **kwargs)
-    return LandingBatch(day, "riverbed.machine_failure.raw", partition, first, last, records)
+    return LandingBatch(day, TOPIC, partition, first, last, records)
 
 
-def test_landing_is_one_commit_idempotent_and_supersedes_reconsumed_ranges(local_settings: RiverbedSettings) -> None:
+def test_landing_is_one_commit_idempotent_and_refuses_overlapping_ranges(local_settings: RiverbedSettings) -> None:
     store = build_resources(local_settings)["data_store"].get_store()
-    first = land_batches(store, DATASET, [_batch("2026-10-02", 0, 0, 2, ["a", "b", "c"])], "land 1")
+    cut = PartitionCut(TOPIC, 0, 0, 3, {"2026-10-02": 3}, dead_letters=0)
+    first = land_batches(store, DATASET, [_batch("2026-10-02", 0, 0, 2, ["a", "b", "c"])], "land 1", cuts=[cut])
     assert first.changed and first.paths == (
         "landing/machine_failure/2026-10-02/riverbed.machine_failure.raw-0-0-2.parquet",
     )
     assert store.resolve_ref(store.main_branch) == first.commit_id
+    assert find_cut(store, first.commit_id, DATASET, TOPIC, 0, 0) == cut
+    assert find_cut(store, first.commit_id, DATASET, TOPIC, 0, 3) is None
+    assert [stat.path for stat in store.list_objects(first.commit_id, "landing-cuts/")] == [
+        "landing-cuts/machine_failure/riverbed.machine_failure.raw/0/0.json"
+    ]
 
-    again = land_batches(store, DATASET, [_batch("2026-10-02", 0, 0, 2, ["a", "b", "c"])], "land 1 again")
-    assert not again.changed and again.commit_id == first.commit_id  # same offsets, same bytes: nothing new
+    again = land_batches(store, DATASET, [_batch("2026-10-02", 0, 0, 2, ["a", "b", "c"])], "land 1 again", cuts=[cut])
+    assert not again.changed and again.commit_id == first.commit_id  # the same cut, the same bytes: nothing new
 
-    # A later tick re-consumed 0..4 (crash before the cursor moved): the 0-2 object is superseded in one commit.
-    wider = land_batches(store, DATASET, [_batch("2026-10-02", 0, 0, 4, ["a", "b", "c", "d", "e"])], "land wider")
-    assert wider.superseded == (first.paths[0],)
-    days = landing_zone.landed_days(store, wider.commit_id, DATASET)
-    assert days == {"2026-10-02": ["landing/machine_failure/2026-10-02/riverbed.machine_failure.raw-0-0-4.parquet"]}
+    # A range that overlaps a landed one (wider, narrower or shifted) is refused and nothing lands.
+    for first_offset, last_offset in ((0, 4), (0, 1), (2, 5)):
+        ids = [f"r{i}" for i in range(last_offset - first_offset + 1)]
+        with pytest.raises(LandingOverlapError, match=r"raw-0-0-2\.parquet"):
+            land_batches(store, DATASET, [_batch("2026-10-02", 0, first_offset, last_offset, ids)], "overlap")
+    assert store.resolve_ref(store.main_branch) == first.commit_id
+
+    # The next range of the partition, another partition, or the same offsets on another day are fine.
+    after = land_batches(
+        store,
+        DATASET,
+        [
+            _batch("2026-10-02", 0, 3, 4, ["d", "e"]),
+            _batch("2026-10-02", 1, 0, 2, ["f", "g", "h"]),
+            _batch("2026-10-03", 0, 3, 4, ["i"]),
+        ],
+        "land 2",
+    )
+    days = landing_zone.landed_days(store, after.commit_id, DATASET)
+    assert sorted(p.rsplit("/", 1)[-1] for p in days["2026-10-02"]) == [
+        "riverbed.machine_failure.raw-0-0-2.parquet",
+        "riverbed.machine_failure.raw-0-3-4.parquet",
+        "riverbed.machine_failure.raw-1-0-2.parquet",
+    ]
     # The first commit still holds what it held (readers pinned to it are unaffected).
     assert landing_zone.landed_days(store, first.commit_id, DATASET)["2026-10-02"] == list(first.paths)
+
+
+def test_a_batch_must_match_its_partitions_cut(local_settings: RiverbedSettings) -> None:
+    store = build_resources(local_settings)["data_store"].get_store()
+    with pytest.raises(ValueError, match="cut"):
+        land_batches(
+            store,
+            DATASET,
+            [_batch("2026-10-02", 0, 0, 2, ["a", "b", "c"])],
+            "land",
+            cuts=[PartitionCut(TOPIC, 0, 0, 5, {"2026-10-02": 3})],
+        )
 
 
 def test_read_keeps_the_latest_offset_per_record_id(local_settings: RiverbedSettings) -> None:
