@@ -10,7 +10,8 @@ export DAGSTER_DISABLE_TELEMETRY := true
 export OMP_NUM_THREADS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help uv sync demo test test-fast lint format dev bench bench-serving bench-events clean
+.PHONY: help uv sync demo test test-fast lint format dev bench bench-render bench-quick bench-graph bench-ingestion \
+	bench-monitoring bench-drift bench-serving bench-imports bench-events clean
 
 help: ## list every target
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -44,15 +45,35 @@ format: sync ## apply ruff's fixes and formatting
 dev: sync ## the Dagster UI on http://127.0.0.1:3000 over the demo's state
 	$(RUN) riverbed dev
 
-bench: sync ## run the benchmarks and rewrite benchmarks/RESULTS.md
+bench: sync ## run every benchmark (about 25 minutes) and render benchmarks/RESULTS.md from their raw results
 	$(RUN) python -m benchmarks.run_all
+
+bench-render: sync ## re-render benchmarks/RESULTS.md from the committed raw results, measuring nothing
+	$(RUN) python -m benchmarks.report
+
+bench-quick: sync ## every benchmark at smoke scale into a scratch directory (checks the scripts, not the figures)
+	$(RUN) python -m benchmarks.run_all --quick --results-dir .riverbed-bench/quick/results
+
+bench-graph: sync ## asset graph on UCI Adult and 1,000,000 generated rows vs the Parquet I/O floor
+	$(RUN) python -m benchmarks.run_all --only graph
+
+bench-ingestion: sync ## Kafka ingestion of 1,000,000 records through the sensor
+	$(RUN) python -m benchmarks.run_all --only ingestion
+
+bench-monitoring: sync ## one monitoring run over 100,000 logged predictions, in a fresh process
+	$(RUN) python -m benchmarks.run_all --only monitoring
+
+bench-drift: sync ## first drifted record to v2 served (the drift scenario of the demo)
+	$(RUN) python -m benchmarks.run_all --only drift
 
 bench-serving: sync ## load-test the serving stack; rewrites the Serving section of benchmarks/RESULTS.md
 	$(RUN) python -m benchmarks.serving_benchmark
 
+bench-imports: sync ## import time of each heavy library and entry module in fresh interpreters
+	$(RUN) python -m benchmarks.run_all --only imports
+
 bench-events: sync ## Kafka ingestion (1,000,000 records) and monitoring (100,000 predictions) benchmarks
-	$(RUN) python -m benchmarks.ingestion_benchmark
-	$(RUN) python -m benchmarks.monitoring_benchmark
+	$(RUN) python -m benchmarks.run_all --only ingestion monitoring
 
 clean: ## remove local state (.riverbed/)
 	rm -rf .riverbed

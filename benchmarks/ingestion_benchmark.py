@@ -8,8 +8,9 @@ with ingestion: produce a chunk, then tick the real sensor (``build_sensor_conte
 Only the ticks are timed: consume + parse + dead-letter + land (Parquet, one commit on main per tick).
 Afterwards the raw asset materialises the 30 affected partitions from the landing zone in one run.
 
-Usage: ``uv run python -m benchmarks.ingestion_benchmark [--records 1000000] [--chunk 100000]``.
-Writes ``benchmarks/results/kafka_ingestion.json`` and the ``## Kafka ingestion`` section of ``RESULTS.md``.
+Usage: ``uv run python -m benchmarks.ingestion_benchmark [--records 1000000] [--chunk 100000]``; ``--quick``
+(smoke tests): 20,000 records in chunks of 5,000. Writes ``<results-dir>/kafka_ingestion.json`` (default
+``benchmarks/results``) and re-renders ``RESULTS.md`` beside it.
 """
 
 import argparse
@@ -22,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import machine, publish
+from benchmarks.report import RESULTS_DIR, arguments, machine, machine_line, publish, scale_note
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -30,9 +31,9 @@ if str(ROOT) not in sys.path:  # run as a script: make the project's packages im
     sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")
-RESULTS_MD = HERE / "RESULTS.md"
-RESULTS_JSON = HERE / "results" / "kafka_ingestion.json"
 SECTION = "## Kafka ingestion"
+COMMAND = "uv run python -m benchmarks.ingestion_benchmark"
+QUICK = {"records": 20_000, "chunk": 5_000}
 TARGET_RECORDS_PER_SECOND = 20_000
 
 
@@ -156,17 +157,17 @@ def run(records: int, chunk: int, home: Path) -> dict[str, Any]:
     }
 
 
-def render(r: dict[str, Any]) -> str:
-    m = r["machine"]
+def render_results(results: dict[str, Any]) -> str:
+    r = results["kafka_ingestion.json"]
     met = r["records_per_second"] is not None and r["records_per_second"] >= TARGET_RECORDS_PER_SECOND
     slowest = max(r["ticks"], key=lambda t: t["seconds"])
     return "\n".join(
         [
             SECTION,
             "",
-            f"Machine: `{m['uname']}`; {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gb']} GB RAM, "
-            f"Python {m['python']}. Date: {m['date']}. Command: `uv run python -m benchmarks.ingestion_benchmark`.",
+            machine_line(r["machine"], " ".join([COMMAND, *r.get("arguments", [])])),
             "",
+            *scale_note(r, COMMAND),
             f"{r['records']:,} generated `machine_failure` records (30 days, {r['value_bytes_mean']} bytes of JSON "
             "each) on librdkafka's mock cluster (4 partitions, lz4), landed by the real sensor "
             f"(`kafka_ingest_machine_failure`, max {r['limits']['max_records']:,} records / "
@@ -196,16 +197,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--chunk", type=int, default=100_000)
-    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--quick", action="store_true", help=f"smoke scale: {QUICK}")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.quick:
+        args.records, args.chunk = QUICK["records"], QUICK["chunk"]
     with tempfile.TemporaryDirectory(prefix="ingestion-bench-") as home:
         result = run(args.records, args.chunk, Path(home))
-    text = render(result)
-    if args.no_write:
-        print(text)
-    else:
-        publish(result, text, RESULTS_JSON, RESULTS_MD, SECTION)
+    result.update(scale="quick" if args.quick else "full", arguments=arguments(sys.argv[1:]))
+    print(publish("kafka_ingestion.json", result, args.results_dir.resolve()))
 
 
 if __name__ == "__main__":

@@ -1,120 +1,109 @@
-"""Run every benchmark and rewrite ``benchmarks/RESULTS.md`` with the figures, the machine and the date.
+"""Run every benchmark, each in its own process, then render ``benchmarks/RESULTS.md`` from the raw results.
 
-Each benchmark runs in its own process so peak-memory figures are not polluted by the previous one.
-Raw JSON results are kept under ``benchmarks/results/`` (ignored by git).
+    uv run python -m benchmarks.run_all [--quick] [--results-dir DIR] [--only graph monitoring ...]
+
+Each script writes its raw figures (machine and date included) to ``<results-dir>/<name>.json`` and re-renders
+``RESULTS.md`` beside the results directory; nothing in RESULTS.md is written by hand (``benchmarks/report.py``).
+A process per benchmark keeps one benchmark's imports and memory out of the next one's figures. The serving
+benchmark keeps its own file handling, so it runs with ``--no-write`` and its JSON (standard output) is stored here.
+
+``--quick`` runs every script at its smoke scale (figures that only show the scripts work, marked so in the
+rendering); use it with a scratch ``--results-dir`` so the committed results are left alone.
 """
 
-import datetime as dt
+from __future__ import annotations
+
+import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
+from benchmarks.report import RESULTS_DIR, write_results_md
+
 HERE = Path(__file__).resolve().parent
-RESULTS_DIR = HERE / "results"
+ROOT = HERE.parent
 
-GRAPH_RUNS = [
-    ("salary_band (UCI Adult, 48,842 rows)", ["--dataset", "salary_band", "--days", "30", "--trials", "8"]),
-    (
-        "machine_failure (generated, 1,000,000 rows)",
-        ["--dataset", "machine_failure", "--rows", "1000000", "--days", "30", "--trials", "4"],
-    ),
-]
-
-
-def machine_description() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{platform.system()} {platform.release()}, {os.cpu_count()} cores ({cpu}), {memory_gb:.0f} GB RAM, Python {platform.python_version()}"
-
-
-def run_graph(args: list[str]) -> dict:
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks.graph_benchmark", *args],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=HERE.parent,
-    )
-    return json.loads(completed.stdout)
+# name -> the module and its full-scale arguments (the figures in RESULTS.md)
+BENCHMARKS: dict[str, list[str]] = {
+    "graph-salary_band": ["benchmarks.graph_benchmark", "--dataset", "salary_band", "--days", "30", "--trials", "8"],
+    "graph-machine_failure": [
+        "benchmarks.graph_benchmark",
+        "--dataset",
+        "machine_failure",
+        "--rows",
+        "1000000",
+        "--days",
+        "30",
+        "--trials",
+        "4",
+    ],
+    "ingestion": ["benchmarks.ingestion_benchmark"],
+    "monitoring": ["benchmarks.monitoring_benchmark"],
+    "drift": ["benchmarks.drift_benchmark"],
+    "serving": ["benchmarks.serving_benchmark"],
+    "imports": ["benchmarks.import_times"],
+}
+GROUPS = {"graph": ["graph-salary_band", "graph-machine_failure"]}
+SERVING_QUICK = ["--duration", "10", "--warmup", "2", "--backends", "embedded"]  # locust needs a few s to start
 
 
-def graph_section(title: str, result: dict) -> str:
-    lines = [
-        f"### {title}",
-        "",
-        f"{result['partitions']} daily partitions, {result['source_rows']:,} source rows "
-        f"(source parsed/generated once in {result['source_load_seconds']} s, outside the timed steps).",
-        "",
-        "| asset | wall s | platform work s | peak RSS MB | RSS growth MB | rows | load s | compute s | serialise s | object puts s | versioning s | versioning share of wall |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+def command(name: str, results_dir: Path, quick: bool, scratch: Path) -> list[str]:
+    module, *arguments = BENCHMARKS[name]
+    if name == "serving":
+        extra = [*SERVING_QUICK, "--home", str(scratch / "serving-home")] if quick else []
+        return [sys.executable, "-m", module, *arguments, *extra, "--no-write"]
+    return [
+        sys.executable,
+        "-m",
+        module,
+        *arguments,
+        *(["--quick"] if quick else []),
+        "--results-dir",
+        str(results_dir),
     ]
-    for asset, m in result["assets"].items():
-        share = m.get("versioning_share")
-        lines.append(
-            f"| {asset} | {m['wall_seconds']} | {m.get('platform_seconds', '')} | {m['peak_rss_mb']} | "
-            f"{m['rss_growth_mb']} | {m['rows']} | {m.get('load_seconds', '')} | {m.get('compute_seconds') or ''} | "
-            f"{m['serialise_seconds']} | {m['put_seconds']} | {m['versioning_seconds']} | "
-            f"{'' if share is None else f'{share * 100:.1f}%'} |"
-        )
-    floor = result["io_floor"]
-    ratio = result["raw_plus_features_over_floor"]
-    lines += [
-        "",
-        f"I/O floor (read + write the same {floor['bytes'] / 2**20:.1f} MiB of Parquet the raw and features assets "
-        f"wrote, nothing else): {floor['floor_seconds']} s (read {floor['read_seconds']} s, write "
-        f"{floor['write_seconds']} s). Raw + features: {result['raw_plus_features_seconds']} s = **{ratio}x the floor** "
-        f"(target <= 3x: {'met' if ratio <= 3 else 'missed'}); the assets' own work (load + compute + serialise + "
-        f"store + version, without Dagster's event bookkeeping) is {result.get('raw_plus_features_platform_seconds')} s "
-        f"= **{result.get('raw_plus_features_platform_over_floor')}x the floor**. "
-        f"Commits on main afterwards: {result['commits_on_main']}.",
-        "",
-    ]
-    return "\n".join(lines)
+
+
+def run_one(name: str, results_dir: Path, quick: bool, scratch: Path) -> float:
+    """Run one benchmark in its own process; its wall seconds."""
+    started = time.perf_counter()
+    argv = command(name, results_dir, quick, scratch)
+    print(f"== {name}: {' '.join(argv[1:])}", file=sys.stderr, flush=True)
+    if name == "serving":
+        completed = subprocess.run(argv, cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True)
+        out = completed.stdout
+        start = 0 if out.startswith("{") else out.rindex("\n{\n") + 1  # the JSON document it prints last
+        result = json.loads(out[start:])
+        result["scale"] = "quick" if quick else "full"
+        results_dir.mkdir(parents=True, exist_ok=True)
+        (results_dir / "serving.json").write_text(json.dumps(result, indent=2) + "\n")
+    else:
+        subprocess.run(argv, cwd=ROOT, check=True, stdout=sys.stderr)
+    return time.perf_counter() - started
 
 
 def main() -> None:
-    RESULTS_DIR.mkdir(exist_ok=True)
-    rerender = "--render-only" in sys.argv  # rewrite RESULTS.md from the last JSON results
-    sections = []
-    for title, args in GRAPH_RUNS:
-        name = args[1]
-        path = RESULTS_DIR / f"graph-{name}.json"
-        if rerender:
-            result = json.loads(path.read_text())
-        else:
-            result = run_graph(args)
-            path.write_text(json.dumps(result, indent=2))
-        sections.append(graph_section(title, result))
-    today = dt.date.today().isoformat()
-    header = [
-        "# Benchmark results",
-        "",
-        f"Machine: {machine_description()}. Date: {today}. Command: `make bench`.",
-        "",
-        "## Asset graph (issue: foundation)",
-        "",
-        "Each run: ingest (raw + features over 30 daily partitions, one run) then train (training set + model), "
-        "embedded parts (local versioned store, MLflow on SQLite) in a fresh temporary home. Wall time is Dagster's "
-        "step time; peak RSS is the whole process (Dagster, pandas, XGBoost loaded) sampled every 5 ms during the "
-        "step; versioning = branch creation + commits + merge + branch deletion, measured inside the IO manager.",
-        "",
-    ]
-    existing = (HERE / "RESULTS.md").read_text() if (HERE / "RESULTS.md").exists() else ""
-    notes = ""
-    marker = "## Notes"
-    if marker in existing:
-        notes = existing[existing.index(marker) :]
-    (HERE / "RESULTS.md").write_text("\n".join(header) + "\n".join(sections) + ("\n" + notes if notes else ""))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="every script at its smoke scale")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument(
+        "--only", nargs="+", default=None, help=f"a subset, in this order: {', '.join([*GROUPS, *BENCHMARKS])}"
+    )
+    args = parser.parse_args()
+    names = list(BENCHMARKS)
+    if args.only:
+        wanted = {n for item in args.only for n in GROUPS.get(item, [item])}
+        unknown = sorted(wanted - set(BENCHMARKS))
+        if unknown:
+            parser.error(f"--only: unknown benchmark(s) {unknown}; choose from {', '.join([*GROUPS, *BENCHMARKS])}")
+        names = [n for n in names if n in wanted]
+    results_dir = args.results_dir.resolve()
+    with tempfile.TemporaryDirectory(prefix="riverbed-bench-") as scratch:
+        seconds = {name: run_one(name, results_dir, args.quick, Path(scratch)) for name in names}
+    print(write_results_md(results_dir))
+    print(", ".join(f"{name} {value / 60:.1f} min" for name, value in seconds.items()), file=sys.stderr)
 
 
 if __name__ == "__main__":

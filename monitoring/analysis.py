@@ -7,7 +7,9 @@ Per chunk of ``chunk_size`` predicted records (NannyML size-based chunks, in ord
 - ``cbpe``: performance estimated without labels (confidence-based), per metric;
 - ``realised``: performance on the records that have a label, per metric (only chunks with labels).
 
-``import nannyml`` takes several seconds (~5-15 s cold), so it happens inside :func:`analyse_window` only.
+NannyML's calculators take seconds to import (``import nannyml`` ~5-15 s cold; the four used here come through
+:mod:`monitoring.nannyml_import`, which leaves out FLAML, MLflow and ``statsmodels.api``; both are measured in
+``benchmarks/RESULTS.md``, "Monitoring"), so they are imported inside :func:`analyse_window` only.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import datetime as dt
 import html
 import logging
 import math
-import os
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Any
 import pandas as pd
 import psycopg
 
+from monitoring.nannyml_import import Calculators, import_calculators
 from monitoring.reference import PREDICTION, PROBABILITY, TRUTH
 from riverbed.specs import DatasetSpec
 
@@ -97,14 +99,9 @@ def _chunk_bounds(analysis: pd.DataFrame, start_index: int, end_index: int) -> t
     return _moment(times.iloc[start_index]), _moment(times.iloc[min(end_index, len(times) - 1)])
 
 
-def _import_nannyml() -> Any:
-    """``import nannyml`` (several seconds, ~5-15 s cold): only when a window is analysed."""
-    os.environ.setdefault("NML_DISABLE_USAGE_LOGGING", "1")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import nannyml  # 5-15 s to import (benchmarks/RESULTS.md, "Import times"): only the analysis needs it
-
-    return nannyml
+def _import_nannyml() -> Calculators:
+    """NannyML's calculators (seconds, cold): imported only when a window is analysed."""
+    return import_calculators()
 
 
 @dataclass(frozen=True)
@@ -151,7 +148,7 @@ class _Window:
 
 
 def _drift_rows(
-    nml: Any, spec: DatasetSpec, reference: pd.DataFrame, window: _Window, chunk_size: int
+    nml: Calculators, spec: DatasetSpec, reference: pd.DataFrame, window: _Window, chunk_size: int
 ) -> list[ResultRow]:
     """Univariate (Jensen-Shannon per feature) and multivariate (reconstruction error) drift per chunk."""
     features = spec.feature_names
@@ -173,7 +170,7 @@ def _drift_rows(
 
 
 def _performance_rows(
-    nml: Any, reference: pd.DataFrame, window: _Window, chunk_size: int, labelled: int
+    nml: Calculators, reference: pd.DataFrame, window: _Window, chunk_size: int, labelled: int
 ) -> list[ResultRow]:
     """Estimated (CBPE, no labels needed) and, when some records have a label, realised performance per chunk."""
     performance_columns = {"y_pred_proba": PROBABILITY, "y_pred": PREDICTION, "y_true": TRUTH}

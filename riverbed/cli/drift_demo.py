@@ -4,6 +4,11 @@ Everything runs for real on embedded parts under its own state directory (``<hom
 inspection): librdkafka's mock cluster as the broker, the Kafka ingestion sensor, Dagster jobs, MLflow,
 the embedded PostgreSQL inference log, MLServer and the gateway. The steps are public functions so the
 end-to-end test drives the same code.
+
+From the first drifted record produced until the gateway answers with v2, every step is timed on its own
+(:class:`StepClock`, in :attr:`DriftDemoOutcome.step_seconds`); ``benchmarks/drift_benchmark.py`` records them.
+The sensors' polling intervals are not part of the scenario: each sensor is ticked as soon as the step before it
+is done.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +61,23 @@ from serving.api_keys import create_api_key
 DATASET = "machine_failure"
 DRIFT_START = dt.datetime(2026, 10, 21, tzinfo=dt.UTC)
 DRIFT_SHIFTS = {"torque_nm": 2.5, "rotational_speed_rpm": -2.0}
+SERVED_POLL_SECONDS = 0.1
+SERVED_TIMEOUT_SECONDS = 120.0
+
+
+@dataclass
+class StepClock:
+    """Wall seconds of named steps, in the order they ran."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - started, 3)
 
 
 @dataclass
@@ -152,6 +176,10 @@ class DriftDemoOutcome:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     failed_requests: int = 0
     seconds_to_v2: float | None = None
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    job_step_seconds: dict[str, dict[str, float]] = field(default_factory=dict)
+    served_polls: int = 0
+    records: dict[str, int] = field(default_factory=dict)
 
 
 def _train_v1(settings: RiverbedSettings, instance: dg.DagsterInstance, data: ScenarioData) -> tuple[PipelineRun, str]:
@@ -164,41 +192,83 @@ def _train_v1(settings: RiverbedSettings, instance: dg.DagsterInstance, data: Sc
     return first, cursor
 
 
-def _drift_arrives(
+def _ingest_drifted(
     settings: RiverbedSettings,
     instance: dg.DagsterInstance,
     defs: dg.Definitions,
     data: ScenarioData,
     cursor: str,
-    gateway: httpx.Client,
-) -> set[str]:
-    """Drifted data through Kafka and materialised; predictions on clean, then drifted records. The drifted days."""
+    clock: StepClock,
+) -> tuple[set[str], str]:
+    """Drifted data through Kafka, ingested by the sensor and materialised: the drifted days and the ingest run id."""
+    with clock.step("produce drifted records (Kafka)"):
+        produce_frame(settings, data.spec, data.drifted)
+    with clock.step("ingestion sensor ticks until drained (landing commits)"):
+        _, drift_days = ingest_until_drained(settings, instance, cursor)
+    with clock.step("ingest job: raw + features over the drifted days"):
+        ingested = defs.resolve_job_def(names.ingest_job(DATASET)).execute_in_process(
+            instance=instance,
+            run_config=QUIET_LOGGING,
+            tags={RANGE_START_TAG: min(drift_days), RANGE_END_TAG: max(drift_days)},
+        )
+    return drift_days, ingested.run_id
+
+
+def _predict_clean_then_drifted(data: ScenarioData, gateway: httpx.Client) -> int:
+    """Predictions on 2 chunks of clean, then 3 chunks of drifted records (100 per request); how many records."""
     spec = data.spec
-    produce_frame(settings, spec, data.drifted)
-    _, drift_days = ingest_until_drained(settings, instance, cursor)
-    defs.resolve_job_def(names.ingest_job(DATASET)).execute_in_process(
-        instance=instance,
-        run_config=QUIET_LOGGING,
-        tags={RANGE_START_TAG: min(drift_days), RANGE_END_TAG: max(drift_days)},
-    )
     chunk = spec.monitoring.chunk_size
+    sent = 0
     for frame in (data.clean.tail(2 * chunk), data.drifted.head(3 * chunk)):
         records = records_with_ids(spec, frame)
         for start in range(0, len(records), 100):
             body = {"records": records[start : start + 100], "explain": False}
             gateway.post(f"/v1/{DATASET}/predict", json=body).raise_for_status()
-    return drift_days
+        sent += len(records)
+    return sent
 
 
-def _monitor_today(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[str, list[str]]:
-    """Monitoring of today's predictions (NannyML); the drifted features by chunk."""
+def wait_until_served(
+    gateway: httpx.Client, record: dict[str, Any], version: int, timeout: float = SERVED_TIMEOUT_SECONDS
+) -> int:
+    """Predict ``record`` every ``SERVED_POLL_SECONDS`` until the answer comes from ``version``; how many polls."""
+    deadline = time.monotonic() + timeout
+    polls = 0
+    while True:
+        polls += 1
+        response = gateway.post(f"/v1/{DATASET}/predict", json=record)
+        response.raise_for_status()
+        if int(response.json()["model"]["version"]) == version:
+            return polls
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the gateway still serves v{response.json()['model']['version']} after {timeout} s")
+        time.sleep(SERVED_POLL_SECONDS)
+
+
+def dagster_step_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
+    """Wall seconds of each step of a run (STEP_START to STEP_SUCCESS), from the instance's event log."""
+    starts: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    for record in instance.all_logs(run_id):
+        event = record.dagster_event
+        if event is None or record.step_key is None:
+            continue
+        if event.event_type_value == "STEP_START":
+            starts[record.step_key] = record.timestamp
+        elif event.event_type_value == "STEP_SUCCESS" and record.step_key in starts:
+            seconds[record.step_key] = round(record.timestamp - starts[record.step_key], 3)
+    return seconds
+
+
+def _monitor_today(defs: dg.Definitions, instance: dg.DagsterInstance) -> tuple[dict[str, list[str]], str]:
+    """Monitoring of today's predictions (NannyML); the drifted features by chunk and the run id."""
     today = dt.datetime.now(dt.UTC).date().isoformat()
     monitored = defs.resolve_job_def(names.monitor_job(DATASET)).execute_in_process(
         instance=instance, partition_key=today, run_config=QUIET_LOGGING
     )
     metadata = monitored.get_asset_materialization_events()[0].materialization.metadata
     drifted = metadata["drifted_features"].value
-    return dict(drifted) if isinstance(drifted, dict) else {}
+    return (dict(drifted) if isinstance(drifted, dict) else {}), monitored.run_id
 
 
 def _compare(
@@ -206,6 +276,7 @@ def _compare(
 ) -> pd.DataFrame:
     """v1 and v2 on records neither trained on; returns those records."""
     window = unseen_drifted_records(spec)
+    outcome.records["unseen_drifted"] = len(window)
     for version in (outcome.v1, outcome.v2):
         if version is not None:
             outcome.metrics[f"v{version}"] = holdout_metrics(settings, spec, window, name, version)
@@ -235,49 +306,65 @@ def run_drift_demo(base: RiverbedSettings, console: Any) -> DriftDemoOutcome:
 
     with console.status("starting the inference log, MLServer and the gateway..."):
         stack = ServingStack(settings, [DATASET], ephemeral_ports=True).start()
+    clock = StepClock()
     try:
         serving = settings.model_copy(update={"mlserver_url": stack.mlserver_url})
         dsn = inference_log_dsn(serving)
         headers = {"Authorization": f"Bearer {create_api_key(dsn, ['predict'], 'drift-demo').key}"}
-        first_drifted = time.perf_counter()
-        defs = build_definitions(serving)
+        probe = gateway_records(spec, unseen_drifted_records(spec, rows=10).head(1))[0]
+        defs = build_definitions(serving)  # a running platform has its code location loaded already
+        first_drifted = time.perf_counter()  # the clock runs from the first drifted record produced
         with (
             console.status("drifted data through Kafka; predictions on clean, then drifted records..."),
             httpx.Client(base_url=stack.gateway_url, headers=headers, timeout=60) as gateway,
         ):
-            drift_days = _drift_arrives(settings, instance, defs, data, cursor, gateway)
+            drift_days, ingest_run = _ingest_drifted(settings, instance, defs, data, cursor, clock)
+            with clock.step("predictions through the gateway (2 clean chunks, 3 drifted)"):
+                predicted = _predict_clean_then_drifted(data, gateway)
+        outcome.records = {"drifted": len(data.drifted), "clean": len(data.clean), "predicted": predicted}
         console.print(
-            f"{len(data.drifted):,} drifted records landed for {len(drift_days)} days; "
-            f"{5 * spec.monitoring.chunk_size} predictions"
+            f"{len(data.drifted):,} drifted records landed for {len(drift_days)} days; {predicted} predictions"
         )
 
-        with console.status("monitoring today's predictions (NannyML)..."):
-            outcome.drifted_features = _monitor_today(defs, instance)
+        with console.status("monitoring today's predictions (NannyML)..."), clock.step("monitoring job (NannyML)"):
+            outcome.drifted_features, monitor_run = _monitor_today(defs, instance)
         console.print(f"drift found (chunk -> features): {outcome.drifted_features or 'none'}")
 
-        decision = retraining_tick(defs, instance, dsn)
+        with clock.step("retraining sensor tick"):
+            decision = retraining_tick(defs, instance, dsn)
         if not isinstance(decision, dg.SensorResult):
             raise RuntimeError(f"no retraining requested: {decision.skip_message}")
         (request,) = decision.run_requests or []
         outcome.reason, outcome.trigger = request.tags[RunTag.REASON], request.tags[RunTag.TRIGGER]
         console.print(f"retraining requested: reason [bold]{outcome.reason}[/bold], evidence {outcome.trigger}")
 
-        with console.status("retraining, gate, hot swap (requests keep flowing)..."):
+        with (
+            console.status("retraining, gate, hot swap (requests keep flowing)..."),
+            clock.step("train job: training set, model, gate, deployment (hot swap)"),
+        ):
             train = defs.resolve_job_def(names.train_job(DATASET)).execute_in_process(
                 instance=instance, tags=dict(request.tags), run_config=QUIET_LOGGING, raise_on_error=False
             )
-        outcome.seconds_to_v2 = time.perf_counter() - first_drifted
         if not train.success:
             raise RuntimeError("the retraining run failed or its candidate was kept out by the gate")
-        outcome.v2 = train.asset_value(asset_key(Stage.MODEL, DATASET)).version
-        window = _compare(settings, spec, outcome, first.model.registered_model_name, console)
-        with httpx.Client(base_url=stack.gateway_url, headers=headers, timeout=60) as client:
-            time.sleep(2)
-            served = client.post(f"/v1/{DATASET}/predict", json=gateway_records(spec, window.head(1))[0]).json()
+        v2: int = train.asset_value(asset_key(Stage.MODEL, DATASET)).version
+        outcome.v2 = v2
+        with (
+            httpx.Client(base_url=stack.gateway_url, headers=headers, timeout=60) as gateway,
+            clock.step("until the gateway answers with v2"),
+        ):
+            outcome.served_polls = wait_until_served(gateway, probe, v2)
+        outcome.seconds_to_v2 = time.perf_counter() - first_drifted
+        outcome.step_seconds = dict(clock.seconds)
+        outcome.job_step_seconds = {
+            "ingest": dagster_step_seconds(instance, ingest_run),
+            "monitor": dagster_step_seconds(instance, monitor_run),
+            "train": dagster_step_seconds(instance, train.run_id),
+        }
         console.print(
-            f"the gateway now serves v{served['model']['version']}; first drifted record to v2 serving: "
-            f"{outcome.seconds_to_v2:.0f} s"
+            f"the gateway now serves v{outcome.v2}; first drifted record to v2 serving: {outcome.seconds_to_v2:.0f} s"
         )
+        _compare(settings, spec, outcome, first.model.registered_model_name, console)
     finally:
         stack.stop()
         del broker
