@@ -186,7 +186,7 @@ class VersionedDataIOManager(dg.ConfigurableIOManager):
         version = None
         try:
             version = context.asset_spec.code_version
-        except Exception:  # an output outside an asset job has no asset spec
+        except dg.DagsterInvariantViolationError:  # an output outside an asset job has no asset spec
             version = None
         metadata = {
             "dagster.run_id": context.run_id,

@@ -125,8 +125,9 @@ def demo(
         console.rule(f"Serving {dataset}: predictions with explanations, audit log")
         try:
             summary = exercise_serving(settings, spec, console)
-        except Exception as error:  # a clear line, not a stack trace; details are in .riverbed/logs
-            console.print(f"[red]serving failed: {error}[/red] (logs: {settings.home / 'logs'})")
+        except Exception as error:  # a clear line here; the traceback goes to a file under <home>/logs
+            trace = _write_traceback(settings, "demo-serving", error)
+            console.print(f"[red]serving failed: {error}[/red] (traceback: {trace}; logs: {settings.home / 'logs'})")
             raise typer.Exit(1) from None
         if not summary.get("chain_ok"):
             raise typer.Exit(1)
@@ -136,10 +137,25 @@ def demo(
         console.rule("Drift scenario: machine_failure over Kafka, monitoring, automatic retraining")
         try:
             run_drift_demo(settings, console)
-        except Exception as error:  # a clear line, not a stack trace
-            console.print(f"[red]drift scenario failed: {error}[/red] (state: {settings.home / 'drift-demo'})")
+        except Exception as error:  # a clear line here; the traceback goes to a file under <home>/logs
+            trace = _write_traceback(settings, "demo-drift", error)
+            console.print(
+                f"[red]drift scenario failed: {error}[/red] (traceback: {trace}; state: {settings.home / 'drift-demo'})"
+            )
             raise typer.Exit(1) from None
     console.print("[green]demo finished[/green]")
+
+
+def _write_traceback(settings: RiverbedSettings, name: str, error: BaseException) -> Path:
+    """The error's traceback in ``<home>/logs/<name>-error.log`` (owner-only), for the one-line message to point at."""
+    import traceback
+
+    folder = settings.home / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-error.log"
+    path.write_text("".join(traceback.format_exception(error)), encoding="utf-8")
+    path.chmod(0o600)
+    return path
 
 
 def _print_summary(run: PipelineRun, settings: RiverbedSettings) -> None:

@@ -376,6 +376,8 @@ class _Labeller:
         self.labels_topic = topic_name(spec.name, TopicKind.LABELS, prefix=topic_prefix)
         self.deliveries = _Deliveries()
         self.scheduled: set[str] = set()
+        self.consumer_errors: dict[int, int] = {}  # predictions-consumer errors by code
+        self.unparsed_events = 0  # prediction events that did not parse (skipped; logged once)
         self.pending: collections.deque[tuple[float, str, PredictionEvent]] = collections.deque()
         self.published = 0
         self._assigned = False
@@ -410,13 +412,20 @@ class _Labeller:
 
     def _schedule(self, message: Message) -> None:
         """Schedule the label of a prediction event's sample, if it is one of ours and not scheduled yet."""
-        if message.error() is not None:
-            logger.debug("predictions consumer: %s", message.error())
+        error = message.error()
+        if error is not None:
+            if error.fatal():
+                raise KafkaException(error)
+            if error.code() not in self.consumer_errors:  # once per kind: a broker hiccup repeats on every poll
+                logger.warning("predictions consumer: %s", error)
+            self.consumer_errors[error.code()] = self.consumer_errors.get(error.code(), 0) + 1
             return
         try:
             event = PredictionEvent.model_validate_json(message.value() or b"")
-        except ValidationError as error:
-            logger.debug("skipping a prediction event that does not parse: %s", error.errors()[0])
+        except ValidationError as invalid:
+            if not self.unparsed_events:
+                logger.warning("skipping prediction events that do not parse, first: %s", invalid.errors()[0])
+            self.unparsed_events += 1
             return
         sample_id = event.sample_id
         if event.dataset != self.spec.name or sample_id is None or sample_id not in self.truth:
@@ -454,5 +463,12 @@ class _Labeller:
                 self.published,
                 self.labels_topic,
                 f", first error: {errors[0]}" if errors else "",
+            )
+        if self.unparsed_events or self.consumer_errors:
+            logger.warning(
+                "%s: %d prediction event(s) skipped as unparseable; consumer errors by code: %s",
+                self.predictions_topic,
+                self.unparsed_events,
+                self.consumer_errors or "none",
             )
         logger.info("%s: %d label(s) published to %s", self.spec.name, self.deliveries.acknowledged, self.labels_topic)
