@@ -3,9 +3,13 @@
 The run holds params, metrics (fairness included), the Dagster run id, dataset inputs whose source is the
 commit-pinned ``lakefs://`` URI, the model (cloudpickle: the format the serving runtime loads, not MLflow
 3's skops default), a signature and input example, the model card and the encoded-feature groups used for
-explanations. ``mlflow`` is imported inside functions only: it costs seconds to import (~1.3 s warm, ~6 s cold);
-this module itself imports ``riverbed.ml.training`` (xgboost + scikit-learn, ~1.8 s), so the model asset imports
-it when it runs, not when the code location loads.
+explanations. The SHA-256 of the stored model.pkl and feature_groups.json (read back from the artifact store right
+after the upload) is recorded as the version tag :attr:`MlflowTag.ARTIFACT_SHA256`, in the model card and in the
+returned record; every loader checks the files against it before unpickling (:mod:`riverbed.ml.integrity`).
+
+``mlflow`` is imported inside functions only: it costs seconds to import (~1.3 s warm, ~6 s cold); this module
+itself imports ``riverbed.ml.training`` (xgboost + scikit-learn, ~1.8 s), so the model asset imports it when it
+runs, not when the code location loads.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING, cast
 import pandas as pd
 
 from resources.mlflow_resource import mlflow_client, quiet_mlflow
+from riverbed.ml.integrity import ARTIFACT_FILES, FEATURE_GROUPS_FILE, format_digests, sha256_file
 from riverbed.ml.model_card import build_model_card, render_markdown
 from riverbed.ml.training import TrainingOutcome, encoded_feature_groups, model_inputs
 from riverbed.names import MlflowTag
@@ -40,7 +45,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MODEL_ARTIFACT_PATH = "model"
-FEATURE_GROUPS_ARTIFACT = "feature_groups.json"
+FEATURE_GROUPS_ARTIFACT = FEATURE_GROUPS_FILE
 MODEL_CARD_MARKDOWN = "model_card.md"
 MODEL_CARD_JSON = "model_card.json"
 OPTUNA_TRIALS_ARTIFACT = "optuna_trials.json"
@@ -65,6 +70,7 @@ class RegisteredModel:
     model_uri: str  # models:/<name>/<version>
     artifact_uri: str  # the run's artifacts: model card, feature groups, trials
     model_storage_uri: str  # where the model files themselves are stored (model.pkl, MLmodel, extra_files/)
+    artifact_sha256: dict[str, str]  # file name -> SHA-256 of model.pkl and feature_groups.json as stored
 
 
 def log_and_register(
@@ -97,7 +103,7 @@ def log_and_register(
             experiment_id = _experiment_id(client, experiment_name, artifact_location)
             with mlflow.start_run(experiment_id=experiment_id, run_name=f"{spec.name}-train") as run:
                 run_id = run.info.run_id
-                version = _log_run(
+                version, digests = _log_run(
                     spec, outcome, metrics, fairness, train, test, lineage, registry_model_name, run_id, tags or {}
                 )
                 artifact_uri = run.info.artifact_uri
@@ -106,6 +112,7 @@ def log_and_register(
                 "mlflow_run_id": run_id,
                 "data_commit_ids": ",".join(lineage.data_commit_ids),
                 DAGSTER_RUN_ID_TAG: lineage.dagster_run_id,
+                MlflowTag.ARTIFACT_SHA256.value: format_digests(digests),
             }
             for key, value in version_tags.items():
                 client.set_model_version_tag(registry_model_name, str(version), key, value)
@@ -122,6 +129,7 @@ def log_and_register(
         model_uri=f"models:/{registry_model_name}/{version}",
         artifact_uri=artifact_uri,
         model_storage_uri=model_storage_uri,
+        artifact_sha256=digests,
     )
 
 
@@ -136,8 +144,8 @@ def _log_run(
     registry_model_name: str,
     run_id: str,
     tags: dict[str, str],
-) -> int:
-    """Everything inside the active run; returns the new model version."""
+) -> tuple[int, dict[str, str]]:
+    """Everything inside the active run; returns the new model version and its artifacts' SHA-256."""
     import mlflow  # seconds to import (see the module docstring)
     from mlflow.data.pandas_dataset import from_pandas
 
@@ -166,7 +174,7 @@ def _log_run(
         )
         mlflow.log_input(dataset, context=context)
 
-    version = _log_model(spec, outcome, train, registry_model_name)
+    version, digests = _log_model(spec, outcome, train, registry_model_name)
     card = build_model_card(
         spec,
         model_name=registry_model_name,
@@ -177,15 +185,19 @@ def _log_run(
         fairness=fairness,
         hyperparameters=outcome.best_params,
         train_positive_rate=float(train[spec.target.name].mean()),
+        artifact_sha256=digests,
     )
     mlflow.log_text(render_markdown(card), MODEL_CARD_MARKDOWN)
     mlflow.log_text(card.model_dump_json(indent=2), MODEL_CARD_JSON)
     mlflow.log_text(json.dumps(outcome.trial_table, indent=2, default=str), OPTUNA_TRIALS_ARTIFACT)
-    return version
+    return version, digests
 
 
-def _log_model(spec: DatasetSpec, outcome: TrainingOutcome, train: pd.DataFrame, registry_model_name: str) -> int:
-    """Log the pipeline (cloudpickle, signature, feature groups) in the active run and register it; the version."""
+def _log_model(
+    spec: DatasetSpec, outcome: TrainingOutcome, train: pd.DataFrame, registry_model_name: str
+) -> tuple[int, dict[str, str]]:
+    """Log the pipeline (cloudpickle, signature, feature groups) in the active run and register it; the version
+    and the SHA-256 of its stored model.pkl and feature_groups.json."""
     import mlflow  # seconds to import (see the module docstring)
     from mlflow.models import infer_signature
 
@@ -210,9 +222,36 @@ def _log_model(spec: DatasetSpec, outcome: TrainingOutcome, train: pd.DataFrame,
             registered_model_name=registry_model_name,
         )
         mlflow.log_artifact(str(groups_file))
+        groups_digest = sha256_file(groups_file)
     if info.registered_model_version is None:
         raise ModelRegistryError(f"MLflow logged the model but did not register it as {registry_model_name!r}")
-    return int(info.registered_model_version)
+    version = int(info.registered_model_version)
+    digests = stored_artifact_digests(registry_model_name, version)
+    if digests[FEATURE_GROUPS_FILE] != groups_digest:
+        raise ModelRegistryError(
+            f"{registry_model_name} version {version}: the stored {FEATURE_GROUPS_FILE} has SHA-256 "
+            f"{digests[FEATURE_GROUPS_FILE]}, not {groups_digest} as written; the artifact store changed it"
+        )
+    return version, digests
+
+
+def stored_artifact_digests(registry_model_name: str, version: int) -> dict[str, str]:
+    """SHA-256 of a registered version's model.pkl and feature_groups.json, read back from the artifact store.
+
+    MLflow pickles the model itself (its bytes differ from ``cloudpickle.dumps``), so the digest is taken of what
+    it stored, right after the upload, in the training process.
+    """
+    import mlflow  # seconds to import (see the module docstring)
+
+    client = mlflow.MlflowClient()
+    uri = client.get_model_version_download_uri(registry_model_name, str(version))
+    with tempfile.TemporaryDirectory(prefix="riverbed-digest-") as scratch:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=scratch))
+        found = {name: next(iter(sorted(local.rglob(name))), None) for name in ARTIFACT_FILES}
+        missing = [name for name, path in found.items() if path is None]
+        if missing:
+            raise ModelRegistryError(f"{registry_model_name} version {version} at {uri} lacks {', '.join(missing)}")
+        return {name: sha256_file(path) for name, path in found.items() if path is not None}
 
 
 @contextmanager

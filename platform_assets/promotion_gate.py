@@ -6,6 +6,11 @@ champion yet, or the candidate beats the champion by at least ``min_improvement`
 both cases only if the candidate's largest demographic-parity difference stays within
 ``max_fairness_disparity``. The verdict is recorded as tags on the candidate's MLflow model version
 (:func:`gate_version_tags`), which the deployment asset reads before it deploys.
+
+Both models are unpickled only after their files matched the SHA-256 recorded at training
+(:func:`platform_assets.deployment.load_registered_pipeline`). A candidate whose files do not match fails the gate
+(tagged ``failed`` with the digests in the reason); a champion whose files do not match fails the check too,
+untagged, so nothing is deployed and the serving champion stays.
 """
 
 import logging
@@ -23,6 +28,7 @@ from platform_assets.stages import asset_key
 from platform_assets.training import holdout_of, read_training_set
 from resources.data_store_resource import VersionedDataStoreResource
 from resources.mlflow_resource import MlflowTrackingResource, mlflow_client
+from riverbed.errors import ModelIntegrityError
 from riverbed.names import CHAMPION_ALIAS, GATE_CHECK_NAME, GateVerdict, MlflowTag, Stage
 from riverbed.records import ModelRecord
 from riverbed.specs import DatasetSpec, PromotionGateSpec
@@ -176,14 +182,34 @@ def run_promotion_gate(
     client = mlflow_client(tracking_uri)
     name = candidate.registered_model_name
     champion_version = registered_aliases(client, name).get(CHAMPION_ALIAS)
-    pipeline = load_registered_pipeline(tracking_uri, name, candidate.version)
+    try:
+        pipeline = load_registered_pipeline(tracking_uri, name, candidate.version)
+    except ModelIntegrityError as error:
+        tags = {
+            MlflowTag.GATE.value: GateVerdict.FAILED.value,
+            MlflowTag.GATE_REASON.value: str(error)[:GATE_REASON_LIMIT],
+        }
+        for key, value in tags.items():
+            client.set_model_version_tag(name, str(candidate.version), key, value)
+        raise
     candidate_metrics = evaluate(spec, pipeline, holdout)
     candidate_fairness = fairness_report(spec, pipeline, holdout)
     champion_metrics: dict[str, float] | None = None
     if champion_version == candidate.version:
         champion_version = None  # re-checking the champion itself: judge it against the bounds alone
     elif champion_version is not None:
-        champion_pipeline = load_registered_pipeline(tracking_uri, name, champion_version)
+        try:
+            champion_pipeline = load_registered_pipeline(tracking_uri, name, champion_version)
+        except ModelIntegrityError as error:
+            if error.expected is not None:
+                raise
+            # A champion registered before digests were recorded cannot be compared with; a person decides.
+            raise ModelIntegrityError(
+                f"{error} The champion cannot be compared with, so the candidate is not promoted automatically; "
+                f"after reviewing version {candidate.version}, serve it with `riverbed rollback {spec.name} --to "
+                f"{candidate.version} --force --reason ...` (recorded on the version)",
+                model=error.model,
+            ) from error
         try:
             champion_metrics = evaluate(spec, champion_pipeline, holdout)
         except (KeyError, ValueError) as error:
@@ -218,7 +244,22 @@ def build_gate_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
     ) -> dg.AssetCheckResult:
         training_set = read_training_set(data_store.get_store(), model.training_set_commit_id, name)
         holdout = holdout_of(training_set)
-        decision = run_promotion_gate(spec, gate_thresholds(spec, config), model, holdout, mlflow.tracking_uri)
+        try:
+            decision = run_promotion_gate(spec, gate_thresholds(spec, config), model, holdout, mlflow.tracking_uri)
+        except ModelIntegrityError as error:
+            logger.warning("%s version %d: gate failed: %s", model.registered_model_name, model.version, error)
+            return dg.AssetCheckResult(
+                passed=False,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=str(error),
+                metadata={
+                    "candidate_version": model.version,
+                    "integrity_model": error.model,
+                    "integrity_artifact": error.artifact or "",
+                    "expected_sha256": error.expected or "none recorded",
+                    "actual_sha256": error.actual or "",
+                },
+            )
         return dg.AssetCheckResult(
             passed=decision.passed,
             severity=dg.AssetCheckSeverity.ERROR,

@@ -222,6 +222,7 @@ def train_and_register(
         training_set_uri=training_set_uri,
         data_commit_ids=summary.partition_commit_ids,
         dagster_run_id=dagster_run_id,
+        artifact_sha256=registered.artifact_sha256,
         reason=reason,
         metrics=metrics,
         fairness=fairness,
@@ -256,6 +257,7 @@ def build_model_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 "mlflow_run_id": record.mlflow_run_id,
                 "model_uri": record.model_uri,
                 "reason": reason.value,
+                "artifact_sha256": dg.MetadataValue.json(record.artifact_sha256),
                 **{f"metric_{k}": float(v) for k, v in record.metrics.items()},
                 "fairness": dg.MetadataValue.json(json.loads(json.dumps(record.fairness, default=float))),
             }

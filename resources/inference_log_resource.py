@@ -22,14 +22,20 @@ class InferenceLogResource(dg.ConfigurableResource["InferenceLogResource"]):
     dsn: str | None = Field(default=None, description="libpq DSN; unset means the local stack's database.")
     home: str | None = Field(default=None, description="Riverbed home of the local stack (when dsn is unset).")
 
-    def get_dsn(self) -> str:
-        """The DSN with the schema migrated (idempotent); raises when no database is configured or running."""
+    def resolve_dsn(self) -> str:
+        """The configured DSN, without touching the database.
 
+        Raises :class:`riverbed.stack_file.InferenceLogNotAvailableError` when no DSN is set and no local stack runs.
+        """
         if self.dsn:
-            dsn = self.dsn
-        else:
-            settings = RiverbedSettings(home=Path(self.home)) if self.home else RiverbedSettings()
-            dsn = inference_log_dsn(settings)
+            return self.dsn
+        settings = RiverbedSettings(home=Path(self.home)) if self.home else RiverbedSettings()
+        return inference_log_dsn(settings)
+
+    def get_dsn(self) -> str:
+        """The DSN with the schema migrated (idempotent); raises when no database is configured or running
+        (:class:`riverbed.stack_file.InferenceLogNotAvailableError`) or reachable (:class:`psycopg.Error`)."""
+        dsn = self.resolve_dsn()
         if dsn not in _MIGRATED:  # once per process: sensors call this on every tick
             apply_migrations(dsn)
             _MIGRATED.add(dsn)

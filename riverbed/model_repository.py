@@ -9,6 +9,11 @@ Layout under the repository root (the folder ``mlserver start`` is given)::
 
 A model folder is written under a hidden staging name and renamed into place, and a pointer is replaced
 with ``os.replace`` after an fsync, so neither MLServer nor the gateway ever reads half a model or pointer.
+
+Integrity: the deployment writes the SHA-256 of model.pkl and feature_groups.json (as recorded in MLflow at
+training, checked against the downloaded files) and of the model.json it wrote into model-settings.json
+(``parameters.extra.riverbed_sha256``); the runtime checks the files against them before unpickling. Someone who
+can replace model.pkl on the volume but not model-settings.json therefore cannot get a changed model loaded.
 No Dagster or MLflow here: the gateway imports this module. It is a contract between the deployment step
 (writer) and the gateway and MLServer runtime (readers), so it lives in the core.
 """
@@ -20,10 +25,20 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import Field, ValidationError
 
+from riverbed.errors import ModelIntegrityError
+from riverbed.ml.integrity import (
+    ARTIFACT_FILES,
+    FEATURE_GROUPS_FILE,
+    MODEL_FILE,
+    check_digest,
+    parse_digests,
+    sha256_file,
+)
 from riverbed.records import ModelLineage
 
 logger = logging.getLogger(__name__)
@@ -32,9 +47,9 @@ POINTER_POLL_SECONDS = 0.5
 DEPLOYMENTS_DIR = "deployments"
 STAGING_PREFIX = ".staging-"
 MODEL_SETTINGS_FILE = "model-settings.json"
-MODEL_FILE = "model.pkl"  # the names serving/runtime.py reads
-FEATURE_GROUPS_FILE = "feature_groups.json"
-MODEL_INFO_FILE = "model.json"
+MODEL_INFO_FILE = "model.json"  # with MODEL_FILE and FEATURE_GROUPS_FILE: the names serving/runtime.py reads
+INSTALLED_FILES = (*ARTIFACT_FILES, MODEL_INFO_FILE)  # what the runtime reads; each has a digest in the settings
+INTEGRITY_PARAMETER = "riverbed_sha256"  # model-settings.json parameters.extra key: {file name: SHA-256}
 RUNTIME_IMPLEMENTATION = "serving.runtime.RiverbedModelRuntime"
 # MLServer's adaptive batching: concurrent single-row requests share one predict + TreeSHAP call (XGBoost's
 # TreeSHAP costs ~2.2 ms CPU for one row alone, ~1.5 ms a row in fours, ~1.4 in sixteens). Measured on 2 cores
@@ -58,14 +73,33 @@ class DeployedModel(ModelLineage):
     previous_version: int | None = None
 
 
-def model_settings(served_name: str, folder: Path, version: int) -> dict[str, object]:
-    """MLServer's model-settings.json for one installed version (runtime, pinned folder, adaptive batching)."""
+def model_settings(served_name: str, folder: Path, version: int, digests: Mapping[str, str]) -> dict[str, object]:
+    """MLServer's model-settings.json for one installed version (runtime, pinned folder, the SHA-256 of each file
+    the runtime reads, adaptive batching)."""
     return {
         "name": served_name,
         "implementation": RUNTIME_IMPLEMENTATION,
-        "parameters": {"uri": str(folder), "version": str(version)},
+        "parameters": {
+            "uri": str(folder),
+            "version": str(version),
+            "extra": {INTEGRITY_PARAMETER: {name: digests[name] for name in INSTALLED_FILES}},
+        },
         **ADAPTIVE_BATCHING,
     }
+
+
+def integrity_parameters(folder: Path) -> dict[str, dict[str, str]]:
+    """``parameters.extra`` vouching for the files now in ``folder``, for model folders built by hand (tests,
+    tools): whoever calls this takes the files as they are. Deployments write digests checked against MLflow."""
+    return {INTEGRITY_PARAMETER: {name: sha256_file(Path(folder) / name) for name in INSTALLED_FILES}}
+
+
+def settings_digests(settings: Mapping[str, object]) -> dict[str, str] | None:
+    """The digests a model-settings.json carries (None if it has none: installed before digests were written)."""
+    parameters = settings.get("parameters")
+    extra = parameters.get("extra") if isinstance(parameters, dict) else None
+    digests = extra.get(INTEGRITY_PARAMETER) if isinstance(extra, dict) else None
+    return {str(k): str(v) for k, v in digests.items()} if isinstance(digests, dict) else None
 
 
 def _fsync_directory(folder: Path) -> None:
@@ -132,27 +166,37 @@ class ModelRepository:
         info: DeployedModel,
         *,
         numeric_features: list[str] | None = None,
+        expected_sha256: Mapping[str, str] | None = None,
     ) -> Path:
         """Copy one model version into ``<root>/<served name>/`` with what MLServer and the runtime read.
 
-        The folder is assembled under a hidden staging name and renamed into place; an existing folder of the
-        same name is replaced (moved aside first, then deleted).
+        ``expected_sha256`` (the digests recorded in MLflow at training) is checked against the copies before
+        anything is renamed into place (:class:`ModelIntegrityError` otherwise, and nothing is installed); None
+        records the digests of the given files, so the caller vouches for them. The folder is assembled under a
+        hidden staging name and renamed into place; an existing folder of the same name is replaced (moved aside
+        first, then deleted).
         """
         target = self.model_dir(info.served_model_name)
         for source in (model_file, feature_groups_file):
             if not Path(source).is_file():
                 raise ModelRepositoryError(f"cannot install {info.served_model_name}: {source} is not a file")
+        model = f"{info.registered_model_name} version {info.version}"
         self.root.mkdir(parents=True, exist_ok=True)
         staging = self.root / f"{STAGING_PREFIX}{info.served_model_name}-{uuid.uuid4().hex[:8]}"
         staging.mkdir()
         try:
             shutil.copyfile(model_file, staging / MODEL_FILE)
             shutil.copyfile(feature_groups_file, staging / FEATURE_GROUPS_FILE)
+            copied = {name: sha256_file(staging / name) for name in ARTIFACT_FILES}
+            if expected_sha256 is not None:
+                for name in ARTIFACT_FILES:
+                    check_digest(model, name, expected_sha256[name], copied[name], str(staging / name))
             model_info: dict[str, object] = {**info.model_dump(mode="json"), "installed_at": _now().isoformat()}
             if numeric_features is not None:
                 model_info["numeric_features"] = list(numeric_features)
             (staging / MODEL_INFO_FILE).write_text(json.dumps(model_info, indent=2))
-            settings = model_settings(info.served_model_name, target, info.version)
+            digests = {**copied, MODEL_INFO_FILE: sha256_file(staging / MODEL_INFO_FILE)}
+            settings = model_settings(info.served_model_name, target, info.version, digests)
             (staging / MODEL_SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
             for written in staging.iterdir():
                 with written.open("rb") as stream:
@@ -174,12 +218,42 @@ class ModelRepository:
         return target
 
     def refresh_model_settings(self, deployment: DeployedModel) -> None:
-        """Rewrite an installed version's model-settings.json with the current serving options (before a start)."""
+        """Rewrite an installed version's model-settings.json with the current serving options (before a start).
+
+        The digests the deployment wrote are kept as they are (never recomputed from the files on the volume);
+        a folder installed before digests were written stays without them, and the runtime refuses it.
+        """
         folder = self.model_dir(deployment.served_model_name)
-        wanted = model_settings(deployment.served_model_name, folder, deployment.version)
         path = folder / MODEL_SETTINGS_FILE
-        if json.loads(path.read_text()) != wanted:
+        current = json.loads(path.read_text())
+        digests = settings_digests(current)
+        if digests is None or any(name not in digests for name in INSTALLED_FILES):
+            logger.warning(
+                "%s has no artifact digests in %s: the runtime will refuse it; redeploy the version",
+                deployment.served_model_name,
+                path,
+            )
+            return
+        wanted = model_settings(deployment.served_model_name, folder, deployment.version, digests)
+        if current != wanted:
             atomic_write_text(path, json.dumps(wanted, indent=2))
+
+    def verify_installed(self, served_name: str, expected_sha256: Mapping[str, str], *, model: str) -> None:
+        """Check an installed folder against the digests recorded in MLflow: the settings carry them and the files
+        match the settings (model.json included). Raises :class:`ModelIntegrityError`; changes nothing."""
+        folder = self.model_dir(served_name)
+        recorded = settings_digests(json.loads((folder / MODEL_SETTINGS_FILE).read_text()))
+        if recorded is None:
+            raise ModelIntegrityError(
+                f"{model} is installed at {folder} without artifact digests (installed before Riverbed wrote them); "
+                "remove the folder and deploy the version again",
+                model=model,
+            )
+        installed = parse_digests(recorded, model=model, required=INSTALLED_FILES)
+        for name in ARTIFACT_FILES:
+            check_digest(model, name, expected_sha256[name], installed[name], str(folder / MODEL_SETTINGS_FILE))
+        for name in INSTALLED_FILES:
+            check_digest(model, name, installed[name], sha256_file(folder / name), str(folder / name))
 
     def remove_version(self, served_name: str) -> bool:
         """Delete a served model's folder (renamed to a hidden name first); False if it was not there."""

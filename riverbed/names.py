@@ -85,6 +85,12 @@ class MlflowTag(enum.StrEnum):
     TRAINING_SET_COMMIT = "riverbed.training_set_commit"
     GATE = "riverbed.gate"  # GateVerdict value on the model version
     GATE_REASON = "riverbed.gate_reason"
+    # JSON {file name: SHA-256 hex} of the version's model artifacts (model.pkl, feature_groups.json), set when
+    # the version is registered; every loader checks the files against it before unpickling.
+    ARTIFACT_SHA256 = "riverbed.artifact_sha256"
+    FORCED_ROLLBACK = (
+        "riverbed.forced_rollback"  # JSON {by, at, reason, from_version, outcome}: a rollback past the gate
+    )
 
 
 class GateVerdict(enum.StrEnum):
@@ -103,6 +109,7 @@ class CommitMetadata(enum.StrEnum):
     DAYS = "riverbed.days"
     ROWS = "riverbed.rows"
     SOURCE_BRANCH = "riverbed.source_branch"
+    MODEL_ARTIFACT_SHA256 = "riverbed.model_artifacts_sha256"  # on the model record's commit: MlflowTag.ARTIFACT_SHA256
 
 
 class TopicKind(enum.StrEnum):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 import psycopg
 
@@ -28,6 +29,25 @@ set failures = pipeline_failures.failures + 1, last_at = now(), last_message = e
 """
 
 READ_FAILURES = "select component, reason, failures from pipeline_failures"
+# Session settings, not a connect-time ``options``: that would replace any ``options`` the DSN carries.
+_TIMEOUTS = "select set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)"
+
+
+def _check_label(field: str, value: str) -> None:
+    if not isinstance(value, str) or not _LABEL.match(value):
+        raise ValueError(f"{field} {value!r} is not a metric label: 1-200 characters of a-z, 0-9, '_', '.', ':' or '-'")
+
+
+def _connect(dsn: str, timeout_seconds: float) -> psycopg.Connection[tuple[Any, ...]]:
+    """An autocommit connection whose every statement (and lock wait) gives up after ``timeout_seconds``."""
+    conn = psycopg.connect(dsn, connect_timeout=max(1, round(timeout_seconds)), autocommit=True)
+    try:
+        timeout = f"{int(timeout_seconds * 1000)}ms"
+        conn.execute(_TIMEOUTS, (timeout, timeout))
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _clean(message: str) -> str:
@@ -47,21 +67,17 @@ def report_failure(
     """Log ``message`` at WARNING and count it under ``(component, reason)``; True when the count was stored.
 
     ``component`` and ``reason`` are metric labels: lower-case identifiers (``retrain_machine_failure``,
-    ``monitoring_query``). ``dsn`` None: no database is configured, so only the log line is written.
-    Never raises: reporting a failure must not become a second failure.
+    ``monitoring_query``); anything else is a ``ValueError`` naming the field (a programming error, not a failure
+    to report). ``dsn`` None: no database is configured, so only the log line is written. Past the label check it
+    never raises: reporting a failure must not become a second failure.
     """
-    if not _LABEL.match(component) or not _LABEL.match(reason):
-        raise ValueError(f"component and reason must match {_LABEL.pattern}: {component!r}, {reason!r}")
+    _check_label("component", component)
+    _check_label("reason", reason)
     (log or logger).warning("%s: %s: %s", component, reason, message)
     if dsn is None:
         return False
     try:
-        with psycopg.connect(
-            dsn,
-            connect_timeout=max(1, round(timeout_seconds)),
-            autocommit=True,
-            options=f"-c statement_timeout={int(timeout_seconds * 1000)}",
-        ) as conn:
+        with _connect(dsn, timeout_seconds) as conn:
             conn.execute(_UPSERT, (component, reason, _clean(message)))
     except (psycopg.Error, OSError) as error:
         logger.warning("%s: %s: the failure could not be counted in pipeline_failures (%s)", component, reason, error)
@@ -71,10 +87,6 @@ def report_failure(
 
 def read_failures(dsn: str, *, timeout_seconds: float = 2.0) -> dict[tuple[str, str], int]:
     """``{(component, reason): failures}`` as stored (for tests and the CLI)."""
-    with psycopg.connect(
-        dsn,
-        connect_timeout=max(1, round(timeout_seconds)),
-        options=f"-c statement_timeout={int(timeout_seconds * 1000)}",
-    ) as conn:
+    with _connect(dsn, timeout_seconds) as conn:
         rows = conn.execute(READ_FAILURES).fetchall()
     return {(str(component), str(reason)): int(failures) for component, reason, failures in rows}

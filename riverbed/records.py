@@ -54,6 +54,10 @@ class ModelLineage(BaseModel):
         default_factory=dict, description="Feature partition -> commit id it was read at."
     )
     dagster_run_id: str
+    artifact_sha256: dict[str, str] = Field(
+        default_factory=dict,
+        description="File name -> SHA-256 of the version's model artifacts, as recorded when it was registered.",
+    )
 
     def audit_fields(self) -> dict[str, str | dict[str, str]]:
         """The lineage columns of an inference-log row (``model_version`` as text, as the log stores it)."""

@@ -5,6 +5,12 @@ sensor only gathers signals (monitoring results in the inference log's PostgreSQ
 materialisations in the Dagster instance) and turns a decision into a run request of the train job it was given
 (``train_<dataset>``), tagged with the reason (:attr:`RunTag.REASON`) and its numbers (:attr:`RunTag.TRIGGER`).
 The deployment gate still decides whether the retrained model is promoted.
+
+A signal that cannot be read never stops the tick: its triggers are left out and the others still evaluated.
+"Not set up yet" (no inference log configured, no monitoring results for the dataset) is an INFO line and says so
+in the skip reason; a real failure (database unreachable, permission refused, a table missing after the migrations
+ran, raw materialisations that cannot be counted) is a WARNING, counted in ``pipeline_failures``
+(:func:`riverbed.pipeline_failures.report_failure`, component ``retrain_<dataset>``) and named in the skip reason.
 """
 
 import datetime as dt
@@ -21,12 +27,16 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 from resources.inference_log_resource import InferenceLogResource
 from riverbed import names
 from riverbed.names import RunTag
+from riverbed.pipeline_failures import report_failure
 from riverbed.records import TrainingReason
 from riverbed.specs import DatasetSpec, RetrainingSpec
+from riverbed.stack_file import InferenceLogNotAvailableError
 
 logger = logging.getLogger(__name__)
 
 EVIDENCE_LIMIT = 4000  # characters of the evidence JSON kept in the run tag
+NO_TRIGGER = "no trigger"  # the explanation when no trigger is configured or has anything to say
+MONITORING_QUERY_TIMEOUT_MS = 20_000  # well inside Dagster's sensor evaluation timeout (60 s)
 
 
 @dataclass(frozen=True)
@@ -108,7 +118,7 @@ def decide_retraining(
             continue  # already acted on exactly this evidence
         return decision
     notes = "; ".join(d.explanation for d in candidates if d.explanation)
-    return RetrainingDecision(None, explanation=notes or "no trigger")
+    return RetrainingDecision(None, explanation=notes or NO_TRIGGER)
 
 
 def _drift(config: RetrainingSpec, signals: RetrainingSignals, features: list[str]) -> RetrainingDecision:
@@ -200,6 +210,7 @@ def monitoring_days(dsn: str, dataset: str, metric: str, limit_days: int = 30) -
         WHERE dataset = %s AND day >= (SELECT max(day) FROM monitoring_results WHERE dataset = %s) - %s
     """
     with psycopg.connect(dsn, connect_timeout=3) as conn:
+        conn.execute("select set_config('statement_timeout', %s, false)", (f"{MONITORING_QUERY_TIMEOUT_MS}ms",))
         rows = conn.execute(query, (dataset, dataset, limit_days)).fetchall()
     by_chunk: dict[tuple[dt.date, int], dict[str, Any]] = {}
     for day, chunk, kind, name, value, alert in rows:
@@ -216,6 +227,72 @@ def monitoring_days(dsn: str, dataset: str, metric: str, limit_days: int = 30) -
     )
 
 
+@dataclass(frozen=True)
+class MonitoringRead:
+    """The monitoring signals of one tick, or why there are none (``note``, in words for the skip reason)."""
+
+    days: tuple[DaySignals, ...]
+    note: str = ""
+    evaluated: bool = True  # False: not read at all (not set up, or a failure), drift and performance are skipped
+
+
+def _failure_reason(error: psycopg.Error) -> tuple[str, str]:
+    """(reason label, words) for a database error met reading monitoring results."""
+    if isinstance(error, psycopg.errors.InsufficientPrivilege):
+        return "monitoring_permission_denied", "permission denied"
+    if isinstance(error, psycopg.errors.UndefinedTable):
+        # get_dsn() applied the migrations (0003 creates the table): missing now means it was dropped
+        return "monitoring_table_missing", "a table is missing although the migrations were applied"
+    if isinstance(error, psycopg.errors.QueryCanceled):
+        return "monitoring_query_timeout", "the query timed out"
+    if isinstance(error, psycopg.OperationalError):
+        return "monitoring_database_unreachable", "the database is unreachable"
+    return "monitoring_query", "the query failed"
+
+
+def read_monitoring(inference_log: InferenceLogResource, dataset: str, metric: str, component: str) -> MonitoringRead:
+    """:func:`monitoring_days` for a sensor tick: never raises for the database; real failures are reported."""
+    try:
+        dsn = inference_log.resolve_dsn()
+    except InferenceLogNotAvailableError as error:
+        note = f"drift and performance not evaluated: monitoring is not set up ({error})"
+        logger.info("%s: %s", component, note)
+        return MonitoringRead((), note, evaluated=False)
+    try:
+        days = monitoring_days(inference_log.get_dsn(), dataset, metric)
+    except psycopg.Error as error:
+        reason, words = _failure_reason(error)
+        detail = str(error).strip() or type(error).__name__
+        note = f"drift and performance not evaluated: monitoring results could not be read, {words} ({detail})"
+        report_failure(component, reason, note, dsn=dsn, log=logger)
+        return MonitoringRead((), note, evaluated=False)
+    if not days:
+        note = f"no monitoring results for {dataset} yet (the monitoring job has not analysed a chunk)"
+        logger.info("%s: %s", component, note)
+        return MonitoringRead((), note)
+    return MonitoringRead(days)
+
+
+def count_new_records(
+    instance: dg.DagsterInstance,
+    model_key: dg.AssetKey,
+    raw_key: dg.AssetKey,
+    component: str,
+    inference_log: InferenceLogResource,
+) -> tuple[int | None, str]:
+    """:func:`new_records_since_last_training` for a sensor tick: ``(None, why)`` after reporting a failure."""
+    try:
+        return new_records_since_last_training(instance, model_key, raw_key), ""
+    except Exception as error:  # the instance's storage, or a raw materialisation with a malformed row count
+        note = f"new data not evaluated: raw materialisations could not be counted ({type(error).__name__}: {error})"
+        try:
+            dsn: str | None = inference_log.resolve_dsn()
+        except InferenceLogNotAvailableError:
+            dsn = None  # the WARNING line alone
+        report_failure(component, "new_data_count", note, dsn=dsn, log=logger)
+        return None, note
+
+
 def build_retraining_sensor(
     spec: DatasetSpec,
     train_job: UnresolvedAssetJobDefinition | dg.JobDefinition,
@@ -225,8 +302,10 @@ def build_retraining_sensor(
 ) -> dg.SensorDefinition:
     """``retrain_<dataset>``: evaluates the triggers every minute and requests ``train_job`` runs.
 
-    Monitoring results come from the ``inference_log`` resource; new data is counted from ``raw_key``
-    materialisations since the latest ``model_key`` materialisation.
+    Monitoring results come from the ``inference_log`` resource (:func:`read_monitoring`); new data is counted
+    from ``raw_key`` materialisations since the latest ``model_key`` materialisation (:func:`count_new_records`).
+    A signal that cannot be read is reported and named in the skip reason, its triggers are left out of this tick,
+    and the others are still evaluated.
     """
     config = spec.retraining
     sensor_name = names.retrain_sensor(spec.name)
@@ -242,19 +321,25 @@ def build_retraining_sensor(
         context: dg.SensorEvaluationContext, inference_log: InferenceLogResource
     ) -> dg.SensorResult | dg.SkipReason:
         state = RetrainingState.from_cursor(context.cursor)
-        try:
-            days = monitoring_days(inference_log.get_dsn(), spec.name, config.performance_metric)
-        except Exception as error:  # database down or monitoring not set up yet: the other triggers still work
-            logger.info("%s: no monitoring results (%s)", sensor_name, error)
-            days = ()
-        signals = RetrainingSignals(
-            days=days,
-            new_records=new_records_since_last_training(context.instance, model_key, raw_key),
-            now=dt.datetime.now(dt.UTC),
-        )
-        decision = decide_retraining(config, signals, state, spec.feature_names)
+        monitoring = read_monitoring(inference_log, spec.name, config.performance_metric, sensor_name)
+        new_records: int | None = 0
+        new_data_note = ""
+        if config.new_records is not None:
+            new_records, new_data_note = count_new_records(
+                context.instance, model_key, raw_key, sensor_name, inference_log
+            )
+        effective = config  # without the triggers whose signal could not be read this tick
+        if not monitoring.evaluated:
+            effective = effective.model_copy(update={"drift_consecutive_chunks": None, "min_performance": None})
+        if new_records is None:
+            effective = effective.model_copy(update={"new_records": None})
+        signals = RetrainingSignals(days=monitoring.days, new_records=new_records or 0, now=dt.datetime.now(dt.UTC))
+        decision = decide_retraining(effective, signals, state, spec.feature_names)
         if decision.reason is None:
-            return dg.SkipReason(decision.explanation)
+            notes = [note for note in (monitoring.note, new_data_note) if note]
+            if decision.explanation != NO_TRIGGER or not notes:
+                notes.append(decision.explanation)
+            return dg.SkipReason("; ".join(notes))
         new_state = RetrainingState(signals.now.isoformat(), decision.evidence)
         request = dg.RunRequest(
             run_key=f"{spec.name}:{decision.evidence}",

@@ -4,6 +4,12 @@ The model directory (``parameters.uri``) holds one registered model version, cop
 deployment step: ``model.pkl`` (the cloudpickled encoding + XGBoost pipeline), ``feature_groups.json``
 (input feature -> encoded columns) and ``model.json`` (dataset, classes, registered name and version).
 Nothing is resolved at request time; MLflow is not imported in the serving image.
+
+Before anything is unpickled, each of those files is read once and its SHA-256 compared with the digest the
+deployment wrote into ``model-settings.json`` (``parameters.extra.riverbed_sha256``, checked there against the
+digests recorded in MLflow at training); the bytes that matched are the bytes loaded. A mismatch, or settings
+without digests, fails the load with :class:`riverbed.errors.ModelIntegrityError`, so MLServer keeps serving
+what it served.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import json
 import logging
 import os
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import cast
@@ -21,11 +28,15 @@ import pandas as pd
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec, PandasCodec, StringCodec
 from mlserver.codecs.utils import has_decoded
-from mlserver.errors import InferenceError
+from mlserver.errors import InferenceError, MLServerError
+from mlserver.settings import ModelSettings
 from mlserver.types import Datatype, InferenceRequest, InferenceResponse, Parameters, RequestOutput
 from mlserver.utils import get_model_uri
 
+from riverbed.errors import ModelIntegrityError
+from riverbed.ml.integrity import FEATURE_GROUPS_FILE, MODEL_FILE, parse_digests, verified_bytes
 from riverbed.ml.model_inputs import ModelInputError, frame_model_inputs, model_input_columns
+from riverbed.model_repository import INSTALLED_FILES, INTEGRITY_PARAMETER, MODEL_INFO_FILE
 from serving.explanations import (
     ExplanationError,
     explain_encoded,
@@ -41,22 +52,56 @@ OUTPUT_PROBABILITIES = "probabilities"
 OUTPUT_CONTRIBUTIONS = "contributions"
 OUTPUT_BASE_VALUE = "base_value"
 ALL_OUTPUTS = (OUTPUT_LABEL, OUTPUT_PROBABILITIES, OUTPUT_CONTRIBUTIONS, OUTPUT_BASE_VALUE)
-MODEL_FILE = "model.pkl"
-FEATURE_GROUPS_FILE = "feature_groups.json"
-MODEL_INFO_FILE = "model.json"
+__all__ = ["FEATURE_GROUPS_FILE", "MODEL_FILE", "MODEL_INFO_FILE", "RiverbedModelRuntime", "read_model_directory"]
 
 
-def read_model_directory(folder: Path) -> tuple[object, dict[str, list[int]], dict[str, object]]:
-    """The pipeline, feature groups and model info stored in a served model directory."""
+def read_model_directory(
+    folder: Path, expected_sha256: Mapping[str, str] | None = None, *, model: str = "the model"
+) -> tuple[object, dict[str, list[int]], dict[str, object]]:
+    """The pipeline, feature groups and model info stored in a served model directory.
+
+    With ``expected_sha256`` each file is checked before it is parsed or unpickled
+    (:class:`ModelIntegrityError` otherwise); None reads them unchecked (callers that verified them already).
+    """
     import cloudpickle
 
     if folder.is_file():
         folder = folder.parent
-    with (folder / MODEL_FILE).open("rb") as handle:
-        pipeline = cloudpickle.load(handle)
-    groups = json.loads((folder / FEATURE_GROUPS_FILE).read_text())
-    info = json.loads((folder / MODEL_INFO_FILE).read_text())
+    if expected_sha256 is None:
+        contents = {name: (folder / name).read_bytes() for name in INSTALLED_FILES}
+    else:
+        contents = {name: verified_bytes(folder / name, expected_sha256, model=model) for name in INSTALLED_FILES}
+    pipeline = cloudpickle.loads(contents[MODEL_FILE])
+    groups = json.loads(contents[FEATURE_GROUPS_FILE])
+    info = json.loads(contents[MODEL_INFO_FILE])
     return pipeline, groups, info
+
+
+class RefusedModelError(ModelIntegrityError, MLServerError):
+    """A :class:`ModelIntegrityError` that MLServer answers with its message (422) rather than a bare HTTP 500."""
+
+    def __init__(self, error: ModelIntegrityError) -> None:
+        super().__init__(
+            str(error), model=error.model, artifact=error.artifact, expected=error.expected, actual=error.actual
+        )
+        self.status_code = 422
+
+
+def expected_digests(settings: ModelSettings) -> dict[str, str]:
+    """The digests the deployment wrote into model-settings.json; :class:`ModelIntegrityError` if there are none."""
+    parameters = settings.parameters
+    model = f"{settings.name} (version {parameters.version if parameters else '?'})"
+    extra = (parameters.extra if parameters is not None else None) or {}
+    recorded = extra.get(INTEGRITY_PARAMETER)
+    if not recorded:
+        raise ModelIntegrityError(
+            f"refusing to load {model}: its model-settings.json carries no artifact digests "
+            f"(parameters.extra.{INTEGRITY_PARAMETER}), so its files cannot be verified; it was installed before "
+            "Riverbed wrote them or by hand. Deploy the version again (deployment asset or `riverbed rollback "
+            "--to <version>`); a version registered without digests must be retrained",
+            model=model,
+        )
+    return parse_digests(recorded, model=model, required=INSTALLED_FILES)
 
 
 def numeric_features(pipeline: object, info: dict[str, object]) -> frozenset[str]:
@@ -77,7 +122,19 @@ class RiverbedModelRuntime(MLModel):
 
     async def load(self) -> bool:
         folder = Path(await get_model_uri(self._settings))
-        self._pipeline, self._feature_groups, self._info = await asyncio.to_thread(read_model_directory, folder)
+        try:
+            expected = expected_digests(self._settings)
+        except ModelIntegrityError as error:
+            logger.error("%s", error)
+            raise RefusedModelError(error) from None
+        label = f"{self.name} (version {self.version})"
+        try:
+            self._pipeline, self._feature_groups, self._info = await asyncio.to_thread(
+                read_model_directory, folder, expected, model=label
+            )
+        except ModelIntegrityError as error:
+            logger.error("%s", error)
+            raise RefusedModelError(error) from None
         # model.json holds a DeployedModel dump (riverbed.model_repository): "classes" is a JSON list of labels
         classes = cast("list[object]", self._info["classes"])
         self._classes: list[str] = [str(c) for c in classes]

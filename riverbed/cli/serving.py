@@ -413,14 +413,32 @@ def rollback(
     to: Annotated[
         int | None, typer.Option("--to", help=f"Version to serve (default: the '{PREVIOUS_ALIAS}' alias).")
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Serve a version the promotion gate did not pass (needs --reason; recorded on the version)."
+        ),
+    ] = False,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why the rollback is forced (recorded).")] = None,
 ) -> None:
-    """Re-point the champion alias to an earlier version and hot-swap it into MLServer."""
+    """Re-point the champion alias to an earlier version the gate passed and hot-swap it into MLServer.
+
+    Exits 1 for an unknown dataset or version, a version the gate did not pass (without --force), files that do
+    not match the digests recorded at training, or an MLServer that does not answer; nothing changes then.
+    """
+    if force and not (reason or "").strip():
+        raise typer.BadParameter(
+            "--force needs --reason: why this version is served past the gate", param_hint="--reason"
+        )
     # Dagster + pandas (platform_assets.deployment, ~2 s to import): only this command needs them
     from platform_assets.deployment import DeploymentError, rollback_deployment
+    from riverbed.errors import ModelIntegrityError
 
     try:
-        deployed = rollback_deployment(dataset, to, settings=get_settings())
-    except DeploymentError as error:
+        deployed = rollback_deployment(
+            dataset, to, settings=get_settings(), force=force, reason=reason, actor=_cli_identity()
+        )
+    except (DeploymentError, ModelIntegrityError) as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(1) from None
     console.print(

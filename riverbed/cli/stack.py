@@ -5,6 +5,13 @@ dataset without one, installed from MLflow's ``champion`` alias). ``stack.json``
 other commands (``apikey``, ``audit``, the demo, benchmarks) where everything listens; a live stack owns its
 home, a stale record is replaced (:mod:`riverbed.cli.stack_state`).
 
+Champions: a dataset with no registered model (or no ``champion`` alias) in MLflow is not served, at INFO, and the
+others are; a registry that cannot be read, or a champion that cannot be installed, fails the start-up with a
+:class:`StackError` naming the dataset and the cause, counted in ``pipeline_failures`` (component
+``serving_startup``). Serving the other datasets instead would hide which models are missing behind a stack that
+looks healthy, so the stack refuses rather than guesses. An inference-log database that cannot be used fails the
+start-up too (a WARNING line: there is nowhere to count it).
+
 MLServer and the gateway die with the stack even when it is SIGKILLed (:func:`riverbed.cli.processes.spawn`);
 ports are probed the way those servers bind them, so a restart right after a stop finds them free.
 """
@@ -26,6 +33,7 @@ from typing import IO, Any
 from urllib.parse import urlparse
 
 import httpx
+import psycopg
 
 from resources.mlserver_admin import MLServerAdmin
 from riverbed.cli import processes
@@ -37,9 +45,11 @@ from riverbed.cli.stack_state import (
     why_not_live,
     write_private_json,
 )
+from riverbed.errors import ModelIntegrityError
 from riverbed.inference_log_schema import apply_migrations
-from riverbed.model_repository import ModelRepository
+from riverbed.model_repository import ModelRepository, ModelRepositoryError
 from riverbed.names import CHAMPION_ALIAS
+from riverbed.pipeline_failures import report_failure
 from riverbed.settings import PROJECT_ROOT, RiverbedSettings
 from riverbed.specs import DatasetSpec, load_specs
 from riverbed.stack_file import process_identity
@@ -48,6 +58,10 @@ from serving.embedded_postgres import EmbeddedPostgres, resolve_inference_log_ds
 logger = logging.getLogger(__name__)
 
 GATEWAY_STOP_SECONDS = 30.0
+STARTUP_COMPONENT = "serving_startup"  # the pipeline_failures component of start-up failures
+# MLflow's HTTP client retries an unreachable server for ~4 minutes by default (7 retries, backoff factor 2): at
+# start-up the registry read gets a few seconds instead, unless MLFLOW_HTTP_REQUEST_* say otherwise.
+STARTUP_MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 class StackError(RuntimeError):
@@ -181,7 +195,15 @@ class ServingStack:
             recover_embedded_postgres(self.settings.embedded_postgres_dir)
         # The superuser (embedded) or the configured DSN applies migrations; the gateway gets its own role.
         self.dsn, self._embedded = resolve_inference_log_dsn(self.settings, role="admin")
-        applied = apply_migrations(self.dsn)
+        try:
+            applied = apply_migrations(self.dsn)
+        except psycopg.Error as error:  # nowhere to count it: the WARNING line and the error say why
+            message = (
+                f"the inference-log database ({dsn_without_password(self.dsn)}) cannot be used: "
+                f"{type(error).__name__}: {str(error).strip()}"
+            )
+            report_failure(STARTUP_COMPONENT, "inference_log_unusable", message, dsn=None, log=logger)
+            raise StackError(message) from error
         if applied:
             logger.info("inference log migrations applied: %s", ", ".join(applied))
 
@@ -192,7 +214,10 @@ class ServingStack:
             raise StackError(f"unknown dataset(s) {unknown}; known: {sorted(specs)}")
         wanted = self.requested or sorted(specs)
         for dataset in wanted:
-            deployment = self.repository.read_deployment(dataset)
+            try:
+                deployment = self.repository.read_deployment(dataset)
+            except ModelRepositoryError as error:
+                raise self._failure(dataset, "deployment_pointer_invalid", str(error)) from error
             if deployment is None or not self.repository.is_installed(deployment.served_model_name):
                 deployment = self._install_champion(specs[dataset])
             if deployment is not None:
@@ -204,32 +229,63 @@ class ServingStack:
             )
 
     def _install_champion(self, spec: DatasetSpec) -> Any:
-        """Install the MLflow ``champion`` of a dataset that has no deployment pointer yet (None if none)."""
+        """Install the MLflow ``champion`` of a dataset that has no deployment pointer yet.
+
+        None (logged at INFO) when the registered model does not exist or has no champion alias: nothing to
+        serve yet. Raises :class:`StackError` (after :meth:`_failure`) when the registry cannot be read (reason
+        ``registry_unreadable``), or when installing the champion fails for any reason: ``model_integrity`` for
+        files that do not match their recorded digests, ``champion_install_failed`` otherwise.
+        """
         # Dagster + pandas (~2 s to import): only for a dataset that has no deployment pointer yet
         from platform_assets.deployment import deploy_model_version
         from platform_assets.model_registry import registered_aliases
         from resources.mlflow_resource import MlflowTrackingResource, mlflow_client
 
         tracking_uri = self.settings.resolved_mlflow_tracking_uri
+        where = _without_password(tracking_uri, tracking_uri)  # for messages: a tracking URI may carry a password
         name = MlflowTrackingResource(tracking_uri=tracking_uri).registered_model_name(spec.name)
-        try:
-            champion = registered_aliases(mlflow_client(tracking_uri), name).get(CHAMPION_ALIAS)
-        except Exception as error:  # no registered model yet
-            logger.info("no registered model %s: %s", name, error)
-            champion = None
+        try:  # a model that is not registered yet reads as {}: anything raised here is a registry failure
+            with _environment_defaults(STARTUP_MLFLOW_ENV):
+                aliases = registered_aliases(mlflow_client(tracking_uri), name)
+        except Exception as error:  # MlflowException, or the HTTP client's own errors: all mean "cannot read"
+            raise self._failure(
+                spec.name,
+                "registry_unreadable",
+                f"the MLflow registry at {where} could not be read for {name}: "
+                f"{type(error).__name__}: {_without_password(str(error), tracking_uri)}",
+            ) from None  # the original error's text holds the password
+        champion = aliases.get(CHAMPION_ALIAS)
         if champion is None:
-            logger.warning("dataset %s has no champion model; not serving it", spec.name)
+            why = f"{name} has no '{CHAMPION_ALIAS}' alias" if aliases else f"no registered model {name}"
+            logger.info("not serving %s: %s in MLflow at %s (train and deploy one first)", spec.name, why, where)
             return None
-        with MLServerAdmin(self.mlserver_url) as admin:  # not running yet: installs and writes the pointer
-            deployment, _ = deploy_model_version(
-                spec,
-                registered_model_name=name,
-                version=champion,
-                tracking_uri=tracking_uri,
-                repository=self.repository,
-                admin=admin,
-            )
+        try:
+            with MLServerAdmin(self.mlserver_url) as admin:  # not running yet: installs and writes the pointer
+                deployment, _ = deploy_model_version(
+                    spec,
+                    registered_model_name=name,
+                    version=champion,
+                    tracking_uri=tracking_uri,
+                    repository=self.repository,
+                    admin=admin,
+                    require_mlserver=False,
+                    failure_dsn=None,  # logged there; counted once, below, as this start-up's failure
+                )
+        except Exception as error:  # whatever the cause, this champion cannot be served: say which and why
+            reason = "model_integrity" if isinstance(error, ModelIntegrityError) else "champion_install_failed"
+            raise self._failure(
+                spec.name,
+                reason,
+                f"the champion {name} v{champion} could not be installed: "
+                f"{type(error).__name__}: {_without_password(str(error), tracking_uri)}",
+            ) from error
         return deployment
+
+    def _failure(self, dataset: str, reason: str, message: str) -> StackError:
+        """Report a start-up failure (WARNING + ``pipeline_failures``) and return the error to raise."""
+        text = f"cannot serve {dataset}: {message}"
+        report_failure(STARTUP_COMPONENT, reason, text, dsn=self.dsn, log=logger)
+        return StackError(text)
 
     def _start_mlserver(self) -> None:
         _check_port("MLServer's", MLSERVER_HOST, self.mlserver_port, "RIVERBED_MLSERVER_URL")
@@ -328,6 +384,24 @@ class ServingStack:
                 stack = json.loads(self.settings.stack_file.read_text())
                 if stack.get("pid") == os.getpid():
                     self.settings.stack_file.unlink()
+
+
+def _without_password(text: str, uri: str) -> str:
+    """``text`` with the password of ``uri`` (if it has one) masked: client errors echo the URLs they called."""
+    password = urlparse(uri).password
+    return text.replace(f":{password}@", ":***@") if password else text
+
+
+@contextlib.contextmanager
+def _environment_defaults(defaults: dict[str, str]) -> Iterator[None]:
+    """Within the block, ``defaults`` apply to the variables the environment does not set."""
+    added = [key for key in defaults if key not in os.environ]
+    os.environ.update({key: defaults[key] for key in added})
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 @contextlib.contextmanager

@@ -38,6 +38,9 @@ class ModelCard(BaseModel):
     fairness: dict[str, dict[str, float]]
     hyperparameters: dict[str, Any]
     limitations: list[str]
+    artifact_sha256: dict[str, str] = Field(
+        default_factory=dict, description="File name -> SHA-256 of the registered artifacts (model.pkl, ...)."
+    )
     created_at: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
 
@@ -52,6 +55,7 @@ def build_model_card(
     hyperparameters: dict[str, Any],
     train_positive_rate: float,
     version: int | None = None,
+    artifact_sha256: dict[str, str] | None = None,
 ) -> ModelCard:
     """A card whose intended use and limitations are written from the spec, the data and the results."""
     return ModelCard(
@@ -66,6 +70,7 @@ def build_model_card(
         fairness=fairness,
         hyperparameters=hyperparameters,
         limitations=limitations(spec, lineage, metrics, fairness, train_positive_rate),
+        artifact_sha256=dict(artifact_sha256 or {}),
     )
 
 
@@ -184,6 +189,7 @@ def render_markdown(card: ModelCard) -> str:
             *_summary_section(card),
             *_section("Intended use", [card.intended_use, ""]),
             *_section("Data lineage", _lineage_table(card.lineage)),
+            *_section("Artifact integrity (SHA-256)", _integrity_table(card.artifact_sha256)),
             *_section("Metrics (test split)", _metrics_table(card.metrics)),
             *_section("Fairness (test split)", _fairness_tables(card.fairness)),
             *_section("Hyperparameters", _hyperparameters_table(card.hyperparameters)),
@@ -216,6 +222,18 @@ def _lineage_table(lineage: DataLineage) -> list[str]:
         ["Data commits", ", ".join(f"`{c}`" for c in lineage.data_commit_ids) or "none recorded"],
     ]
     return _table(["", ""], rows, numeric_from=2)
+
+
+def _integrity_table(digests: dict[str, str]) -> list[str]:
+    if not digests:
+        return ["No artifact digests recorded: loaders refuse this version.", ""]
+    rows: list[list[object]] = [[f"`{name}`", f"`{digest}`"] for name, digest in sorted(digests.items())]
+    return [
+        "Every loader (promotion gate, deployment, monitoring reference, MLServer runtime, rollback) checks the "
+        "files against these digests before unpickling.",
+        "",
+        *_table(["file", "SHA-256"], rows, numeric_from=2),
+    ]
 
 
 def _metrics_table(metrics: dict[str, float]) -> list[str]:

@@ -6,16 +6,30 @@ The inference log's state is exported as gauges read at scrape time: ``riverbed_
 locked), ``riverbed_audit_quarantined`` (rows this process quarantined since it started) and
 ``riverbed_audit_checkpoint_failing`` (the last signed checkpoint could not be written); and
 ``riverbed_api_key_listener`` (1 while the API-key revocation listener is connected).
+
+Read from the database in one periodic refresh (:class:`MonitoringGauges`): the latest ``monitoring_results`` as
+``riverbed_monitoring_*`` gauges, and the ``pipeline_failures`` counts (sensors, serving start-up, deployments:
+:mod:`riverbed.pipeline_failures`) as the counter ``riverbed_pipeline_failures_total{component, reason}``. A refresh
+that fails keeps the last values, counts ``riverbed_gateway_metrics_refresh_failures_total{table}`` and logs a
+WARNING when a table starts failing (or fails differently), an INFO line when it reads again.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from typing import Any, Protocol
 
+import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from riverbed.pipeline_failures import READ_FAILURES
+
+logger = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -162,12 +176,40 @@ order by dataset, kind, name, day desc, chunk desc
 """
 
 
+_REFRESHED_TABLES = ("monitoring_results", "pipeline_failures")  # read in this order by MonitoringGauges.refresh
+
+
+class PipelineFailureCounts(Collector):
+    """``riverbed_pipeline_failures_total{component, reason}``: the stored counts as of the last refresh."""
+
+    NAME = "riverbed_pipeline_failures"
+    DOCUMENTATION = (
+        "Pipeline failures that were reported instead of passing silently (a sensor trigger that could not be "
+        "evaluated, a serving start-up or deployment refused), by component and reason, as counted in the "
+        "pipeline_failures table."
+    )
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], float] = {}
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.NAME, self.DOCUMENTATION, labels=["component", "reason"])
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.NAME, self.DOCUMENTATION, labels=["component", "reason"])
+        for (component, reason), count in sorted(self.counts.items()):
+            family.add_metric([component, reason], count)
+        yield family
+
+
 class MonitoringGauges:
-    """Monitoring results (written by the monitoring asset) as gauges, refreshed at most every ``ttl`` seconds."""
+    """Monitoring results (written by the monitoring asset) as gauges and the pipeline-failure counts as a counter,
+    refreshed at most every ``ttl`` seconds."""
 
     def __init__(self, registry: CollectorRegistry, ttl: float = 30.0) -> None:
         self.ttl = ttl
         self.refreshed = 0.0
+        self.failing: dict[str, str] = {}  # table -> the error type its last read met (absent: it read fine)
         self.drift_value = Gauge(
             "riverbed_monitoring_drift",
             "Jensen-Shannon distance of each feature in the latest monitored chunk.",
@@ -198,16 +240,63 @@ class MonitoringGauges:
             ["dataset", "metric"],
             registry=registry,
         )
+        self.pipeline_failures = PipelineFailureCounts()
+        registry.register(self.pipeline_failures)
+        self.refresh_failures = Counter(
+            "riverbed_gateway_metrics_refresh_failures",
+            "Reads of a table behind the gateway's database-backed metrics that failed (the last values were kept).",
+            ["table"],
+            registry=registry,
+        )
+        for table in _REFRESHED_TABLES:  # exported at 0 from the start, so increase() sees the first failure
+            self.refresh_failures.labels(table)
 
     async def refresh(self, fetch: Callable[[str], Awaitable[list[tuple[Any, ...]]]]) -> None:
-        """Reload from ``monitoring_results`` (``fetch`` runs a query); failures keep the last values."""
+        """Reload ``monitoring_results`` and ``pipeline_failures`` (``fetch`` runs a query).
+
+        A table that cannot be read keeps its last values and counts one refresh failure; once the database did
+        not answer, the next table is not tried (counted too). One WARNING per change of the failing state (not
+        per scrape), one INFO line when every table reads again.
+        """
         if time.monotonic() - self.refreshed < self.ttl:
             return
         self.refreshed = time.monotonic()
-        try:
-            rows = await fetch(_LATEST_MONITORING)
-        except Exception:  # the table may not exist yet, or the database is down: keep what is there
-            return
+        reads: list[tuple[str, str, Callable[[list[tuple[Any, ...]]], None]]] = [
+            (_REFRESHED_TABLES[0], _LATEST_MONITORING, self._set_monitoring),
+            (_REFRESHED_TABLES[1], READ_FAILURES, self._set_pipeline_failures),
+        ]
+        failed: dict[str, Exception] = {}
+        unreachable: Exception | None = None
+        for table, query, apply in reads:
+            if unreachable is not None:  # not tried: the database did not answer the read before
+                failed[table] = unreachable
+                continue
+            try:
+                rows = await fetch(query)
+            except (psycopg.Error, OSError, TimeoutError) as error:
+                failed[table] = error
+                if _no_answer(error):
+                    unreachable = error
+                continue
+            apply(rows)
+        for table in failed:
+            self.refresh_failures.labels(table).inc()
+        state = {table: type(error).__name__ for table, error in failed.items()}
+        if state and state != self.failing:
+            logger.warning(
+                "database-backed metrics not refreshed, the last values are kept: %s",
+                "; ".join(f"{table}: {type(error).__name__}: {error}" for table, error in failed.items()),
+            )
+        elif not state and self.failing:
+            logger.info("database-backed metrics refreshed again (%s)", ", ".join(sorted(self.failing)))
+        self.failing = state
+
+    def _set_pipeline_failures(self, rows: list[tuple[Any, ...]]) -> None:
+        self.pipeline_failures.counts = {
+            (str(component), str(reason)): float(count) for component, reason, count in rows
+        }
+
+    def _set_monitoring(self, rows: list[tuple[Any, ...]]) -> None:
         for dataset, kind, name, value, alert in rows:
             if value is None:
                 continue
@@ -220,3 +309,10 @@ class MonitoringGauges:
                 self.estimated.labels(dataset, name).set(value)
             elif kind == "realised":
                 self.realised.labels(dataset, name).set(value)
+
+
+def _no_answer(error: Exception) -> bool:
+    """Whether the database gave no answer at all (no connection), rather than refusing one statement."""
+    if isinstance(error, OSError | TimeoutError):
+        return True
+    return isinstance(error, psycopg.OperationalError) and error.sqlstate is None

@@ -3,6 +3,8 @@
 The hot swap against a real ``mlserver start`` is the slow test at the end.
 """
 
+import datetime as dt
+import json
 import re
 import threading
 import time
@@ -42,15 +44,18 @@ def settings(tmp_path: Path) -> RiverbedSettings:
     return RiverbedSettings(home=tmp_path / "home", specs_dirs=[specs], mlserver_url=f"http://127.0.0.1:{free_port()}")
 
 
-def _train(settings: RiverbedSettings, instance, gate: dict | None = None, seed: int = 1):
+def _train(
+    settings: RiverbedSettings, instance, gate: dict | None = None, seed: int = 1, require_mlserver: bool | None = None
+):
+    run_config = train_run_config(DATASET, {**FAST_TRAINING, "seed": seed}, gate)
+    if require_mlserver is not None:
+        ops = run_config.setdefault("ops", {})
+        assert isinstance(ops, dict)
+        ops[f"deployment_{DATASET}"] = {"config": {"require_mlserver": require_mlserver}}
     return (
         build_definitions(settings)
         .resolve_job_def(names.train_job(DATASET))
-        .execute_in_process(
-            instance=instance,
-            run_config=train_run_config(DATASET, {**FAST_TRAINING, "seed": seed}, gate),
-            raise_on_error=False,
-        )
+        .execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
     )
 
 
@@ -133,7 +138,8 @@ def test_gate_deploys_the_first_model_blocks_a_worse_one_and_rollback_repoints(s
     assert repository.read_deployment(DATASET).version == 1
 
     # 3. A candidate that passes replaces the champion; the old one becomes 'previous' and leaves the repository.
-    promoted = _train(settings, instance, gate=LENIENT_GATE, seed=3)
+    # MLServer is down here: installing for the next start is asked for explicitly (a champion exists).
+    promoted = _train(settings, instance, gate=LENIENT_GATE, seed=3, require_mlserver=False)
     assert promoted.success, [e.message for e in promoted.all_events if e.is_failure]
     record = promoted.asset_value(f"deployment_{DATASET}")
     assert record.version == 3 and record.previous_version == 1
@@ -142,14 +148,14 @@ def test_gate_deploys_the_first_model_blocks_a_worse_one_and_rollback_repoints(s
     assert repository.installed_models() == [f"{DATASET}-v3"]
 
     # 4. Rollback re-points the aliases, reinstalls v1 and moves the pointer back.
-    rolled = rollback_deployment(DATASET, None, settings=settings)
+    rolled = rollback_deployment(DATASET, None, settings=settings, require_mlserver=False)
     assert rolled.version == 1 and rolled.previous_version == 3
     assert _aliases(settings) == {CHAMPION_ALIAS: "1", PREVIOUS_ALIAS: "3"}
     assert repository.read_deployment(DATASET) == rolled
     assert rolled.data_commit_ids == first.model.data_commit_ids  # lineage read back from the model card
     assert rolled.dagster_run_id == first.model.dagster_run_id
     assert repository.installed_models() == [f"{DATASET}-v1"]
-    again = rollback_deployment(DATASET, 3, settings=settings)
+    again = rollback_deployment(DATASET, 3, settings=settings, require_mlserver=False)
     assert again.version == 3 and _aliases(settings) == {CHAMPION_ALIAS: "3", PREVIOUS_ALIAS: "1"}
 
     # 5. The registry listing behind `riverbed models`: aliases, reasons and the gate's verdict per version.
@@ -164,6 +170,23 @@ def test_gate_deploys_the_first_model_blocks_a_worse_one_and_rollback_repoints(s
         rollback_deployment(DATASET, 99, settings=settings)
     with pytest.raises(RollbackError, match="unknown dataset"):
         rollback_deployment("nope", None, settings=settings)
+
+    # 6. v2 failed the gate: rollback refuses it, and --force needs a reason; nothing moves meanwhile.
+    with pytest.raises(RollbackError, match=r"version 2 did not pass the promotion gate .*riverbed.gate=failed"):
+        rollback_deployment(DATASET, 2, settings=settings, require_mlserver=False)
+    with pytest.raises(RollbackError, match="needs a reason"):
+        rollback_deployment(DATASET, 2, settings=settings, force=True, reason="  ", require_mlserver=False)
+    assert _aliases(settings) == {CHAMPION_ALIAS: "3", PREVIOUS_ALIAS: "1"}
+    assert MlflowTag.FORCED_ROLLBACK not in client.get_model_version(name, "2").tags
+    forced = rollback_deployment(
+        DATASET, 2, settings=settings, force=True, reason="v3 misroutes region east", actor="cli:ops",
+        require_mlserver=False,
+    )  # fmt: skip
+    assert forced.version == 2 and _aliases(settings) == {CHAMPION_ALIAS: "2", PREVIOUS_ALIAS: "3"}
+    record = json.loads(client.get_model_version(name, "2").tags[MlflowTag.FORCED_ROLLBACK])
+    assert record["by"] == "cli:ops" and record["reason"] == "v3 misroutes region east"
+    assert record["from_version"] == 3 and record["outcome"] == "deployed" and "failed" in record["gate"]
+    assert dt.datetime.fromisoformat(record["at"]) <= dt.datetime.now(dt.UTC)
 
 
 def test_rollback_without_a_previous_version_is_a_clear_error(settings: RiverbedSettings) -> None:

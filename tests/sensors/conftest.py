@@ -1,1 +1,1 @@
-from tests.serving.conftest import postgres_dsn  # noqa: F401 - a fresh database on the machine PostgreSQL
+from tests.serving.conftest import migrated_dsn, postgres_dsn, unreachable_dsn  # noqa: F401 - machine PostgreSQL
