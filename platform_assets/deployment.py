@@ -570,6 +570,8 @@ def build_deployment_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 # Preflight and the reference (a verified load) come first: a refusal leaves everything as it was.
                 required = config.require_mlserver
                 if required is None:
+                    required = mlserver.must_answer()
+                if required is None:
                     required = repository.read_deployment(name) is not None
                 preflight_mlserver(admin, name, required=required, failure_dsn=failure_dsn)
                 try:

@@ -31,7 +31,11 @@ def build_resources(settings: RiverbedSettings) -> dict[str, Any]:
         mlflow = MlflowTrackingResource(
             tracking_uri=settings.resolved_mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
         )
-        mlserver = MLServerResource(url=settings.mlserver_url, model_repository=str(settings.model_repository_dir))
+        mlserver = MLServerResource(
+            url=settings.mlserver_url,
+            model_repository=str(settings.model_repository_dir),
+            local_home=str(settings.home),  # MLServer runs inside `riverbed serve`, when it runs
+        )
         inference_log = InferenceLogResource(
             dsn=settings.inference_log_dsn.get_secret_value() if settings.inference_log_dsn else None,
             home=str(settings.home),

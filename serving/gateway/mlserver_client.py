@@ -281,12 +281,21 @@ class MLServerClient:
         outputs = OUTPUTS_WITH_EXPLANATIONS if explain else OUTPUTS_WITHOUT_EXPLANATIONS
         payload = {"id": request_id, "inputs": inputs, "outputs": [{"name": name} for name in outputs]}
         url = f"{self.base_url}/v2/models/{served_name}/infer"
-        try:
-            async with self.session.post(url, data=orjson.dumps(payload), headers=INFER_HEADERS) as response:
-                body = await response.read()
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise MLServerUnavailableError(f"MLServer is unreachable ({type(error).__name__})") from None
+        data = orjson.dumps(payload)
+        for attempt in (1, 2):
+            try:
+                async with self.session.post(url, data=data, headers=INFER_HEADERS) as response:
+                    body = await response.read()
+                    status = response.status
+                break
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as error:
+                # A pooled connection the server had just closed (after an error answer, or at its keep-alive
+                # limit). Scoring has no side effects, so it is sent once more, on a fresh connection.
+                if attempt == 2:
+                    raise MLServerUnavailableError(f"MLServer is unreachable ({type(error).__name__})") from None
+                logger.info("MLServer dropped a pooled connection (%s); sending %s again", error, request_id)
+            except (aiohttp.ClientError, TimeoutError) as error:
+                raise MLServerUnavailableError(f"MLServer is unreachable ({type(error).__name__})") from None
         if status == 200:
             return _decode(orjson.loads(body), explain)
         text = body.decode(errors="replace")[:300]

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from riverbed.ml.training import build_pipeline, encoded_feature_groups, model_inputs
+from riverbed.model_repository import integrity_parameters
 from serving.explanations import (
     ExplanationError,
     FastEncoder,
@@ -150,7 +151,9 @@ def _runtime(pipeline, tmp_path):
     info = {"dataset": SPEC.name, "classes": SPEC.target.classes, "numeric_features": SPEC.numeric_features}
     (tmp_path / MODEL_INFO_FILE).write_text(json.dumps(info))
     settings = ModelSettings(
-        name="toy", implementation=RiverbedModelRuntime, parameters=ModelParameters(uri=str(tmp_path), version="1")
+        name="toy",
+        implementation=RiverbedModelRuntime,
+        parameters=ModelParameters(uri=str(tmp_path), version="1", extra=integrity_parameters(tmp_path)),
     )
     runtime = RiverbedModelRuntime(settings)
     asyncio.run(runtime.load())

@@ -17,6 +17,7 @@ from riverbed.model_repository import (
     DeployedModel,
     ModelRepository,
     ModelRepositoryError,
+    integrity_parameters,
 )
 from riverbed.names import served_model_name
 from serving.runtime import read_model_directory
@@ -64,7 +65,7 @@ def test_install_writes_what_mlserver_and_the_runtime_read(tmp_path: Path, model
     assert settings == {
         "name": "loans-v1",
         "implementation": RUNTIME_IMPLEMENTATION,
-        "parameters": {"uri": str(folder), "version": "1"},
+        "parameters": {"uri": str(folder), "version": "1", "extra": integrity_parameters(folder)},
         "max_batch_size": ADAPTIVE_BATCHING["max_batch_size"],
         "max_batch_time": ADAPTIVE_BATCHING["max_batch_time"],
     }

@@ -9,6 +9,7 @@ import pytest
 
 from riverbed.cli.mlserver_process import MLServerProcess
 from riverbed.ml.training import build_pipeline, encoded_feature_groups, model_inputs
+from riverbed.model_repository import integrity_parameters
 from serving.explanations import predict_and_explain
 from serving.runtime import FEATURE_GROUPS_FILE, MODEL_FILE, MODEL_INFO_FILE
 from tests.platform_assets.training.test_model_training import SPEC, _frame
@@ -36,7 +37,7 @@ def mlserver_url(request: pytest.FixtureRequest, model_directory, tmp_path_facto
     model_settings = {
         "name": "toy-credit",
         "implementation": "serving.runtime.RiverbedModelRuntime",
-        "parameters": {"uri": str(folder), "version": "1"},
+        "parameters": {"uri": str(folder), "version": "1", "extra": integrity_parameters(folder)},
     }
     if request.param == "batching-on":
         model_settings.update({"max_batch_size": 16, "max_batch_time": 0.01})
@@ -169,7 +170,7 @@ def test_coalesced_requests_get_exactly_what_each_gets_alone(mlserver_url: str) 
     for size in sizes:
         requests.append(_v2_inputs(frame.iloc[start : start + size]))
         start += size
-    pairs, (answers, client) = asyncio.run(_coalesced(mlserver_url, requests, max_in_flight=1))
+    pairs, (_answers, client) = asyncio.run(_coalesced(mlserver_url, requests, max_in_flight=1))
     assert client.coalescing.requests == len(sizes)
     assert client.coalescing.calls < len(sizes)  # 20 requests queued behind one call at a time
     assert len(pairs) == len(sizes)
@@ -191,7 +192,7 @@ def test_a_refused_request_does_not_fail_the_requests_coalesced_with_it(mlserver
     requests[5][0]["data"] = ["not a number"]  # income: a text in an FP64 input, MLServer refuses the call
     pairs, (answers, client) = asyncio.run(_coalesced(mlserver_url, requests, max_in_flight=1))
     assert isinstance(answers[5], ScoringError | MLServerAnsweredError)
-    assert [i for i, a in enumerate(answers) if isinstance(a, BaseException)] == [5]
+    assert [i for i, a in enumerate(answers) if isinstance(a, BaseException)] == [5], answers
     assert len(pairs) == 11
     for together, alone in pairs:
         np.testing.assert_array_equal(together.probabilities, alone.probabilities)
