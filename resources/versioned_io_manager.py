@@ -24,6 +24,7 @@ import pydantic
 
 from resources.data_store_resource import VersionedDataStoreResource
 from resources.versioned_store import NoChangesError, NotFoundError, TransactionResult, VersionedStore
+from riverbed.names import CommitMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +196,10 @@ class VersionedDataIOManager(dg.ConfigurableIOManager):
             "dagster.code_version": str(version or "unversioned"),
             "riverbed.rows": str(rows),
         }
+        digests = context.output_metadata.get("artifact_sha256")  # the model record: its artifacts' SHA-256
+        if digests is not None:
+            value = getattr(digests, "value", digests)  # a JsonMetadataValue, or the plain mapping
+            metadata[CommitMetadata.MODEL_ARTIFACT_SHA256] = json.dumps(value, sort_keys=True)
         message = f"{asset}" + (f" [{partition_key}]" if partition_key else "") + f": {rows} rows"
         return message, metadata
 

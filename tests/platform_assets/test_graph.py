@@ -1,6 +1,7 @@
 """The asset graph end to end on embedded parts: real local versioned store, real MLflow (SQLite)."""
 
 import io
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -12,7 +13,7 @@ from platform_assets.environments import build_resources
 from platform_assets.runner import demo_partitions, local_instance, run_pipeline
 from platform_assets.stages import asset_key
 from resources.versioned_io_manager import materialized_commit, table_path
-from riverbed.names import Stage
+from riverbed.names import CommitMetadata, Stage
 from riverbed.records import TrainingReason
 from riverbed.settings import RiverbedSettings
 from riverbed.specs import load_specs
@@ -54,6 +55,11 @@ def test_salary_band_runs_from_raw_to_registered_model(local_settings: RiverbedS
     assert sorted(c.metadata["dagster.partition_key"] for c in partition_commits) == sorted(partitions)
     assert {c.metadata["dagster.run_id"] for c in partition_commits} == {run.ingest_run_id}
     assert all(c.metadata["dagster.code_version"] not in ("", "unversioned") for c in partition_commits)
+    # The model record's commit carries the artifact digests MLflow recorded for the version.
+    model_commits = [c for c in commits if c.metadata.get("dagster.asset_key") == "model_salary_band"]
+    assert len(model_commits) == 1
+    assert json.loads(model_commits[0].metadata[CommitMetadata.MODEL_ARTIFACT_SHA256]) == dict(model.artifact_sha256)
+    assert set(model.artifact_sha256) == {"model.pkl", "feature_groups.json"}
 
     # The training set records the commit the features of each partition were read at.
     for key in partitions:
