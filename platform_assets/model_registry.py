@@ -59,8 +59,10 @@ def version_exists(client: MlflowClient, registered_model_name: str, version: in
 
     try:
         client.get_model_version(registered_model_name, str(version))
-    except MlflowException:
-        return False
+    except MlflowException as error:  # "no such version" only; a registry that cannot be read is an error
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return False
+        raise
     return True
 
 
