@@ -11,10 +11,10 @@ export OMP_NUM_THREADS := 1
 export PYTHONUNBUFFERED := 1
 
 .PHONY: help uv sync demo test test-fast lint format dev bench bench-render bench-quick bench-graph bench-ingestion \
-	bench-monitoring bench-drift bench-serving bench-imports bench-events clean
+	bench-monitoring bench-drift bench-serving bench-imports bench-events clean dashboards system-packages
 
 help: ## list every target
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 uv: ## install uv with pip if it is missing
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
@@ -74,6 +74,42 @@ bench-imports: sync ## import time of each heavy library and entry module in fre
 
 bench-events: sync ## Kafka ingestion (1,000,000 records) and monitoring (100,000 predictions) benchmarks
 	$(RUN) python -m benchmarks.run_all --only ingestion monitoring
+
+dashboards: sync ## regenerate the Grafana dashboards' JSON (deploy/grafana/dashboards/) from deploy/grafana/dashboards.py
+	$(RUN) python deploy/grafana/dashboards.py
+
+SYSTEM_PACKAGES := prometheus prometheus-alertmanager
+
+# Idempotent: installs only what is missing, runs apt-get update only when apt knows no candidate, and starts no
+# daemon (a policy-rc.d denies service starts during the install; on a systemd host the units are disabled).
+system-packages: ## as root: apt-install Prometheus and Alertmanager for the alerting tests (no daemon started)
+	@if [ "$$(id -u)" != 0 ]; then \
+		echo "system-packages apt-installs $(SYSTEM_PACKAGES): run it as root (sudo make system-packages)," \
+			"or ask an administrator to install those Debian packages" >&2; \
+		exit 1; \
+	fi
+	@missing=""; \
+	for package in $(SYSTEM_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' "$$package" 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$package"; \
+	done; \
+	if [ -z "$$missing" ]; then echo "system packages already installed: $(SYSTEM_PACKAGES)"; exit 0; fi; \
+	export DEBIAN_FRONTEND=noninteractive; log=$$(mktemp); \
+	for package in $$missing; do \
+		if ! apt-cache policy "$$package" 2>/dev/null | grep -q 'Candidate: [0-9]'; then \
+			apt-get update -qq >"$$log" 2>&1 || { cat "$$log" >&2; rm -f "$$log"; exit 1; }; break; \
+		fi; \
+	done; \
+	policy=/usr/sbin/policy-rc.d; added=""; \
+	if [ ! -e "$$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$$policy"; chmod 755 "$$policy"; added=1; fi; \
+	apt-get install -y -qq --no-install-recommends -o Dpkg::Use-Pty=0 $$missing >"$$log" 2>&1; status=$$?; \
+	if [ -n "$$added" ]; then rm -f "$$policy"; fi; \
+	if [ "$$status" != 0 ]; then cat "$$log" >&2; echo "apt-get install$$missing failed ($$status)" >&2; fi; \
+	rm -f "$$log"; \
+	if [ "$$status" != 0 ]; then exit "$$status"; fi; \
+	if [ -d /run/systemd/system ]; then \
+		systemctl disable --now prometheus.service prometheus-alertmanager.service >/dev/null 2>&1 || true; \
+	fi; \
+	echo "installed:$$missing"
 
 clean: ## remove local state (.riverbed/)
 	rm -rf .riverbed

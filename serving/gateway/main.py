@@ -102,7 +102,9 @@ async def lifespan(
         )
         await mlserver.start()
         stack.push_async_callback(mlserver.close)
-        metrics = GatewayMetrics(writer, key_listener=lambda: authenticator.listening)
+        metrics = GatewayMetrics(
+            writer, key_listener=lambda: authenticator.listening, specs={name: s.spec for name, s in schemas.items()}
+        )
         events = await start_event_publisher(settings, metrics)
         if events is not None:
             stack.push_async_callback(events.stop)

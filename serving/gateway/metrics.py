@@ -7,6 +7,11 @@ locked), ``riverbed_audit_quarantined`` (rows this process quarantined since it 
 ``riverbed_audit_checkpoint_failing`` (the last signed checkpoint could not be written); and
 ``riverbed_api_key_listener`` (1 while the API-key revocation listener is connected).
 
+The retraining thresholds of the specs handed to :class:`GatewayMetrics` are static gauges:
+``riverbed_monitoring_performance_threshold{dataset, metric}`` is a spec's ``retraining.min_performance`` for its
+``retraining.performance_metric`` (absent when the spec sets none), so an alert rule can compare the estimated and
+realised performance with it.
+
 Read from the database in one periodic refresh (:class:`MonitoringGauges`): the latest ``monitoring_results`` as
 ``riverbed_monitoring_*`` gauges, and the ``pipeline_failures`` counts (sensors, serving start-up, deployments:
 :mod:`riverbed.pipeline_failures`) as the counter ``riverbed_pipeline_failures_total{component, reason}``. A refresh
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from functools import partial
 from typing import Any, Protocol
 
@@ -28,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from riverbed.pipeline_failures import READ_FAILURES
+from riverbed.specs import DatasetSpec
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +66,12 @@ class AuditLogState(Protocol):
 
 
 class GatewayMetrics:
-    def __init__(self, audit: AuditLogState, key_listener: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        audit: AuditLogState,
+        key_listener: Callable[[], bool] | None = None,
+        specs: Mapping[str, DatasetSpec] | None = None,
+    ) -> None:
         # Long on purpose: one declaration per exported metric, in the order /metrics lists them, so the whole
         # set a dashboard or alert rule can use reads in one place.
         self.registry = CollectorRegistry(auto_describe=True)
@@ -162,6 +173,7 @@ class GatewayMetrics:
             gauge = Gauge(name, documentation, registry=self.registry)
             gauge.set_function(partial(_as_float, read))
         self.monitoring = MonitoringGauges(self.registry)
+        self.monitoring.set_performance_thresholds(specs or {})
 
 
 def _as_float(read: Callable[[], float | bool | int]) -> float:
@@ -240,6 +252,13 @@ class MonitoringGauges:
             ["dataset", "metric"],
             registry=registry,
         )
+        self.performance_threshold = Gauge(
+            "riverbed_monitoring_performance_threshold",
+            "The dataset spec's retraining.min_performance for its retraining.performance_metric: retraining is "
+            "asked for when the estimated or realised performance falls below it.",
+            ["dataset", "metric"],
+            registry=registry,
+        )
         self.pipeline_failures = PipelineFailureCounts()
         registry.register(self.pipeline_failures)
         self.refresh_failures = Counter(
@@ -290,6 +309,14 @@ class MonitoringGauges:
         elif not state and self.failing:
             logger.info("database-backed metrics refreshed again (%s)", ", ".join(sorted(self.failing)))
         self.failing = state
+
+    def set_performance_thresholds(self, specs: Mapping[str, DatasetSpec]) -> None:
+        """Export each spec's ``retraining.min_performance`` (specs without one export no threshold)."""
+        self.performance_threshold.clear()
+        for name, spec in sorted(specs.items()):
+            threshold = spec.retraining.min_performance
+            if threshold is not None:
+                self.performance_threshold.labels(name, spec.retraining.performance_metric).set(threshold)
 
     def _set_pipeline_failures(self, rows: list[tuple[Any, ...]]) -> None:
         self.pipeline_failures.counts = {

@@ -1,29 +1,36 @@
 """Static checks of the production stack in ``deploy/``.
 
 No Docker engine runs where the tests run, so the compose file, the Dockerfiles, the Dagster instance and
-workspace, and the Prometheus configuration are checked as files: they parse, they agree with each other and
-with the code (settings, ``dg.EnvVar`` names, dependency groups), and no credential has a default. Where the
-Compose plugin is installed, ``docker compose config`` checks the compose file too.
+workspace, the Prometheus, Alertmanager and Grafana configuration and the dashboards are checked as files: they
+parse, they agree with each other and with the code (settings, ``dg.EnvVar`` names, dependency groups, the metric
+names the code exports), and no credential has a default. Where the Compose plugin is installed, ``docker compose
+config`` checks the compose file too, and where promtool is, it parses every dashboard query.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
+import importlib.util
+import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 
 from riverbed.settings import Environment, RiverbedSettings
+from tests.deploy.system_tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -32,6 +39,15 @@ ENV_EXAMPLE = DEPLOY / ".env.example"
 DAGSTER_YAML = DEPLOY / "dagster.yaml"
 WORKSPACE_YAML = DEPLOY / "workspace.yaml"
 PROMETHEUS_YAML = DEPLOY / "prometheus" / "prometheus.yml"
+RULES_DIR = DEPLOY / "prometheus" / "rules"
+ALERTMANAGER_YAML = DEPLOY / "alertmanager" / "alertmanager.yml"
+GRAFANA = DEPLOY / "grafana"
+GRAFANA_DATASOURCES = GRAFANA / "provisioning" / "datasources" / "prometheus.yml"
+GRAFANA_PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "riverbed.yml"
+DASHBOARD_BUILDER = GRAFANA / "dashboards.py"
+DASHBOARD_DIR = GRAFANA / "dashboards"
+# The packages whose prometheus_client metrics a dashboard or an alert rule may use.
+METRIC_SOURCES = ("riverbed", "serving", "sensors", "monitoring", "platform_assets", "resources")
 INIT_SQL = DEPLOY / "postgres" / "init.sql"
 ROLES_SCRIPT = DEPLOY / "postgres" / "20-riverbed-roles.sh"
 MIGRATION_0006 = ROOT / "riverbed" / "inference_log_schema" / "0006_api_key_expiry_and_roles.sql"
@@ -52,6 +68,8 @@ EXPECTED_SERVICES = {
     "mlserver",
     "gateway",
     "prometheus",
+    "alertmanager",
+    "grafana",
 }
 STATEFUL_SERVICES = {"postgres", "minio", "lakefs", "mlflow", "kafka"}
 DAGSTER_SERVICES = ("code-location", "dagster-webserver", "dagster-daemon")
@@ -61,12 +79,24 @@ DEPENDS_ON_CONDITIONS = {"service_started", "service_healthy", "service_complete
 # What each image must and must not contain, by the dependency groups its Dockerfile syncs.
 IMAGE_CONTENTS = {
     "Dockerfile.platform": (
-        {"dagster", "dagster-webserver", "mlflow", "lakefs", "boto3", "nannyml", "confluent-kafka"},
-        {"mlserver", "pytest", "ruff"},
+        {
+            "dagster",
+            "dagster-webserver",
+            "mlflow",
+            "lakefs",
+            "boto3",
+            "nannyml",
+            "confluent-kafka",
+            # the `deploy` group: DockerRunLauncher, PostgreSQL instance storage and its driver
+            "dagster-docker",
+            "dagster-postgres",
+            "psycopg2-binary",
+        },
+        {"mlserver", "pytest", "ruff", "grafana-foundation-sdk"},
     ),
     "Dockerfile.serving": (
         {"mlserver", "fastapi", "uvicorn", "psycopg", "xgboost", "confluent-kafka"},
-        {"dagster", "dagster-webserver", "mlflow", "nannyml", "pytest", "ruff"},
+        {"dagster", "dagster-webserver", "mlflow", "nannyml", "pytest", "ruff", "dagster-docker", "psycopg2-binary"},
     ),
 }
 
@@ -805,19 +835,60 @@ def test_image_contents_follow_the_lock(dockerfile: Path) -> None:
     assert not must_not & packages, f"{dockerfile.name} would contain {must_not & packages}"
 
 
-def test_platform_image_adds_the_dagster_production_libraries(dagster_instance: dict[str, Any]) -> None:
-    (install,) = uv_commands(DEPLOY / "Dockerfile.platform", "pip")
-    assert install[2] == "install" and "--constraint" in install, "install against the locked versions"
-    assert {"dagster-docker", "dagster-postgres"} <= set(install)
-    assert dagster_instance["run_launcher"]["module"].replace("_", "-") in install
+def locked_packages() -> dict[str, dict[str, Any]]:
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    return {package["name"]: package for package in lock["package"]}
+
+
+def test_deploy_only_libraries_are_a_locked_dependency_group(
+    pyproject: dict[str, Any], dagster_instance: dict[str, Any]
+) -> None:
+    deploy = pyproject["dependency-groups"]["deploy"]
+    named = {re.match(r"[A-Za-z0-9_.-]+", requirement)[0].lower() for requirement in deploy}
+    launcher = dagster_instance["run_launcher"]["module"].replace("_", "-")
+    assert {"dagster-docker", "dagster-postgres", "psycopg2-binary", launcher} <= named, named
+    assert "deploy" not in pyproject["tool"]["uv"]["default-groups"], "production-only: never in a local sync"
+    locked = locked_packages()
+    assert {"dagster-docker", "dagster-postgres", "psycopg2-binary"} <= set(locked)
+    # The Dagster libraries are released in step with dagster: 1.13.N pairs with 0.29.N.
+    core = locked["dagster"]["version"].split(".")
+    for library in ("dagster-docker", "dagster-postgres"):
+        version = locked[library]["version"].split(".")
+        assert version[0] == "0" and int(version[1]) == int(core[1]) + 16 and version[2] == core[2], (
+            f"{library} {locked[library]['version']} was not built for dagster {locked['dagster']['version']}"
+        )
+
+
+def test_platform_image_installs_the_deploy_group_from_the_lock() -> None:
+    for tokens in uv_commands(DEPLOY / "Dockerfile.platform", "sync"):
+        assert "deploy" in group_flags(tokens), f"{' '.join(tokens)} leaves out the deploy group"
+
+
+_INSTALLERS = (["pip"], ["pip3"], ["uv", "pip"], ["uv", "add"], ["uv", "tool"], ["uvx"], ["pipx"])
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_installs_nothing_outside_the_lock(dockerfile: Path) -> None:
+    """Python packages come only from ``uv sync --frozen`` (exactly the lock); no pip, no unpinned installs."""
+    runs = [arguments for keyword, arguments in dockerfile_instructions(dockerfile) if keyword == "RUN"]
+    assert runs, f"{dockerfile.name} has no RUN"
+    for arguments in runs:
+        for part in re.split(r"&&|\|\||;|\|", arguments):
+            tokens = [token for token in shlex.split(part) if not token.startswith("--mount=")]
+            if tokens[:2] == ["python", "-m"] or tokens[:2] == ["python3", "-m"]:
+                tokens = tokens[2:]
+            for installer in _INSTALLERS:
+                assert tokens[: len(installer)] != installer, f"{dockerfile.name} installs outside the lock: {part}"
+            if tokens[:2] == ["uv", "sync"]:
+                assert "--frozen" in tokens, f"{dockerfile.name}: {part} may re-resolve"
+            assert not re.search(r"\b(apt-get|apk)\b.*\binstall\b.*\bpython3?-", part), f"distro Python package: {part}"
 
 
 def test_postgres_urls_name_the_driver_the_platform_image_installs(
-    dagster_instance: dict[str, Any], services: dict[str, Any]
+    dagster_instance: dict[str, Any], services: dict[str, Any], pyproject: dict[str, Any]
 ) -> None:
-    # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the platform image has psycopg2 (dagster-postgres).
-    (install,) = uv_commands(DEPLOY / "Dockerfile.platform", "pip")
-    assert "psycopg2-binary" in install
+    # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the platform image has psycopg2 (the deploy group).
+    assert any(requirement.startswith("psycopg2-binary") for requirement in pyproject["dependency-groups"]["deploy"])
     assert dagster_instance["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
     assert service_env(services["mlflow"])["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")
 
@@ -880,3 +951,372 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path, env_example: dic
         env={name: value for name, value in os.environ.items() if name not in env_example},
     )
     assert refused.returncode != 0 and "POSTGRES_PASSWORD" in refused.stderr
+
+
+# --- health and resources ----------------------------------------------------------------------------------------
+
+
+def test_gateway_healthcheck_is_readiness(services: dict[str, Any]) -> None:
+    """Healthy means serving: /readyz (MLServer live, the inference log answering), not /healthz (process up)."""
+    from serving.gateway.routes.health import router
+
+    gateway = services["gateway"]
+    port = command_flag(gateway["command"], "--port")
+    test = " ".join(gateway["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{port}/readyz" in test, test
+    assert "/readyz" in {getattr(route, "path", None) for route in router.routes}, "the gateway has no /readyz route"
+
+
+_MEMORY = re.compile(r"(\d+(?:\.\d+)?)([mg])")
+
+
+def test_every_service_has_cpu_and_memory_limits(services: dict[str, Any]) -> None:
+    total_memory_gb = 0.0
+    for name, service in services.items():
+        limits = service.get("deploy", {}).get("resources", {}).get("limits", {})
+        assert set(limits) >= {"cpus", "memory"}, f"{name} has no deploy.resources.limits cpus and memory"
+        cpus = float(limits["cpus"])
+        assert 0.1 <= cpus <= 4, f"{name}: cpus {cpus} is not a sensible limit for one service"
+        memory = _MEMORY.fullmatch(str(limits["memory"]))
+        assert memory, f"{name}: memory {limits['memory']!r} is not <number>m or <number>g"
+        gigabytes = float(memory[1]) / (1024 if memory[2] == "m" else 1)
+        assert 0.0625 <= gigabytes <= 8, f"{name}: memory limit {limits['memory']} is not sensible for one service"
+        total_memory_gb += gigabytes
+    # The header of docker-compose.yml states the sum (with the run containers) for a 32 GB host.
+    assert 16 <= total_memory_gb <= 18, f"the services' memory limits add up to {total_memory_gb:.1f} GB"
+
+
+def test_run_containers_have_limits_too(dagster_instance: dict[str, Any]) -> None:
+    kwargs = dagster_instance["run_launcher"]["config"]["container_kwargs"]
+    assert _MEMORY.fullmatch(str(kwargs["mem_limit"])), kwargs
+    assert isinstance(kwargs["nano_cpus"], int) and 10**8 <= kwargs["nano_cpus"] <= 4 * 10**9, kwargs
+
+
+# --- Prometheus, Alertmanager and Grafana against compose ----------------------------------------------------------
+
+
+def listening_ports(service: dict[str, Any]) -> set[int]:
+    """Container ports a service listens on, as far as its compose entry says: published container ports,
+    ``--port`` / ``--*listen-address`` flags, ``*_PORT`` and ``*LISTEN_ADDRESS`` variables."""
+    ports = {int(str(spec).rsplit(":", 1)[1].split("/")[0]) for spec in service.get("ports", [])}
+    command = service.get("command") or []
+    words = shlex.split(command) if isinstance(command, str) else [w for part in command for w in shlex.split(part)]
+    for word in words:
+        if match := re.fullmatch(r"--(?:port|[a-z.]*listen-address)=(?:\S*:)?(\d+)", word):
+            ports.add(int(match[1]))
+    for key, value in service_env(service).items():
+        if key.endswith("_PORT") and value.isdigit():
+            ports.add(int(value))
+        elif key.endswith("LISTEN_ADDRESS") and (match := re.search(r":(\d+)$", value)):
+            ports.add(int(match[1]))
+    return ports
+
+
+def test_listening_ports_are_found(services: dict[str, Any]) -> None:
+    assert listening_ports(services["gateway"]) == {8000}
+    assert listening_ports(services["lakefs"]) >= {8000}
+    assert 9093 in listening_ports(services["alertmanager"])
+
+
+def prometheus_targets(section: list[dict[str, Any]]) -> list[str]:
+    return [target for entry in section for static in entry["static_configs"] for target in static["targets"]]
+
+
+def test_every_scrape_target_is_a_port_a_compose_service_listens_on(services: dict[str, Any]) -> None:
+    config = load_yaml(PROMETHEUS_YAML)
+    extra_ports = {"mlserver": {int(dockerfile_env(DEPLOY / "Dockerfile.serving")["MLSERVER_METRICS_PORT"])}}
+    scraped = set()
+    for job in config["scrape_configs"]:
+        for target in prometheus_targets([job]):
+            host, port = target.rsplit(":", 1)
+            if host == "localhost":  # Prometheus itself
+                assert int(port) in listening_ports(services["prometheus"]) | {9090}, target
+                continue
+            assert host in services, f"job {job['job_name']} scrapes {host}, which is not a compose service"
+            known = listening_ports(services[host]) | extra_ports.get(host, set())
+            assert int(port) in known, f"job {job['job_name']} scrapes {target}; {host} listens on {sorted(known)}"
+            scraped.add(host)
+    assert {"gateway", "mlserver", "lakefs"} <= scraped, f"services exporting metrics not scraped: {scraped}"
+
+
+def test_prometheus_sends_alerts_to_the_alertmanager_service(services: dict[str, Any]) -> None:
+    config = load_yaml(PROMETHEUS_YAML)
+    targets = prometheus_targets(config["alerting"]["alertmanagers"])
+    assert targets, "prometheus.yml sends alerts nowhere"
+    for target in targets:
+        host, port = target.rsplit(":", 1)
+        assert host == "alertmanager" and int(port) in listening_ports(services["alertmanager"]), target
+    assert services["prometheus"]["depends_on"]["alertmanager"]["condition"] == "service_healthy"
+
+
+def test_prometheus_loads_the_mounted_rules(services: dict[str, Any]) -> None:
+    mounts = services["prometheus"]["volumes"]
+    assert "./prometheus/rules:/etc/prometheus/rules:ro" in mounts
+    config_mount = next(m for m in mounts if m.startswith("./prometheus/prometheus.yml:"))
+    config_dir = Path(config_mount.split(":")[1]).parent
+    rule_files = load_yaml(PROMETHEUS_YAML)["rule_files"]
+    assert rule_files, "prometheus.yml loads no rules"
+    matched = set()
+    for pattern in rule_files:
+        in_container = config_dir / pattern if not pattern.startswith("/") else Path(pattern)
+        relative = in_container.relative_to("/etc/prometheus/rules")  # raises when outside the mounted directory
+        matched |= set(RULES_DIR.glob(str(relative)))
+    assert matched, f"rule_files {rule_files} match no file in {RULES_DIR.relative_to(ROOT)}"
+
+
+def test_alertmanager_reads_the_mounted_configuration(services: dict[str, Any]) -> None:
+    service = services["alertmanager"]
+    assert "./alertmanager/alertmanager.yml:/etc/alertmanager/alertmanager.yml:ro" in service["volumes"]
+    script = service["command"][0]
+    assert "/etc/alertmanager/alertmanager.yml" in script and "--config.file=" in script
+    # The placeholder the entrypoint replaces is the one the configuration names.
+    placeholder = re.search(r"s\|([^|]+)\|", script)[1]
+    assert placeholder in ALERTMANAGER_YAML.read_text(), f"{placeholder} is not in {ALERTMANAGER_YAML.name}"
+
+
+def test_alertmanager_entrypoint_substitutes_the_webhook_url(tmp_path: Path, services: dict[str, Any]) -> None:
+    """The entrypoint's shell script, run here on the real file: the URL arrives intact, even with sed's
+    special characters, and amtool accepts the result where it is installed."""
+    script = services["alertmanager"]["command"][0].replace("$$", "$")
+    rendered = tmp_path / "alertmanager.yml"
+    script = script.replace(" /etc/alertmanager/alertmanager.yml ", f" {ALERTMANAGER_YAML} ")
+    script = script.replace("> /alertmanager/alertmanager.yml", f"> {rendered}")
+    script = script.replace("exec /bin/alertmanager", "exit 0; exec /bin/alertmanager")
+    url = "https://hooks.example.com/services/T0|B1?token=a&b=\\1"
+    subprocess.run(["sh", "-c", script], env={"ALERT_WEBHOOK_URL": url, "PATH": os.environ["PATH"]}, check=True)
+    receivers = load_yaml(rendered)["receivers"]
+    urls = [hook["url"] for receiver in receivers for hook in receiver.get("webhook_configs", [])]
+    assert urls and set(urls) == {url}, urls
+    if shutil.which("amtool"):
+        checked = subprocess.run(["amtool", "check-config", str(rendered)], capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_grafana_is_provisioned_from_deploy(services: dict[str, Any]) -> None:
+    grafana = services["grafana"]
+    mounts = {m.split(":")[0]: m.split(":")[1] for m in grafana["volumes"]}
+    assert mounts["./grafana/provisioning/datasources"] == "/etc/grafana/provisioning/datasources"
+    assert mounts["./grafana/provisioning/dashboards"] == "/etc/grafana/provisioning/dashboards"
+    assert all(m.endswith(":ro") for m in grafana["volumes"] if m.startswith("./")), "provisioning is read-only"
+    (provider,) = load_yaml(GRAFANA_PROVIDERS)["providers"]
+    assert provider["options"]["path"] == mounts["./grafana/dashboards"], "the provider reads the mounted dashboards"
+    assert provider["allowUiUpdates"] is False
+    env = service_env(grafana)
+    assert env["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:?set GRAFANA_ADMIN_PASSWORD in deploy/.env}"
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+
+
+def test_grafana_datasource_is_the_prometheus_service(services: dict[str, Any]) -> None:
+    (source,) = load_yaml(GRAFANA_DATASOURCES)["datasources"]
+    host, port = re.fullmatch(r"http://([a-z-]+):(\d+)", source["url"]).groups()
+    assert host == "prometheus" and int(port) in listening_ports(services["prometheus"]) | {9090}
+    assert source["type"] == "prometheus" and source["uid"] == builder().DATASOURCE.uid
+    scrape_interval = load_yaml(PROMETHEUS_YAML)["global"]["scrape_interval"]
+    assert source["jsonData"]["timeInterval"] == scrape_interval
+
+
+# --- dashboards and metric names ---------------------------------------------------------------------------------
+
+
+@functools.cache
+def builder() -> ModuleType:
+    """deploy/grafana/dashboards.py, loaded by path (deploy/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("riverbed_deploy_dashboards", DASHBOARD_BUILDER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def dashboards() -> dict[str, dict[str, Any]]:
+    return {path.name: json.loads(path.read_text()) for path in sorted(DASHBOARD_DIR.glob("*.json"))}
+
+
+def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    return [panel for panel in dashboard["panels"] if panel["type"] != "row"]
+
+
+def dashboard_queries(dashboards: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(file, panel title, PromQL) of every target of every panel."""
+    return [
+        (name, panel["title"], target["expr"])
+        for name, dashboard in dashboards.items()
+        for panel in panels(dashboard)
+        for target in panel["targets"]
+    ]
+
+
+def test_committed_dashboards_are_what_the_builder_generates(dashboards: dict[str, dict[str, Any]]) -> None:
+    rendered = builder().render()
+    assert set(rendered) == set(dashboards), "deploy/grafana/dashboards/ differs from the builder's list"
+    for name, text in rendered.items():
+        assert (DASHBOARD_DIR / name).read_text() == text, f"{name} is stale: run `make dashboards`"
+
+
+def test_dashboards_are_well_formed(dashboards: dict[str, dict[str, Any]]) -> None:
+    assert set(dashboards) == {"serving.json", "model-quality.json", "pipeline.json"}
+    uids = [dashboard["uid"] for dashboard in dashboards.values()]
+    assert len(set(uids)) == len(uids) and all(uid.startswith("riverbed-") for uid in uids)
+    datasource = builder().DATASOURCE.uid
+    for name, dashboard in dashboards.items():
+        assert panels(dashboard), f"{name} has no panel"
+        for panel in panels(dashboard):
+            assert panel["title"] and panel.get("description"), f"{name}: a panel lacks a title or description"
+            assert panel["targets"], f"{name}: {panel['title']} has no query"
+            for target in [panel, *panel["targets"]]:
+                assert target["datasource"] == {"type": "prometheus", "uid": datasource}, f"{name}: {panel['title']}"
+            ref_ids = [target["refId"] for target in panel["targets"]]
+            assert len(set(ref_ids)) == len(ref_ids), f"{name}: {panel['title']} repeats a refId"
+
+
+def series_names(expr: str) -> set[str]:
+    """The ``riverbed_*`` series an expression reads (quoted strings, i.e. label values, removed first)."""
+    unquoted = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expr)
+    return set(re.findall(r"\briverbed_[a-zA-Z0-9_]*", unquoted))
+
+
+def test_series_names_are_found() -> None:
+    assert series_names('sum(rate(riverbed_a_total{route="riverbed_not_a_metric"}[5m])) / riverbed_b') == {
+        "riverbed_a_total",
+        "riverbed_b",
+    }
+
+
+_SERIES_OF_TYPE = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+    "info": ("_info",),
+}
+_CONSTRUCTOR_TYPES = {
+    "Counter": "counter",
+    "CounterMetricFamily": "counter",
+    "Gauge": "gauge",
+    "GaugeMetricFamily": "gauge",
+    "Histogram": "histogram",
+    "HistogramMetricFamily": "histogram",
+    "Summary": "summary",
+    "SummaryMetricFamily": "summary",
+    "Info": "info",
+    "InfoMetricFamily": "info",
+}
+
+
+def _metric_definitions_in_source() -> dict[str, str]:
+    """Metric name -> type of every prometheus_client metric created with a literal name in the project's
+    packages (``Counter("riverbed_x", ...)``, ``CounterMetricFamily("riverbed_x", ...)``)."""
+    found: dict[str, str] = {}
+    for package in METRIC_SOURCES:
+        for path in (ROOT / package).rglob("*.py"):
+            source = path.read_text()
+            if "prometheus_client" not in source:
+                continue
+            for node in ast.walk(ast.parse(source)):
+                if not isinstance(node, ast.Call) or not node.args:
+                    continue
+                func = node.func
+                called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+                first = node.args[0]
+                if called in _CONSTRUCTOR_TYPES and isinstance(first, ast.Constant) and isinstance(first.value, str):
+                    name = first.value
+                    kind = _CONSTRUCTOR_TYPES[called]
+                    found[name.removesuffix("_total") if kind == "counter" else name] = kind
+    return found
+
+
+def _gateway_registry_definitions() -> dict[str, str]:
+    """Metric name -> type of everything the gateway's registry holds (names built in loops included)."""
+    from types import SimpleNamespace
+
+    from serving.gateway.metrics import GatewayMetrics
+
+    audit = SimpleNamespace(
+        spool_depth=0,
+        degraded=False,
+        unavailable=False,
+        replaying=False,
+        stalled=False,
+        quarantined=0,
+        checkpoint_error=None,
+    )
+    metrics = GatewayMetrics(audit, key_listener=lambda: True)
+    return {family.name: family.type for family in metrics.registry.collect()}
+
+
+@pytest.fixture(scope="module")
+def exported_series() -> set[str]:
+    definitions = _metric_definitions_in_source() | _gateway_registry_definitions()
+    assert {"riverbed_gateway_requests", "riverbed_audit_degraded", "riverbed_pipeline_failures"} <= set(definitions)
+    return {name + suffix for name, kind in definitions.items() for suffix in _SERIES_OF_TYPE[kind]}
+
+
+def alert_rule_queries() -> list[tuple[str, str, str]]:
+    """(file, alert or record name, PromQL) of every rule under deploy/prometheus/rules/ (unit tests excluded)."""
+    found = []
+    for path in sorted(RULES_DIR.glob("*.yml")):
+        document = load_yaml(path)
+        for group in document.get("groups", []):  # the promtool unit tests (*.test.yml) have none
+            for rule in group["rules"]:
+                found.append((path.name, rule.get("alert") or rule.get("record"), str(rule["expr"])))
+    return found
+
+
+def test_dashboards_read_only_exported_metrics(
+    dashboards: dict[str, dict[str, Any]], exported_series: set[str]
+) -> None:
+    queries = dashboard_queries(dashboards)
+    assert len(queries) >= 20, queries
+    for name, title, expr in queries:
+        used = series_names(expr)
+        assert used, f"{name}: {title} reads no riverbed_* metric: {expr}"
+        assert used <= exported_series, f"{name}: {title} reads {sorted(used - exported_series)}, exported nowhere"
+
+
+def test_alert_rules_read_only_exported_metrics(exported_series: set[str]) -> None:
+    rules = alert_rule_queries()
+    assert rules, f"no alert rule found under {RULES_DIR.relative_to(ROOT)}"
+    for name, alert, expr in rules:
+        used = series_names(expr)
+        assert used <= exported_series, f"{name}: {alert} reads {sorted(used - exported_series)}, exported nowhere"
+
+
+def test_dashboards_cover_what_people_look_at(dashboards: dict[str, dict[str, Any]]) -> None:
+    read: dict[str, set[str]] = {}
+    for name, _, expr in dashboard_queries(dashboards):
+        read.setdefault(name, set()).update(series_names(expr))
+    assert read["serving.json"] >= {
+        "riverbed_gateway_requests_total",
+        "riverbed_gateway_request_seconds_bucket",
+        "riverbed_audit_degraded",
+        "riverbed_audit_unavailable",
+        "riverbed_audit_spool_depth",
+        "riverbed_audit_quarantined",
+    }
+    assert read["model-quality.json"] >= {
+        "riverbed_monitoring_drift",
+        "riverbed_monitoring_estimated_performance",
+        "riverbed_monitoring_realised_performance",
+        "riverbed_predictions_total",
+    }
+    assert read["pipeline.json"] >= {"riverbed_pipeline_failures_total"}
+    exprs = [expr for _, _, expr in dashboard_queries(dashboards)]
+    assert any("histogram_quantile(0.99" in e for e in exprs) and any("histogram_quantile(0.5" in e for e in exprs)
+    assert any('status=~"5.."' in e for e in exprs)
+
+
+def test_dashboard_queries_parse(tmp_path: Path, dashboards: dict[str, dict[str, Any]]) -> None:
+    """promtool parses each query (as a recording rule); a typo in PromQL fails here, not in front of people."""
+    promtool = require_tool("promtool")
+    rules = [
+        {"record": f"riverbed_dashboard_check:{index}", "expr": expr}
+        for index, (_, _, expr) in enumerate(dashboard_queries(dashboards))
+    ]
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    checked = subprocess.run([str(promtool), "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"{len(rules)} rules found" in checked.stdout, checked.stdout
