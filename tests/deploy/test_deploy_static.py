@@ -600,7 +600,8 @@ def test_run_launcher_matches_the_compose_network_and_volume(
     # Models: the deployment asset (in a run container) writes where MLServer reads.
     repository = service_env(services["code-location"])["RIVERBED_MODEL_REPOSITORY"]
     assert repository in mounts, "run containers must mount the model repository the deployment asset writes"
-    assert f"{mounts[repository]}:{repository}" in services["mlserver"]["volumes"], "MLServer must see the same volume"
+    mlserver_mounts = [v.split(" ")[0] for v in services["mlserver"]["volumes"]]
+    assert f"{mounts[repository]}:{repository}:ro" in mlserver_mounts, "MLServer must see the same volume, read-only"
 
 
 def test_gateway_and_mlserver_share_the_model_repository(services: dict[str, Any]) -> None:
