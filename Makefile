@@ -11,7 +11,7 @@ export OMP_NUM_THREADS := 1
 export PYTHONUNBUFFERED := 1
 
 .PHONY: help uv sync demo test test-fast lint format dev bench bench-render bench-quick bench-graph bench-ingestion \
-	bench-monitoring bench-drift bench-serving bench-imports bench-events clean dashboards system-packages
+	bench-monitoring bench-drift bench-serving bench-scale-out bench-imports bench-events clean dashboards system-packages
 
 help: ## list every target
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ bench-drift: sync ## first drifted record to v2 served (the drift scenario of th
 bench-serving: sync ## load-test the serving stack; rewrites the Serving section of benchmarks/RESULTS.md
 	$(RUN) python -m benchmarks.serving_benchmark
 
+bench-scale-out: sync ## throughput of one and two gateways behind HAProxy (needs haproxy: make system-packages)
+	$(RUN) python -m benchmarks.run_all --only scale_out
+
 bench-imports: sync ## import time of each heavy library and entry module in fresh interpreters
 	$(RUN) python -m benchmarks.run_all --only imports
 
@@ -78,11 +81,11 @@ bench-events: sync ## Kafka ingestion (1,000,000 records) and monitoring (100,00
 dashboards: sync ## regenerate the Grafana dashboards' JSON (deploy/grafana/dashboards/) from deploy/grafana/dashboards.py
 	$(RUN) python deploy/grafana/dashboards.py
 
-SYSTEM_PACKAGES := prometheus prometheus-alertmanager
+SYSTEM_PACKAGES := prometheus prometheus-alertmanager haproxy
 
 # Idempotent: installs only what is missing, runs apt-get update only when apt knows no candidate, and starts no
 # daemon (a policy-rc.d denies service starts during the install; on a systemd host the units are disabled).
-system-packages: ## as root: apt-install Prometheus and Alertmanager for the alerting tests (no daemon started)
+system-packages: ## as root: apt-install Prometheus, Alertmanager (alerting tests) and HAProxy (scale-out test); no daemon started
 	@if [ "$$(id -u)" != 0 ]; then \
 		echo "system-packages apt-installs $(SYSTEM_PACKAGES): run it as root (sudo make system-packages)," \
 			"or ask an administrator to install those Debian packages" >&2; \
@@ -107,7 +110,7 @@ system-packages: ## as root: apt-install Prometheus and Alertmanager for the ale
 	rm -f "$$log"; \
 	if [ "$$status" != 0 ]; then exit "$$status"; fi; \
 	if [ -d /run/systemd/system ]; then \
-		systemctl disable --now prometheus.service prometheus-alertmanager.service >/dev/null 2>&1 || true; \
+		systemctl disable --now prometheus.service prometheus-alertmanager.service haproxy.service >/dev/null 2>&1 || true; \
 	fi; \
 	echo "installed:$$missing"
 

@@ -114,6 +114,12 @@ SECTIONS = (
     Section("## Monitoring", "benchmarks.monitoring_benchmark", ("monitoring.json",), "make bench-monitoring"),
     Section("## Drift to v2 (end to end)", "benchmarks.drift_benchmark", ("drift.json",), "make bench-drift"),
     Section("## Serving", "benchmarks.serving_render", ("serving.json",), "make bench-serving"),
+    Section(
+        "## Scale-out (gateways behind HAProxy)",
+        "benchmarks.scale_out_benchmark",
+        ("scale_out.json",),
+        "make bench-scale-out",
+    ),
     Section("## Import times", "benchmarks.import_times", ("import_times.json",), "make bench-imports"),
 )
 

@@ -44,6 +44,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "monitoring": ["benchmarks.monitoring_benchmark"],
     "drift": ["benchmarks.drift_benchmark"],
     "serving": ["benchmarks.serving_benchmark"],
+    "scale_out": ["benchmarks.scale_out_benchmark"],
     "imports": ["benchmarks.import_times"],
 }
 GROUPS = {"graph": ["graph-salary_band", "graph-machine_failure"]}

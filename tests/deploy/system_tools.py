@@ -1,4 +1,5 @@
-"""System programs some tests need (Prometheus, promtool, Alertmanager, amtool): Debian packages, not Python ones.
+"""System programs some tests need (Prometheus, promtool, Alertmanager, amtool, HAProxy): Debian packages, not Python
+ones.
 
 ``make system-packages`` (as root) or ``.ci/run`` installs them. A test that needs one calls :func:`require_tool`:
 under ``CI=true`` a missing program FAILS the test (CI must have installed it); elsewhere the test is SKIPPED with a
@@ -22,6 +23,7 @@ PACKAGE_OF = {
     "promtool": "prometheus",
     "prometheus-alertmanager": "prometheus-alertmanager",
     "amtool": "prometheus-alertmanager",
+    "haproxy": "haproxy",
 }
 
 

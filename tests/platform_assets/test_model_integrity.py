@@ -42,6 +42,7 @@ from riverbed.names import CHAMPION_ALIAS, PREVIOUS_ALIAS, GateVerdict, MlflowTa
 from riverbed.pipeline_failures import read_failures
 from riverbed.settings import RiverbedSettings
 from riverbed.specs import load_specs
+from riverbed.stack_file import process_identity
 from tests.platform_assets.loan_dataset import LOAN_DATASET, LOAN_PARTITIONS, write_loan_dataset
 from tests.platform_assets.test_deployment import FAST_TRAINING, GATE_SPEC, LENIENT_GATE, _infer_payload, _train
 from tests.scratch_postgres import create_database, drop_database
@@ -324,6 +325,10 @@ def test_a_deployment_that_cannot_reach_mlserver_changes_nothing(
     run_pipeline(settings, DATASET, LOAN_PARTITIONS, train_config=FAST_TRAINING, instance=instance)
     repository = ModelRepository(settings.model_repository_dir)
     before, pointer = _snapshot(repository), repository.read_deployment(DATASET)
+    # A local `riverbed serve` stack runs (this process stands in for its supervisor) but its MLServer is down:
+    # with no stack running, a local deployment would install for the stack's next start instead.
+    settings.stack_file.parent.mkdir(parents=True, exist_ok=True)
+    settings.stack_file.write_text(json.dumps({"pid": os.getpid(), "process": process_identity(os.getpid())}))
 
     with caplog.at_level("WARNING"):
         result = _train(settings, instance, gate=LENIENT_GATE, seed=2)  # MLServer down, a champion deployed
