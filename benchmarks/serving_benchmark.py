@@ -171,9 +171,9 @@ class PostgresServer:
 
         with psycopg.connect(dsn) as conn:
             row = conn.execute("select pg_backend_pid(), current_database()").fetchone()
-        assert row is not None
-        backend, self.database = int(row[0]), str(row[1])
-        fields = _stat_fields(backend)
+            assert row is not None
+            backend, self.database = int(row[0]), str(row[1])
+            fields = _stat_fields(backend)  # read while the connection holds the backend open
         if fields is None:
             raise RuntimeError(f"cannot read the PostgreSQL backend {backend} in /proc")
         self.postmaster = int(fields[1])  # ppid
