@@ -141,6 +141,19 @@ class RiverbedSettings(BaseSettings):
         "dead-lettered (a future date would outrank every later label).",
     )
 
+    # `riverbed up`: the platform's other services, on 127.0.0.1.
+    dagster_port: int = Field(default=3000, ge=1, le=65535, description="Dagster webserver port under `up`.")
+    mlflow_port: int = Field(default=5000, ge=1, le=65535, description="MLflow tracking server port under `up`.")
+    prometheus_port: int = Field(default=9090, ge=1, le=65535, description="Prometheus port under `up`.")
+    alertmanager_port: int = Field(default=9093, ge=1, le=65535, description="Alertmanager port under `up`.")
+    alert_webhook_url: str | None = Field(
+        default=None, description="Where Alertmanager under `up` posts alerts (unset: alerts are kept, not sent)."
+    )
+    automation: bool = Field(
+        default=True,
+        description="Under `up`, start every sensor and schedule (false: stop them all).",
+    )
+
     @field_validator("home")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:

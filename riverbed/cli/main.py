@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from riverbed.cli import kafka, serving
+from riverbed.cli import kafka, serving, up
 from riverbed.records import TrainingReason
 from riverbed.settings import PROJECT_ROOT, RiverbedSettings, get_settings
 from riverbed.specs import SpecError, load_spec_file, load_specs
@@ -32,6 +32,7 @@ specs_app = typer.Typer(help="Dataset specs.", no_args_is_help=True)
 app.add_typer(specs_app, name="specs")
 serving.register(app)
 kafka.register(app)
+up.register(app)
 console = Console()
 
 QUIET_ENV = {

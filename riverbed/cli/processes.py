@@ -5,6 +5,8 @@
 - :func:`stop` stops one: SIGTERM, a grace period, then SIGKILL for its whole process group.
 - :func:`port_free` probes a port the way uvicorn and MLServer bind it (``SO_REUSEADDR``): sockets in TIME-WAIT
   left by a previous run do not count, a listener does; :func:`port_holder` names the process listening.
+- :class:`GroupReaper` covers grandchildren: a separate process that kills the process groups it was told about
+  once this process is gone, however it went (a child's own children do not get the parent-death signal).
 - :func:`process_identity` and :func:`same_process` (from the core's stack file module) tell a live process
   from a reused pid.
 """
@@ -108,6 +110,95 @@ def stop(process: subprocess.Popen[bytes], name: str, timeout: float) -> None:
             logger.warning("%s (pid %d) did not stop in %.0f s; killing it", name, process.pid, timeout)
     _kill_group(process.pid)  # spawn() made it a group leader: its group id is its pid
     process.wait(timeout=10)
+
+
+# The reaper's program: reads "+PGID" / "-PGID" lines; at end of input (its parent exited, by any means: the pipe's
+# only writer is gone) it SIGTERMs the groups still listed, waits, then SIGKILLs what is left.
+_REAPER_PROGRAM = """
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+groups = set()
+for line in sys.stdin:
+    line = line.strip()
+    if line[:1] == "+":
+        groups.add(int(line[1:]))
+    elif line[:1] == "-":
+        groups.discard(int(line[1:]))
+def alive(group):
+    try:
+        os.killpg(group, 0)
+    except OSError:
+        return False
+    return True
+for signum, grace in ((signal.SIGTERM, float(sys.argv[1])), (signal.SIGKILL, 0.0)):
+    for group in list(groups):
+        try:
+            os.killpg(group, signum)
+        except OSError:
+            groups.discard(group)
+    deadline = time.monotonic() + grace
+    while groups and time.monotonic() < deadline:
+        groups = {group for group in groups if alive(group)}
+        time.sleep(0.1)
+"""
+
+
+class GroupReaper:
+    """Kills the registered process groups when this process is gone, even by SIGKILL.
+
+    :func:`spawn` makes each child a group leader that gets SIGTERM when this process dies, but the child's own
+    children (``dagster dev``'s webserver and daemon, ``mlflow server``'s uvicorn) are not told. The reaper is a
+    small Python process in its own session reading a pipe only this process writes: end of input means this
+    process exited, and the groups still registered are SIGTERMed, then SIGKILLed after ``grace`` seconds.
+    """
+
+    def __init__(self, grace: float = 10.0) -> None:
+        self.grace = grace
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def start(self) -> GroupReaper:
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _REAPER_PROGRAM, str(self.grace)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C in the terminal does not reach it
+        )
+        return self
+
+    def _send(self, line: str) -> None:
+        if self._process is None or self._process.stdin is None:
+            return
+        try:
+            self._process.stdin.write(f"{line}\n".encode())
+            self._process.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            logger.warning("the process-group reaper (pid %d) is gone; %s not registered", self._process.pid, line)
+
+    def watch(self, pgid: int) -> None:
+        """Kill group ``pgid`` if this process dies before :meth:`forget` is called for it."""
+        self._send(f"+{pgid}")
+
+    def forget(self, pgid: int) -> None:
+        self._send(f"-{pgid}")
+
+    def close(self) -> None:
+        """End the reaper (it kills groups still registered) and reap it."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.stdin is not None:
+            with contextlib.suppress(OSError):
+                process.stdin.close()
+        try:
+            process.wait(timeout=self.grace + 5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 # ------------------------------------------------------------------------------------------------ ports

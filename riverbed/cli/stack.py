@@ -79,7 +79,12 @@ def _check_port(owner: str, host: str, port: int, setting: str) -> None:
 
 
 class ServingStack:
-    """Start with :meth:`start`, stop with :meth:`stop` (or use it as a context manager)."""
+    """Start with :meth:`start`, stop with :meth:`stop` (or use it as a context manager).
+
+    ``riverbed up`` runs the two halves of :meth:`start` itself (:meth:`start_database`, then its own services,
+    then :meth:`start_serving`), with ``require_champions=False`` (nothing to serve yet is not an error there),
+    its MLflow server as ``mlflow_tracking_uri`` and ``record=False`` (it writes stack.json with every part).
+    """
 
     def __init__(
         self,
@@ -90,6 +95,9 @@ class ServingStack:
         mlserver_port: int | None = None,
         ephemeral_ports: bool = False,
         gateway_env: dict[str, str] | None = None,
+        require_champions: bool = True,
+        mlflow_tracking_uri: str | None = None,
+        record: bool = True,
     ) -> None:
         self.settings = settings
         self.requested = list(datasets)
@@ -99,6 +107,9 @@ class ServingStack:
             free_port() if ephemeral_ports else _port_of(settings.mlserver_url, 8080)
         )
         self.gateway_env = gateway_env or {}
+        self.require_champions = require_champions  # False (``riverbed up``): serve nothing until one is deployed
+        self.mlflow_tracking_uri = mlflow_tracking_uri or settings.resolved_mlflow_tracking_uri
+        self.record = record  # write stack.json (``riverbed up`` writes its own, with every part)
         self.repository = ModelRepository(settings.model_repository_dir)
         self.dsn: str | None = None
         self.datasets: list[str] = []
@@ -138,6 +149,11 @@ class ServingStack:
         return self.settings.home / "logs"
 
     @property
+    def embedded(self) -> EmbeddedPostgres | None:
+        """The embedded server's handle (None with a configured DSN or before :meth:`start_database`)."""
+        return self._embedded
+
+    @property
     def gateway_pid(self) -> int | None:
         return self._gateway.pid if self._gateway else None
 
@@ -148,16 +164,25 @@ class ServingStack:
     # ------------------------------------------------------------------------------------------ lifecycle
     def start(self) -> ServingStack:
         try:
-            self._claim_home()
-            self._start_database()
-            self._ensure_champions()
-            self._start_mlserver()
-            self._start_gateway()
-            self._write_stack_file()
+            self.start_database()
+            self.start_serving()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def start_database(self) -> None:
+        """Claim the home and start the inference-log database (first half of :meth:`start`; no clean-up)."""
+        self._claim_home()
+        self._start_database()
+
+    def start_serving(self) -> None:
+        """Install the champions, start MLServer and the gateway, write stack.json (second half; no clean-up)."""
+        self._ensure_champions()
+        self._start_mlserver()
+        self._start_gateway()
+        if self.record:
+            self._write_stack_file()
 
     def __enter__(self) -> ServingStack:
         return self.start()
@@ -183,9 +208,9 @@ class ServingStack:
         if reason is None:
             pid = record.get("pid")
             raise StackError(
-                f"a riverbed serve is already running on {self.settings.home} (pid {pid}; gateway "
-                f"{record.get('gateway')}, MLServer {record.get('mlserver')}): stop it first (Ctrl-C in its "
-                f"terminal, or kill {pid})"
+                f"a riverbed stack is already running on {self.settings.home} (pid {pid}; gateway "
+                f"{record.get('gateway')}, MLServer {record.get('mlserver')}): stop it first (riverbed down, "
+                f"Ctrl-C in its terminal, or kill {pid})"
             )
         logger.warning("stale %s replaced: %s (that stack did not stop cleanly)", path, reason)
         path.unlink(missing_ok=True)
@@ -222,7 +247,7 @@ class ServingStack:
                 deployment = self._install_champion(specs[dataset])
             if deployment is not None:
                 self.datasets.append(dataset)
-        if not self.datasets:
+        if not self.datasets and self.require_champions:
             raise StackError(
                 f"no champion model for {', '.join(wanted)}: train and deploy one first (make demo, or the "
                 "train job in the Dagster UI)"
@@ -241,7 +266,7 @@ class ServingStack:
         from platform_assets.model_registry import registered_aliases
         from resources.mlflow_resource import MlflowTrackingResource, mlflow_client
 
-        tracking_uri = self.settings.resolved_mlflow_tracking_uri
+        tracking_uri = self.mlflow_tracking_uri
         where = _without_password(tracking_uri, tracking_uri)  # for messages: a tracking URI may carry a password
         name = MlflowTrackingResource(tracking_uri=tracking_uri).registered_model_name(spec.name)
         try:  # a model that is not registered yet reads as {}: anything raised here is a registry failure
@@ -347,8 +372,9 @@ class ServingStack:
             time.sleep(0.2)
         raise StackError(f"the gateway did not become ready in 60 s (see {self.logs_dir / 'gateway.log'})")
 
-    def _write_stack_file(self) -> None:
-        stack = {
+    def record_fields(self) -> dict[str, Any]:
+        """What stack.json says about this stack's serving half."""
+        return {
             "gateway": self.gateway_url,
             "mlserver": self.mlserver_url,
             "database": self.public_dsn,
@@ -361,7 +387,9 @@ class ServingStack:
             "logs": str(self.logs_dir),
             "started_at": dt.datetime.now(dt.UTC).isoformat(),
         }
-        write_private_json(self.settings.stack_file, stack)
+
+    def _write_stack_file(self) -> None:
+        write_private_json(self.settings.stack_file, self.record_fields())
         self._recorded = True
 
     def stop(self) -> None:

@@ -75,7 +75,7 @@ def why_not_live(record: Mapping[str, Any]) -> str | None:
     if same is not None:
         return None if same else f"pid {pid} now belongs to another process, started after the stack"
     command = process_cmdline(pid)  # a record without identity (older riverbed), or no /proc
-    if command is None or ("serve" in command and any("riverbed" in part for part in command)):
+    if command is None or (({"serve", "up"} & set(command)) and any("riverbed" in part for part in command)):
         return None  # cannot tell otherwise: assume live, refusing is safer than two stacks on one home
     return f"pid {pid} is not a riverbed serve ({' '.join(command)[:80]})"
 
