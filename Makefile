@@ -81,11 +81,11 @@ bench-events: sync ## Kafka ingestion (1,000,000 records) and monitoring (100,00
 dashboards: sync ## regenerate the Grafana dashboards' JSON (deploy/grafana/dashboards/) from deploy/grafana/dashboards.py
 	$(RUN) python deploy/grafana/dashboards.py
 
-SYSTEM_PACKAGES := prometheus prometheus-alertmanager haproxy
+SYSTEM_PACKAGES := prometheus prometheus-alertmanager haproxy chromium chromium-driver fonts-dejavu-core
 
 # Idempotent: installs only what is missing, runs apt-get update only when apt knows no candidate, and starts no
 # daemon (a policy-rc.d denies service starts during the install; on a systemd host the units are disabled).
-system-packages: ## as root: apt-install Prometheus, Alertmanager (alerting tests) and HAProxy (scale-out test); no daemon started
+system-packages: ## as root: apt-install Prometheus, Alertmanager (alerting tests), HAProxy (scale-out test) and Chromium with its driver (console browser tests); no daemon started
 	@if [ "$$(id -u)" != 0 ]; then \
 		echo "system-packages apt-installs $(SYSTEM_PACKAGES): run it as root (sudo make system-packages)," \
 			"or ask an administrator to install those Debian packages" >&2; \
