@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -17,18 +16,6 @@ from tests.lakefs_double import LakeFSDouble, app, run_lakefs_double
 from tests.lakefs_double.contract import SDK_VERSION, ContractError, check_model, load_contract, nullable_fields
 from tests.lakefs_double.state import ApiError, LakeFSState
 from tests.resources.lakefs_fixture import make_lakefs_store
-
-
-@pytest.fixture(scope="module")
-def double() -> Iterator[LakeFSDouble]:
-    with run_lakefs_double() as running:
-        yield running
-
-
-@pytest.fixture
-def http(double: LakeFSDouble) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=double.api_url, auth=(double.access_key_id, double.secret_access_key)) as client:
-        yield client
 
 
 @pytest.fixture

@@ -4,25 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import lakefs
 import pytest
 
-from tests.lakefs_double import LakeFSDouble, run_lakefs_double
-
-
-@pytest.fixture(scope="module")
-def double() -> Iterator[LakeFSDouble]:
-    with run_lakefs_double() as running:
-        yield running
-
-
-@pytest.fixture
-def http(double: LakeFSDouble) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=double.api_url, auth=(double.access_key_id, double.secret_access_key)) as client:
-        yield client
+from tests.lakefs_double import LakeFSDouble
 
 
 @pytest.fixture
