@@ -20,6 +20,7 @@ from sensors.retraining import (
     decide_retraining,
     monitoring_days,
 )
+from tests.sensors.tiny_spec import tiny_spec
 
 FEATURES = ["age", "hours", "sector"]
 NOW = dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)
@@ -138,18 +139,7 @@ def test_bad_thresholds_are_refused_at_load() -> None:
             parse_spec({**base, "retraining": retraining})
 
 
-SPEC = parse_spec(
-    {
-        "name": "tiny",
-        "description": "t",
-        "source": {"kind": "generator", "function": "x.y:z"},
-        "record_id": {"assign_prefix": "t-"},
-        "event_time": {"assign_start": "2026-01-01", "assign_days": 1},
-        "target": {"name": "y", "classes": ["n", "p"], "positive_class": "p"},
-        "features": [{"name": "age", "type": "numeric"}, {"name": "hours", "type": "numeric"}],
-        "retraining": {"drift_consecutive_chunks": 2, "min_performance": 0.7, "cooldown_minutes": 60},
-    }
-)
+SPEC = tiny_spec(drift_consecutive_chunks=2, min_performance=0.7, cooldown_minutes=60)
 
 
 TRAIN_JOB = dg.define_asset_job(names.train_job("tiny"))

@@ -12,22 +12,11 @@ import pytest
 from resources.inference_log_resource import InferenceLogResource
 from riverbed import names
 from riverbed.pipeline_failures import read_failures
-from riverbed.specs import parse_spec
 from sensors.retraining import build_retraining_sensor
 from serving.database_roles import provision_login_roles
+from tests.sensors.tiny_spec import tiny_spec
 
-SPEC = parse_spec(
-    {
-        "name": "tiny",
-        "description": "t",
-        "source": {"kind": "generator", "function": "x.y:z"},
-        "record_id": {"assign_prefix": "t-"},
-        "event_time": {"assign_start": "2026-01-01", "assign_days": 1},
-        "target": {"name": "y", "classes": ["n", "p"], "positive_class": "p"},
-        "features": [{"name": "age", "type": "numeric"}, {"name": "hours", "type": "numeric"}],
-        "retraining": {"drift_consecutive_chunks": 2, "min_performance": 0.7, "new_records": 100},
-    }
-)
+SPEC = tiny_spec(drift_consecutive_chunks=2, min_performance=0.7, new_records=100)
 SENSOR = build_retraining_sensor(
     SPEC,
     dg.define_asset_job(names.train_job("tiny")),
