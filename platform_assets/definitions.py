@@ -15,9 +15,11 @@ from platform_assets.dataset_assets import DatasetDefinitions, build_dataset_def
 from platform_assets.environments import build_resources
 from platform_assets.monitoring_assets import build_monitoring_definitions
 from platform_assets.stages import asset_key
+from riverbed import names
 from riverbed.names import Stage
 from riverbed.settings import RiverbedSettings, get_settings
 from riverbed.specs import DatasetSpec, load_specs
+from sensors.approvals import build_approvals_sensor
 from sensors.kafka_ingestion import build_kafka_ingestion_sensor
 from sensors.kafka_labels import build_kafka_labels_sensor
 from sensors.retraining import build_retraining_schedule, build_retraining_sensor
@@ -34,7 +36,9 @@ class Collected:
     schedules: list[dg.ScheduleDefinition] = field(default_factory=list)
 
 
-def build_dataset_sensors(spec: DatasetSpec, dataset: DatasetDefinitions) -> list[dg.SensorDefinition]:
+def build_dataset_sensors(
+    spec: DatasetSpec, dataset: DatasetDefinitions, settings: RiverbedSettings
+) -> list[dg.SensorDefinition]:
     """Retraining, Kafka ingestion and Kafka labels sensors of one dataset, wired to its jobs and asset keys."""
     return [
         build_retraining_sensor(
@@ -42,33 +46,45 @@ def build_dataset_sensors(spec: DatasetSpec, dataset: DatasetDefinitions) -> lis
             dataset.train_job,
             model_key=asset_key(Stage.MODEL, spec.name),
             raw_key=asset_key(Stage.RAW, spec.name),
+            interval_seconds=settings.retraining_interval_seconds,
         ),
         build_kafka_ingestion_sensor(spec, dataset.ingest_job),
         build_kafka_labels_sensor(spec),
     ]
 
 
-def collect(spec: DatasetSpec, into: Collected) -> None:
+def collect(spec: DatasetSpec, into: Collected, settings: RiverbedSettings) -> None:
     """Add one dataset's definitions (pipeline, monitoring, automation) to ``into``."""
     dataset = build_dataset_definitions(spec)
-    monitoring, monitor_job, monitor_schedule = build_monitoring_definitions(spec)
-    into.sensors.extend(build_dataset_sensors(spec, dataset))
+    monitoring, monitor_job, monitor_sensor = build_monitoring_definitions(
+        spec, interval_seconds=settings.monitoring_interval_seconds
+    )
+    into.sensors.extend(build_dataset_sensors(spec, dataset, settings))
+    into.sensors.append(monitor_sensor)
     into.assets.append(monitoring)
     into.jobs.append(monitor_job)
-    into.schedules.append(monitor_schedule)
     retrain_schedule = build_retraining_schedule(spec, dataset.train_job)
     if retrain_schedule is not None:
         into.schedules.append(retrain_schedule)
     into.assets.extend(dataset.assets)
     into.jobs.extend(dataset.jobs)
     into.checks.extend(dataset.asset_checks)
+    if spec.promotion.approval == "manual":
+        # Deploys a reviewer-approved version: the approvals sensor requests it, tagged with the version.
+        deploy_job = dg.define_asset_job(
+            names.deploy_job(spec.name),
+            selection=dg.AssetSelection.assets(dataset.deployment),
+            description=f"Deploy the {spec.name} version a reviewer approved (promotion.approval: manual).",
+        )
+        into.jobs.append(deploy_job)
+        into.sensors.append(build_approvals_sensor(spec, deploy_job))
 
 
 def build_definitions(settings: RiverbedSettings | None = None) -> dg.Definitions:
     settings = settings or get_settings()
     collected = Collected()
     for spec in load_specs(settings.specs_dirs).values():
-        collect(spec, collected)
+        collect(spec, collected, settings)
     return dg.Definitions(
         assets=collected.assets,
         asset_checks=collected.checks,
@@ -76,6 +92,8 @@ def build_definitions(settings: RiverbedSettings | None = None) -> dg.Definition
         sensors=collected.sensors,
         schedules=collected.schedules,
         resources=build_resources(settings),
+        # in_process: a run's steps share its process (no code-location start-up per step; `riverbed up`)
+        executor=dg.in_process_executor if settings.dagster_executor == "in_process" else None,
     )
 
 

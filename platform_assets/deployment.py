@@ -3,7 +3,10 @@
 ``deployment_<dataset>`` (and :func:`rollback_deployment`) install the version in MLServer's model repository,
 hot-load it when MLServer runs, move the ``champion``/``previous`` aliases, rewrite the deployment pointer,
 wait a short drain and unload the old served model. It deploys only a version the promotion gate
-(:mod:`platform_assets.promotion_gate`) passed; rollback too, unless forced (recorded on the version).
+(:mod:`platform_assets.promotion_gate`) passed; rollback too, unless forced (recorded on the version). For a dataset
+with ``promotion.approval: manual`` the asset deploys only a version a reviewer approved (:func:`approved_target`,
+the model catalog's reviews); a pending or rejected candidate is not deployed. Every deployment and rollback is
+recorded in the model catalog (aliases, deployed/retired).
 
 Before anything changes, two things must hold, or the deployment stops with the champion serving as before (no
 alias moved, no pointer rewritten, no file deleted) and the refusal is logged at WARNING and counted
@@ -23,16 +26,18 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 import dagster as dg
+import psycopg
 from pydantic import Field
 
 from monitoring.reference import build_reference, write_reference
+from platform_assets.catalog_records import CatalogNotRecordedError, catalog_dsn, record_champion, requires_approval
 from platform_assets.groups import DEPLOYMENT_GROUP
 from platform_assets.model_registry import gate_passed, gate_reason, registered_aliases, version_exists
 from platform_assets.stages import asset_key
@@ -44,8 +49,17 @@ from resources.mlserver_admin import MLServerAdmin
 from resources.mlserver_resource import MLServerResource
 from riverbed.errors import MLServerModelError, MLServerUnavailableError, ModelIntegrityError
 from riverbed.ml.integrity import ARTIFACT_FILES, MODEL_FILE, parse_digests, verified_bytes, verify_files
+from riverbed.model_catalog import CatalogError, approval_for
 from riverbed.model_repository import POINTER_POLL_SECONDS, DeployedModel, ModelRepository
-from riverbed.names import CHAMPION_ALIAS, GATE_CHECK_NAME, PREVIOUS_ALIAS, MlflowTag, Stage, served_model_name
+from riverbed.names import (
+    CHAMPION_ALIAS,
+    GATE_CHECK_NAME,
+    PREVIOUS_ALIAS,
+    MlflowTag,
+    RunTag,
+    Stage,
+    served_model_name,
+)
 from riverbed.pipeline_failures import report_failure
 from riverbed.records import DeploymentRecord, ModelLineage, ModelRecord
 from riverbed.settings import RiverbedSettings
@@ -368,6 +382,7 @@ def deploy_model_version(
     if old_champion is not None and old_champion != version:
         client.set_registered_model_alias(registered_model_name, PREVIOUS_ALIAS, str(old_champion))
     repository.set_deployment(info)
+    record_champion(spec, version, info.previous_version, dsn=failure_dsn)  # never raises: the champion moved
 
     old_served = current.served_model_name if current is not None and current.served_model_name != served else None
     unloaded = _retire(admin, repository, old_served, live, drain_seconds) if old_served is not None else False
@@ -495,7 +510,7 @@ def rollback_deployment(
 
 
 # ---------------------------------------------------------------------------------------------- Dagster
-def require_gate_passed(tracking_uri: str, model: ModelRecord) -> None:
+def require_gate_passed(tracking_uri: str, model: ModelLineage) -> None:
     """Raise ``dg.Failure`` unless the promotion gate passed this model version (its MLflow version tags)."""
     tags = mlflow_client(tracking_uri).get_model_version(model.registered_model_name, str(model.version)).tags or {}
     if not gate_passed(tags):
@@ -508,7 +523,7 @@ def require_gate_passed(tracking_uri: str, model: ModelRecord) -> None:
 
 
 def write_monitoring_reference(
-    spec: DatasetSpec, model: ModelRecord, data_store: VersionedDataStoreResource, tracking_uri: str, root: Path
+    spec: DatasetSpec, model: ModelLineage, data_store: VersionedDataStoreResource, tracking_uri: str, root: Path
 ) -> tuple[Path, int]:
     """Monitoring's reference: the champion's predictions on its own frozen holdout (file, rows).
 
@@ -539,8 +554,78 @@ def failure_dsn_of(inference_log: InferenceLogResource) -> str | None:
         return None
 
 
+def approved_version_of(tags: Mapping[str, str]) -> int | None:
+    """The version a deploy run was requested for (:attr:`RunTag.APPROVED_VERSION`, set by the approvals sensor)."""
+    text = tags.get(RunTag.APPROVED_VERSION)
+    if text is None:
+        return None
+    if not text.isdigit() or not 1 <= int(text) <= 2**31 - 1:
+        raise dg.Failure(description=f"run tag {RunTag.APPROVED_VERSION.value}={text!r} is not a model version")
+    return int(text)
+
+
+def approved_target(
+    spec: DatasetSpec,
+    model: ModelRecord,
+    tags: Mapping[str, str],
+    inference_log: InferenceLogResource,
+    tracking_uri: str,
+) -> ModelLineage | None:
+    """What a manual-approval dataset's deployment deploys: the version the run was requested for (the approvals
+    sensor's tag) or else the upstream candidate, and only if a reviewer approved exactly that version (its MLflow
+    run). None: the candidate is not approved (pending, or rejected): nothing is deployed and the champion keeps
+    serving. A requested version without an approval is a failure (:class:`dg.Failure`), as is a catalog that
+    cannot be read (WARNING + ``pipeline_failures``)."""
+    requested = approved_version_of(tags)
+    version = requested if requested is not None else model.version
+    try:
+        dsn = catalog_dsn(inference_log)
+        if dsn is None:
+            raise CatalogNotRecordedError(
+                f"{spec.name} needs a reviewer's approval (promotion.approval: manual) and no inference-log database "
+                "is configured to read approvals from: set RIVERBED_INFERENCE_LOG_DSN or start the local stack"
+            )
+        approval = approval_for(dsn, spec.name, version)
+    except (psycopg.Error, OSError, CatalogError, CatalogNotRecordedError) as error:
+        message = f"{spec.name}: the approval of version {version} could not be read from the model catalog: {error}"
+        report_failure(deployment_component(spec.name), "approval_unreadable", message, dsn=None, log=logger)
+        raise dg.Failure(description=message) from error
+    if approval is None:
+        if requested is not None:
+            raise dg.Failure(
+                description=f"{model.registered_model_name} version {version} has no reviewer approval in the model "
+                "catalog (pending, rejected, or not a candidate): it is not deployed"
+            )
+        return None
+    target: ModelLineage = (
+        model
+        if version == model.version
+        else lineage_from_mlflow(tracking_uri, model.registered_model_name, version, spec.name)
+    )
+    if approval.mlflow_run_id != target.mlflow_run_id:
+        raise dg.Failure(
+            description=f"the approval of {spec.name} version {version} names MLflow run {approval.mlflow_run_id!r}, "
+            f"but that version is run {target.mlflow_run_id!r}: not deployed"
+        )
+    logger.info(
+        "%s: version %d approved by key %s (review %d, action %s)",
+        spec.name,
+        version,
+        approval.key_id,
+        approval.review_id,
+        approval.action_id,
+    )
+    return target
+
+
 def build_deployment_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     name = spec.name
+    held_note = (
+        " With promotion.approval: manual, only a version a reviewer approved is deployed; an unapproved candidate "
+        "is not materialised here and the champion keeps serving."
+        if requires_approval(spec)
+        else ""
+    )
 
     @dg.asset(
         key=asset_key(Stage.DEPLOYMENT, name),
@@ -550,8 +635,9 @@ def build_deployment_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         ins={"model": dg.AssetIn(asset_key(Stage.MODEL, name))},
         description=f"The {name} champion: MLflow alias moved to the gated candidate, installed in MLServer's "
         "model repository and hot-swapped with no failed request; its artifacts checked against the digests "
-        "recorded at training before anything loads them.",
+        "recorded at training before anything loads them." + held_note,
         metadata={"dataset": name},
+        output_required=False,
     )
     def deployment(
         context: dg.AssetExecutionContext,
@@ -561,8 +647,18 @@ def build_deployment_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         mlserver: MLServerResource,
         data_store: VersionedDataStoreResource,
         inference_log: InferenceLogResource,
-    ) -> DeploymentRecord:
-        require_gate_passed(mlflow.tracking_uri, model)
+    ) -> Iterator[dg.Output[DeploymentRecord]]:
+        target: ModelLineage = model
+        if requires_approval(spec):
+            approved = approved_target(spec, model, context.run.tags, inference_log, mlflow.tracking_uri)
+            if approved is None:
+                context.log.info(
+                    f"{name} version {model.version} waits for a reviewer's approval (promotion.approval: manual): "
+                    "not deployed; the champion keeps serving"
+                )
+                return
+            target = approved
+        require_gate_passed(mlflow.tracking_uri, target)
         failure_dsn = failure_dsn_of(inference_log)
         repository = mlserver.repository()
         with mlserver.admin() as admin:
@@ -576,7 +672,7 @@ def build_deployment_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 preflight_mlserver(admin, name, required=required, failure_dsn=failure_dsn)
                 try:
                     reference_file, reference_rows = write_monitoring_reference(
-                        spec, model, data_store, mlflow.tracking_uri, repository.root
+                        spec, target, data_store, mlflow.tracking_uri, repository.root
                     )
                 except ModelIntegrityError as error:
                     report_failure(
@@ -585,22 +681,23 @@ def build_deployment_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                     raise
                 _, record = deploy_model_version(
                     spec,
-                    registered_model_name=model.registered_model_name,
-                    version=model.version,
+                    registered_model_name=target.registered_model_name,
+                    version=target.version,
                     tracking_uri=mlflow.tracking_uri,
                     repository=repository,
                     admin=admin,
-                    lineage=model,
+                    lineage=target,
                     require_mlserver=required,
                     failure_dsn=failure_dsn,
                 )
             except (DeploymentError, ModelIntegrityError) as error:
                 raise dg.Failure(
                     description=str(error),
-                    metadata={"reason": type(error).__name__, "version": model.version},
+                    metadata={"reason": type(error).__name__, "version": target.version},
                 ) from error
-        context.add_output_metadata(
-            {
+        yield dg.Output(
+            record,
+            metadata={
                 "monitoring_reference": dg.MetadataValue.path(str(reference_file)),
                 "reference_rows": reference_rows,
                 "version": record.version,
@@ -609,9 +706,8 @@ def build_deployment_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 "previous_version": record.previous_version if record.previous_version is not None else "none",
                 "mlserver_loaded": "yes" if record.mlserver_loaded else "no (loads at the next start)",
                 "old_model_unloaded": record.old_model_unloaded,
-                "artifact_sha256": dg.MetadataValue.json(dict(model.artifact_sha256)),
-            }
+                "artifact_sha256": dg.MetadataValue.json(dict(target.artifact_sha256)),
+            },
         )
-        return record
 
     return deployment

@@ -71,6 +71,7 @@ class RegisteredModel:
     artifact_uri: str  # the run's artifacts: model card, feature groups, trials
     model_storage_uri: str  # where the model files themselves are stored (model.pkl, MLmodel, extra_files/)
     artifact_sha256: dict[str, str]  # file name -> SHA-256 of model.pkl and feature_groups.json as stored
+    model_card_markdown: str = ""  # the model card as logged (model_card.md), for the model catalog
 
 
 def log_and_register(
@@ -103,7 +104,7 @@ def log_and_register(
             experiment_id = _experiment_id(client, experiment_name, artifact_location)
             with mlflow.start_run(experiment_id=experiment_id, run_name=f"{spec.name}-train") as run:
                 run_id = run.info.run_id
-                version, digests = _log_run(
+                version, digests, card_markdown = _log_run(
                     spec, outcome, metrics, fairness, train, test, lineage, registry_model_name, run_id, tags or {}
                 )
                 artifact_uri = run.info.artifact_uri
@@ -130,6 +131,7 @@ def log_and_register(
         artifact_uri=artifact_uri,
         model_storage_uri=model_storage_uri,
         artifact_sha256=digests,
+        model_card_markdown=card_markdown,
     )
 
 
@@ -144,8 +146,9 @@ def _log_run(
     registry_model_name: str,
     run_id: str,
     tags: dict[str, str],
-) -> tuple[int, dict[str, str]]:
-    """Everything inside the active run; returns the new model version and its artifacts' SHA-256."""
+) -> tuple[int, dict[str, str], str]:
+    """Everything inside the active run; returns the new model version, its artifacts' SHA-256 and the model card
+    (Markdown)."""
     import mlflow  # seconds to import (see the module docstring)
     from mlflow.data.pandas_dataset import from_pandas
 
@@ -187,10 +190,11 @@ def _log_run(
         train_positive_rate=float(train[spec.target.name].mean()),
         artifact_sha256=digests,
     )
-    mlflow.log_text(render_markdown(card), MODEL_CARD_MARKDOWN)
+    card_markdown = render_markdown(card)
+    mlflow.log_text(card_markdown, MODEL_CARD_MARKDOWN)
     mlflow.log_text(card.model_dump_json(indent=2), MODEL_CARD_JSON)
     mlflow.log_text(json.dumps(outcome.trial_table, indent=2, default=str), OPTUNA_TRIALS_ARTIFACT)
-    return version, digests
+    return version, digests, card_markdown
 
 
 def _log_model(

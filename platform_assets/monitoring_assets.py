@@ -3,8 +3,10 @@
 The window is the predictions the gateway logged (``received_at``) on the partition's day, compared with the
 reference stored when the serving champion was deployed. Results replace that day's rows in
 ``monitoring_results`` (which the retraining sensor reads), an HTML report is written beside the model
-repository, and the asset's metadata carries the summary. A schedule materialises today's partition every
-15 minutes (stopped by default, like every automation).
+repository, and the asset's metadata carries the summary. The sensor ``monitor_<dataset>`` materialises today's
+partition every ``RIVERBED_MONITORING_INTERVAL_SECONDS`` (900 by default; a sensor rather than a cron schedule so
+the interval can go below a minute), stopped by default like every automation, and only while a model is deployed
+and no monitoring run of the dataset is still queued or running.
 """
 
 import datetime as dt
@@ -28,6 +30,13 @@ from riverbed.names import RunTag, Stage
 from riverbed.specs import DatasetSpec
 
 MONITORING_CODE_VERSION = "1"
+UNFINISHED_STATUSES = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
 SUMMARY_METRICS = ("roc_auc", "accuracy")
 
 
@@ -137,30 +146,41 @@ def build_monitoring_asset(spec: DatasetSpec, partitions: dg.DailyPartitionsDefi
     return monitoring
 
 
-def build_monitoring_schedule(spec: DatasetSpec, job: UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
-    """Today's partition every 15 minutes (stopped by default)."""
+def build_monitoring_sensor(
+    spec: DatasetSpec, job: UnresolvedAssetJobDefinition, interval_seconds: int
+) -> dg.SensorDefinition:
+    """``monitor_<dataset>``: today's partition every ``interval_seconds`` (stopped by default).
+
+    Skips while nothing is deployed (there is no reference to compare with) and while a run of ``job`` is still
+    queued or in progress (runs never pile up when an analysis takes longer than the interval).
+    """
     name = spec.name
 
-    @dg.schedule(
-        name=names.monitor_schedule(name),
-        cron_schedule="*/15 * * * *",
+    @dg.sensor(
+        name=names.monitor_sensor(name),
         job=job,
-        default_status=dg.DefaultScheduleStatus.STOPPED,
-        execution_timezone="UTC",
-        description=f"Monitor today's {name} predictions every 15 minutes.",
+        minimum_interval_seconds=interval_seconds,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description=f"Monitor today's {name} predictions every {interval_seconds} s while a model is deployed.",
     )
-    def monitor_today(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-        moment = context.scheduled_execution_time or dt.datetime.now(dt.UTC)
-        day = moment.astimezone(dt.UTC).date().isoformat()
-        return dg.RunRequest(run_key=f"{name}:{moment.isoformat()}", partition_key=day)
+    def monitor_today(context: dg.SensorEvaluationContext, mlserver: MLServerResource) -> dg.RunRequest | dg.SkipReason:
+        if mlserver.repository().read_deployment(name) is None:
+            return dg.SkipReason(f"{name} has no deployed model yet: nothing to monitor")
+        unfinished = context.instance.get_run_records(
+            dg.RunsFilter(job_name=job.name, statuses=UNFINISHED_STATUSES), limit=1
+        )
+        if unfinished:
+            return dg.SkipReason(f"{job.name} run {unfinished[0].dagster_run.run_id} has not finished yet")
+        now = dt.datetime.now(dt.UTC)
+        return dg.RunRequest(run_key=f"{name}:{now.isoformat()}", partition_key=now.date().isoformat())
 
     return monitor_today
 
 
 def build_monitoring_definitions(
-    spec: DatasetSpec,
-) -> tuple[dg.AssetsDefinition, UnresolvedAssetJobDefinition, dg.ScheduleDefinition]:
-    """The monitoring asset, its job and the (stopped) schedule that monitors today."""
+    spec: DatasetSpec, *, interval_seconds: int
+) -> tuple[dg.AssetsDefinition, UnresolvedAssetJobDefinition, dg.SensorDefinition]:
+    """The monitoring asset, its job and the (stopped) sensor that monitors today every ``interval_seconds``."""
     partitions = daily_partitions(spec)
     monitoring = build_monitoring_asset(spec, partitions)
     job = dg.define_asset_job(
@@ -170,4 +190,4 @@ def build_monitoring_definitions(
         tags={RunTag.DATASET.value: spec.name},
         description=f"Monitor one day of {spec.name} predictions.",
     )
-    return monitoring, job, build_monitoring_schedule(spec, job)
+    return monitoring, job, build_monitoring_sensor(spec, job, interval_seconds)

@@ -5,7 +5,9 @@ the test split of the training set it was trained on, read at its pinned commit.
 champion yet, or the candidate beats the champion by at least ``min_improvement`` on the gate metric, and in
 both cases only if the candidate's largest demographic-parity difference stays within
 ``max_fairness_disparity``. The verdict is recorded as tags on the candidate's MLflow model version
-(:func:`gate_version_tags`), which the deployment asset reads before it deploys.
+(:func:`gate_version_tags`), which the deployment asset reads before it deploys, and in the model catalog
+(:mod:`platform_assets.catalog_records`): a passed candidate of a ``promotion.approval: manual`` dataset is recorded
+``pending_approval`` there and deployed only once a reviewer approves it.
 
 Both models are unpickled only after their files matched the SHA-256 recorded at training
 (:func:`platform_assets.deployment.load_registered_pipeline`). A candidate whose files do not match fails the gate
@@ -22,11 +24,13 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from platform_assets.catalog_records import CatalogNotRecordedError, catalog_dsn, record_gate, requires_approval
 from platform_assets.deployment import DeploymentError, load_registered_pipeline
 from platform_assets.model_registry import registered_aliases
 from platform_assets.stages import asset_key
 from platform_assets.training import holdout_of, read_training_set
 from resources.data_store_resource import VersionedDataStoreResource
+from resources.inference_log_resource import InferenceLogResource
 from resources.mlflow_resource import MlflowTrackingResource, mlflow_client
 from riverbed.errors import ModelIntegrityError
 from riverbed.names import CHAMPION_ALIAS, GATE_CHECK_NAME, GateVerdict, MlflowTag, Stage
@@ -241,13 +245,24 @@ def build_gate_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
         model: ModelRecord,
         data_store: VersionedDataStoreResource,
         mlflow: MlflowTrackingResource,
+        inference_log: InferenceLogResource,
     ) -> dg.AssetCheckResult:
         training_set = read_training_set(data_store.get_store(), model.training_set_commit_id, name)
         holdout = holdout_of(training_set)
+
+        def catalogue(passed: bool, reason: str) -> None:
+            # A manual-approval dataset's candidate must reach the catalog to be approved: its failure fails the
+            # check (nothing deployed); an automatic one's is counted and the verdict stands.
+            try:
+                record_gate(spec, model.version, passed, reason, dsn=lambda: catalog_dsn(inference_log))
+            except CatalogNotRecordedError as error:
+                raise dg.Failure(description=str(error)) from error
+
         try:
             decision = run_promotion_gate(spec, gate_thresholds(spec, config), model, holdout, mlflow.tracking_uri)
         except ModelIntegrityError as error:
             logger.warning("%s version %d: gate failed: %s", model.registered_model_name, model.version, error)
+            catalogue(False, str(error))
             return dg.AssetCheckResult(
                 passed=False,
                 severity=dg.AssetCheckSeverity.ERROR,
@@ -260,12 +275,16 @@ def build_gate_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
                     "actual_sha256": error.actual or "",
                 },
             )
+        catalogue(decision.passed, decision.reason)
+        held = decision.passed and requires_approval(spec)
         return dg.AssetCheckResult(
             passed=decision.passed,
             severity=dg.AssetCheckSeverity.ERROR,
-            description=decision.reason,
+            description=decision.reason
+            + ("; waits for a reviewer's approval (promotion.approval: manual)" if held else ""),
             metadata={
                 **decision.metadata(),
+                "approval": spec.promotion.approval,
                 "candidate_version": model.version,
                 "holdout_rows": len(holdout),
                 "holdout_commit_id": model.training_set_commit_id,

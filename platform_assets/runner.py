@@ -162,7 +162,11 @@ def run_pipeline(
         raise JobFailedError(f"{train_job} failed (run {train.run_id}); see the Dagster UI for details")
     train_seconds = time.perf_counter() - started
     model = train.asset_value(asset_key(Stage.MODEL, dataset))
-    deployment = train.asset_value(asset_key(Stage.DEPLOYMENT, dataset)) if train.success else None
+    materializations = {**_materialization_metadata(ingest), **_materialization_metadata(train)}
+    deployment_key = asset_key(Stage.DEPLOYMENT, dataset)
+    # Not materialised when a manual-approval dataset's candidate waits for a reviewer (the champion stays).
+    deployed = train.success and deployment_key.to_user_string() in materializations
+    deployment = train.asset_value(deployment_key) if deployed else None
     return PipelineRun(
         dataset=dataset,
         partitions=partitions,
@@ -171,7 +175,7 @@ def run_pipeline(
         model=model,
         ingest_seconds=ingest_seconds,
         train_seconds=train_seconds,
-        materializations={**_materialization_metadata(ingest), **_materialization_metadata(train)},
+        materializations=materializations,
         deployment=deployment,
         gate_passed=gate.passed if gate is not None else None,
         gate_reason=(gate.description or "") if gate is not None else "",

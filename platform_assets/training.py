@@ -4,6 +4,8 @@ partitions, and the XGBoost model tuned on it, logged and registered in MLflow.
 Why a model was trained travels as the Dagster run tag :attr:`RunTag.REASON` (set by the retraining sensor and
 schedule, the Kafka ingestion sensor and the CLI) and is copied onto the MLflow run as :attr:`MlflowTag.REASON`
 (read back by ``riverbed models``): :func:`reason_from_run_tags` and :func:`mlflow_run_tags` are those two steps.
+The model asset also catalogues the version (:mod:`platform_assets.catalog_records`): reason, run ids, data commits,
+holdout metrics, fairness and the model card.
 """
 
 import datetime as dt
@@ -14,8 +16,10 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from platform_assets.catalog_records import CatalogNotRecordedError, catalog_dsn, record_training
 from platform_assets.groups import TRAINING_GROUP
 from platform_assets.stages import CODE_VERSION, PARTITIONS_AS_MAPPING, asset_key
+from resources.inference_log_resource import InferenceLogResource
 from resources.mlflow_resource import MlflowTrackingResource
 from resources.versioned_io_manager import ATTR_COMMIT_ID, ATTR_URI, parquet_to_dataframe, table_path
 from resources.versioned_store import VersionedStore
@@ -173,6 +177,18 @@ def train_and_register(
     dagster_run_id: str,
 ) -> ModelRecord:
     """Tune and train on the train split, evaluate on the holdout, log one MLflow run and register the version."""
+    return train_register_and_describe(spec, config, training_set, mlflow, reason, dagster_run_id)[0]
+
+
+def train_register_and_describe(
+    spec: DatasetSpec,
+    config: ModelTrainingConfig,
+    training_set: pd.DataFrame,
+    mlflow: MlflowTrackingResource,
+    reason: TrainingReason,
+    dagster_run_id: str,
+) -> tuple[ModelRecord, str]:
+    """:func:`train_and_register`, and the version's model card (Markdown) as logged, for the model catalog."""
     # xgboost + scikit-learn (~1.8 s) and mlflow (seconds) load when a model is trained, not with the code location.
     from platform_assets.mlflow_logging import log_and_register
     from riverbed.ml.training import TrainingParams, evaluate, fairness_report, tune_and_train
@@ -212,7 +228,7 @@ def train_and_register(
         experiment_name=mlflow.prepare(spec.name),
         tags=mlflow_run_tags(reason, training_set_commit),
     )
-    return ModelRecord(
+    record = ModelRecord(
         dataset=spec.name,
         registered_model_name=registered.name,
         version=registered.version,
@@ -228,6 +244,7 @@ def train_and_register(
         fairness=fairness,
         trained_at=dt.datetime.now(dt.UTC),
     )
+    return record, registered.model_card_markdown
 
 
 def build_model_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
@@ -247,9 +264,15 @@ def build_model_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         config: ModelTrainingConfig,
         training_set: pd.DataFrame,
         mlflow: MlflowTrackingResource,
+        inference_log: InferenceLogResource,
     ) -> ModelRecord:
         reason = reason_from_run_tags(context.run.tags)
-        record = train_and_register(spec, config, training_set, mlflow, reason, context.run.run_id)
+        record, card = train_register_and_describe(spec, config, training_set, mlflow, reason, context.run.run_id)
+        try:
+            # Best effort for an automatic dataset; a manual-approval one fails here (see catalog_records).
+            record_training(spec, record, card, dsn=lambda: catalog_dsn(inference_log))
+        except CatalogNotRecordedError as error:
+            raise dg.Failure(description=str(error)) from error
         context.add_output_metadata(
             {
                 "registered_model": record.registered_model_name,

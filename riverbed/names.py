@@ -45,8 +45,8 @@ def monitor_job(dataset: str) -> str:
     return f"monitor_{dataset}"
 
 
-def monitor_schedule(dataset: str) -> str:
-    return f"monitor_{dataset}_schedule"
+def monitor_sensor(dataset: str) -> str:
+    return f"monitor_{dataset}_sensor"
 
 
 def retrain_sensor(dataset: str) -> str:
@@ -65,6 +65,15 @@ def kafka_labels_sensor(dataset: str) -> str:
     return f"kafka_labels_{dataset}"
 
 
+def deploy_job(dataset: str) -> str:
+    """Deploys one approved version of a manual-approval dataset (requested by the approvals sensor)."""
+    return f"deploy_{dataset}"
+
+
+def approvals_sensor(dataset: str) -> str:
+    return f"approvals_{dataset}"
+
+
 class RunTag(enum.StrEnum):
     """Tags on Dagster runs (set by sensors, schedules, the CLI; read by assets and the CLI)."""
 
@@ -74,6 +83,8 @@ class RunTag(enum.StrEnum):
     RECORDS = "riverbed/records"
     DEAD_LETTERS = "riverbed/dead_letters"
     LANDING_COMMIT = "riverbed/landing_commit"
+    APPROVED_VERSION = "riverbed/approved_version"  # the reviewer-approved model version a deploy run deploys
+    REVIEW_ID = "riverbed/review_id"  # the model catalog's review that approved it
 
 
 class MlflowTag(enum.StrEnum):
@@ -127,6 +138,9 @@ def topic_name(dataset: str, kind: TopicKind | str, prefix: str = TOPIC_PREFIX) 
 CHAMPION_ALIAS = "champion"
 PREVIOUS_ALIAS = "previous"
 GATE_CHECK_NAME = "beats_champion"
+
+
+CONSOLE_PATH = "/console"  # where the gateway serves the oversight console (stack.json: gateway URL + this)
 
 
 def served_model_name(dataset: str, version: int) -> str:

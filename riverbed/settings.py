@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -123,6 +124,17 @@ class RiverbedSettings(BaseSettings):
         gt=0,
         description="How long a verified key is trusted without re-reading it (revocations are pushed).",
     )
+    # The oversight console (serving/console, under /console on the gateway).
+    console_session_seconds: float = Field(
+        default=8 * 3600.0, ge=60, le=7 * 24 * 3600, description="How long a console login lasts (session cookie)."
+    )
+    console_mlflow_url: str | None = Field(
+        default=None,
+        description="MLflow UI base URL for the console's lineage links (unset: mlflow_tracking_uri if http(s)).",
+    )
+    console_dagster_url: str | None = Field(
+        default=None, description="Dagster UI base URL for the console's lineage links (unset: run ids as text)."
+    )
 
     # Kafka (events): unset bootstrap servers means the local dev broker recorded in <home>/kafka.json.
     kafka_bootstrap_servers: str | None = Field(
@@ -149,9 +161,35 @@ class RiverbedSettings(BaseSettings):
     alert_webhook_url: str | None = Field(
         default=None, description="Where Alertmanager under `up` posts alerts (unset: alerts are kept, not sent)."
     )
+    exporter_port: int = Field(default=9108, ge=1, le=65535, description="Pipeline exporter port under `up`.")
+    prometheus_scrape_interval: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]+(ms|s|m|h)$",
+        description="Under `up`, Prometheus's scrape and rule evaluation interval, e.g. 2s (unset: deploy/'s 15s).",
+    )
+    alert_rules_for: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]+(ms|s|m|h)$",
+        description="Under `up`, every alert rule's `for:` in a generated copy of deploy/prometheus/rules, e.g. 5s "
+        "(for tests and demos: alerts fire within seconds; unset: the committed rules as they are).",
+    )
     automation: bool = Field(
         default=True,
         description="Under `up`, start every sensor and schedule (false: stop them all).",
+    )
+    monitoring_interval_seconds: int = Field(
+        default=900,
+        ge=5,
+        le=86_400,
+        description="How often the monitoring sensor analyses today's logged predictions (a run at a time).",
+    )
+    retraining_interval_seconds: int = Field(
+        default=60, ge=5, le=86_400, description="How often the retraining sensor evaluates its triggers."
+    )
+    dagster_executor: Literal["multiprocess", "in_process"] = Field(
+        default="multiprocess",
+        description="How a Dagster run executes its steps: a process per step (multiprocess) or all in the run's "
+        "own process (in_process: no per-step start-up; `riverbed up` uses it unless this is set).",
     )
 
     @field_validator("home")

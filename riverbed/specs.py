@@ -208,6 +208,13 @@ class PromotionGateSpec(_Strict):
         le=1.0,
         description="Largest demographic-parity difference allowed on any protected attribute.",
     )
+    approval: Literal["auto", "manual"] = Field(
+        default="auto",
+        description="auto: a candidate that passes the gate is deployed at once. manual: it waits as "
+        "pending_approval (the champion keeps serving) until a reviewer approves it (console, "
+        "POST /v1/models/{dataset}/versions/{version}/approve, `riverbed models approve`); a rejected one is never "
+        "deployed.",
+    )
 
 
 _CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")

@@ -299,8 +299,10 @@ def build_retraining_sensor(
     *,
     model_key: dg.AssetKey,
     raw_key: dg.AssetKey,
+    interval_seconds: int = 60,
 ) -> dg.SensorDefinition:
-    """``retrain_<dataset>``: evaluates the triggers every minute and requests ``train_job`` runs.
+    """``retrain_<dataset>``: evaluates the triggers every ``interval_seconds`` (the code location passes
+    ``RIVERBED_RETRAINING_INTERVAL_SECONDS``) and requests ``train_job`` runs.
 
     Monitoring results come from the ``inference_log`` resource (:func:`read_monitoring`); new data is counted
     from ``raw_key`` materialisations since the latest ``model_key`` materialisation (:func:`count_new_records`).
@@ -313,7 +315,7 @@ def build_retraining_sensor(
     @dg.sensor(
         name=sensor_name,
         job=train_job,
-        minimum_interval_seconds=60,
+        minimum_interval_seconds=interval_seconds,
         default_status=dg.DefaultSensorStatus.STOPPED,
         description=f"Retrains {spec.name} on persistent drift, falling performance or enough new data.",
     )

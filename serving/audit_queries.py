@@ -120,6 +120,9 @@ class AuditFilter:
     model_version: str | None = None
     label: str | None = None
     status: RequestStatus | None = None
+    # Oversight (serving.oversight): requests with (True) or without (False) a flag / an override action.
+    flagged: bool | None = None
+    overridden: bool | None = None
 
     def validate(self) -> None:
         """Raise :class:`AuditQueryError` naming the first malformed field."""
@@ -144,6 +147,9 @@ class AuditFilter:
                 RequestStatus(self.status)
             except ValueError:
                 raise AuditQueryError("status", "must be one of ok, rejected, failed") from None
+        for name in ("flagged", "overridden"):
+            if getattr(self, name) not in (None, True, False):
+                raise AuditQueryError(name, "must be true or false")
 
     def as_json(self) -> dict[str, Any]:
         """The filter as JSON (unset fields left out), as the audit access log records it."""
@@ -154,6 +160,8 @@ class AuditFilter:
             "model_version": self.model_version,
             "label": self.label,
             "status": RequestStatus(self.status).value if self.status is not None else None,
+            "flagged": self.flagged,
+            "overridden": self.overridden,
         }
         return {name: value for name, value in fields.items() if value is not None}
 
@@ -222,6 +230,13 @@ def decode_cursor(cursor: Any, flt: AuditFilter, *, key: bytes | None = None) ->
     return position, request_id
 
 
+_ACTED_ON = "request_id in (select target_id from oversight_actions where target_kind = 'prediction' and action = %s)"
+_NOT_ACTED_ON = (
+    "not exists (select 1 from oversight_actions o where o.target_kind = 'prediction' "
+    "and o.target_id = inference_log.request_id and o.action = %s)"
+)
+
+
 def _where(flt: AuditFilter, after: tuple[dt.datetime, str] | None) -> tuple[sql.Composable, list[Any]]:
     """The filter as SQL; text filters are compared in their stored (escaped) form."""
     clauses: list[sql.Composable] = []
@@ -244,6 +259,13 @@ def _where(flt: AuditFilter, after: tuple[dt.datetime, str] | None) -> tuple[sql
     if flt.status is not None:
         clauses.append(sql.SQL("status = %s"))
         params.append(RequestStatus(flt.status).value)
+    for action, wanted in (("flag", flt.flagged), ("override", flt.overridden)):
+        if wanted is None:
+            continue
+        # Index-backed (oversight_actions_target): a semi-join on the few acted-on requests, or an anti-join probe
+        # per row of the keyset scan. Action rows store the target id as the log stores request ids.
+        clauses.append(sql.SQL(_ACTED_ON if wanted else _NOT_ACTED_ON))
+        params.append(action)
     if after is not None:
         clauses.append(sql.SQL("(received_at, request_id) < (%s, %s)"))
         params.extend(after)

@@ -8,8 +8,8 @@ committed; regenerate it after editing this file::
     uv run --frozen python deploy/grafana/dashboards.py --check   # exit 1 when the committed JSON is stale
 
 Every query reads the provisioned Prometheus data source (uid ``prometheus``) and only metrics the code exports
-(``serving/gateway/metrics.py``); ``tests/deploy/test_deploy_static.py`` checks both, and that the committed
-files equal what :func:`render` produces.
+(``serving/gateway/metrics.py``, ``platform_assets/pipeline_metrics.py``); ``tests/deploy/test_deploy_static.py``
+checks both, and that the committed files equal what :func:`render` produces.
 """
 
 from __future__ import annotations
@@ -337,13 +337,122 @@ def model_quality_dashboard() -> dashboard.Dashboard:
 
 
 def pipeline_dashboard() -> dashboard.Dashboard:
-    """Failures the pipeline reported (sensors, deployments, serving start-up) and the metrics' own refresh."""
+    """Kafka ingestion lag and dead letters, Dagster runs and ticks (the pipeline exporter), the failures the
+    pipeline reported (sensors, deployments, serving start-up) and the metrics' own refresh."""
+    w = RATE_WINDOW
     return (
         _dashboard(
             "riverbed-pipeline",
             "Riverbed pipeline",
-            "Failures reported by sensors, deployments and serving start-up (the pipeline_failures table, exported "
-            "by the gateway).",
+            "Kafka ingestion lag, dead letters, Dagster runs and ticks (`riverbed pipeline-exporter`), and failures "
+            "reported by sensors, deployments and serving start-up (the pipeline_failures table, exported by the "
+            "gateway).",
+        )
+        .with_row(dashboard.Row("Ingestion"))
+        .with_panel(
+            graph(
+                "Ingestion lag",
+                "Records on each dataset's raw and labels topics that its Kafka sensor has not taken yet (high "
+                "watermark minus the sensor's cursor).",
+                Query("max by (dataset, topic) (riverbed_ingestion_lag_records)", "{{topic}}"),
+                width=FULL_WIDTH,
+            )
+        )
+        .with_panel(
+            single(
+                "Dead letters in the last hour",
+                "Messages written to the dead-letter topics in the last hour, all datasets.",
+                Query(
+                    "sum(max by (dataset, topic) (increase(riverbed_kafka_dead_letters_total[1h])))",
+                    "dead letters",
+                ),
+            )
+        )
+        .with_panel(
+            graph(
+                "Dead letters by topic",
+                "Messages written to each dataset's dead-letter topic per hour (refused by the ingestion and labels "
+                "sensors; each carries its reason).",
+                Query(
+                    "max by (dataset, topic) (increase(riverbed_kafka_dead_letters_total[1h]))",
+                    "{{topic}}",
+                ),
+                width=18,
+            )
+        )
+        .with_row(dashboard.Row("Dagster runs and ticks"))
+        .with_panel(
+            graph(
+                "Runs by status",
+                "Dagster runs finished per hour, by status (SUCCESS, FAILURE, CANCELED), all jobs.",
+                Query(
+                    "sum by (status) (max by (dagster_job, status) (increase(riverbed_dagster_runs_total[1h])))",
+                    "{{status}}",
+                ),
+                stacked=True,
+            )
+        )
+        .with_panel(
+            graph(
+                "Failed runs by job",
+                "Dagster runs that ended FAILURE per hour, by job.",
+                Query(
+                    'max by (dagster_job) (increase(riverbed_dagster_runs_total{status="FAILURE"}[1h]))',
+                    "{{dagster_job}}",
+                ),
+            )
+        )
+        .with_panel(
+            graph(
+                "Runs in progress",
+                "Dagster runs queued or running, by status.",
+                Query(
+                    "sum by (status) (max by (dagster_job, status) (riverbed_dagster_runs_in_progress))",
+                    "{{status}}",
+                ),
+            )
+        )
+        .with_panel(
+            graph(
+                "Ticks by status (last hour)",
+                "Sensor and schedule ticks of the last hour by status (SKIPPED: nothing to do; FAILURE: the "
+                "sensor or schedule raised).",
+                Query(
+                    "sum by (status) (max by (instigator, status) (riverbed_dagster_ticks_last_hour))",
+                    "{{status}}",
+                ),
+                stacked=True,
+            )
+        )
+        .with_panel(
+            graph(
+                "Consecutive failing ticks",
+                "Failed ticks since each sensor's or schedule's last tick that did not fail (0: healthy).",
+                Query(
+                    "max by (instigator, type) (riverbed_dagster_tick_failures_consecutive)",
+                    "{{type}} {{instigator}}",
+                ),
+                width=FULL_WIDTH,
+            )
+        )
+        .with_row(dashboard.Row("Pipeline exporter"))
+        .with_panel(
+            graph(
+                "Exporter read errors",
+                "Reads of Dagster or Kafka by the pipeline exporter that failed or ran out of time, by reason.",
+                Query(
+                    f"sum by (source, reason) (increase(riverbed_pipeline_exporter_collect_errors_total[{w}]))",
+                    "{{source}} {{reason}}",
+                ),
+            )
+        )
+        .with_panel(
+            graph(
+                "Exporter read time",
+                "Time each scrape waited for Dagster and for Kafka (bounded by the exporter's --timeout-seconds).",
+                Query("max by (source) (riverbed_pipeline_exporter_collect_seconds)", "{{source}}"),
+                unit="s",
+            )
         )
         .with_row(dashboard.Row("Failures"))
         .with_panel(

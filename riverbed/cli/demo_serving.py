@@ -11,10 +11,11 @@ from rich.console import Console
 from rich.table import Table
 
 from riverbed.cli.stack import ServingStack
+from riverbed.names import CONSOLE_PATH
 from riverbed.settings import RiverbedSettings
 from riverbed.sources import load_source_records
 from riverbed.specs import DatasetSpec
-from serving.api_keys import create_api_key
+from serving.api_keys import CreatedKey, create_api_key, parse_expiry
 from serving.inference_log import verify_chain_from_settings
 
 
@@ -97,6 +98,36 @@ def exercise_serving(settings: RiverbedSettings, spec: DatasetSpec, console: Con
             stack.stop()
     console.print("serving stack stopped cleanly")
     return summary
+
+
+REVIEW_KEY_ROLES = ["audit", "review"]
+REVIEW_KEY_LIFETIME = "30d"  # a demo key should not outlive the demo by much
+
+
+def serve_console_url(settings: RiverbedSettings) -> str:
+    """Where ``riverbed serve`` puts the oversight console: its gateway's host and port (settings), then
+    :data:`~riverbed.names.CONSOLE_PATH`."""
+    return f"http://{settings.gateway_host}:{settings.gateway_port}{CONSOLE_PATH}"
+
+
+def print_console_access(settings: RiverbedSettings, dsn: str, console: Console) -> CreatedKey:
+    """Create a key with the audit and review roles in the inference log at ``dsn`` and print, last, the console's
+    URL and the key (alone on the final line, shown only once)."""
+    created = create_api_key(dsn, REVIEW_KEY_ROLES, "demo reviewer", expires_at=parse_expiry(REVIEW_KEY_LIFETIME))
+    until = created.expires_at.isoformat(timespec="seconds") if created.expires_at else "never"
+    console.print(
+        f"oversight console: {serve_console_url(settings)}   (answers while `riverbed serve` runs: start it, "
+        "then log in with the key below)",
+        soft_wrap=True,
+        highlight=False,
+    )
+    console.print(
+        f"review key {created.key_id} (roles {', '.join(REVIEW_KEY_ROLES)}, expires {until}; shown only once):",
+        soft_wrap=True,
+        highlight=False,
+    )
+    console.print(created.key, soft_wrap=True, highlight=False, markup=False)
+    return created
 
 
 def _print_explanations(console: Console, spec: DatasetSpec, predictions: list[dict[str, Any]]) -> None:

@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from riverbed.cli import kafka, serving, up
+from riverbed.cli import kafka, models, pipeline_exporter, review, serving, up
 from riverbed.records import TrainingReason
 from riverbed.settings import PROJECT_ROOT, RiverbedSettings, get_settings
 from riverbed.specs import SpecError, load_spec_file, load_specs
@@ -33,6 +33,9 @@ app.add_typer(specs_app, name="specs")
 serving.register(app)
 kafka.register(app)
 up.register(app)
+pipeline_exporter.register(app)
+review.register(app)
+models.register(app)  # models [list] / pending / approve / reject
 console = Console()
 
 QUIET_ENV = {
@@ -145,6 +148,18 @@ def demo(
             )
             raise typer.Exit(1) from None
     console.print("[green]demo finished[/green]")
+    _print_console_access(settings)
+
+
+def _print_console_access(settings: RiverbedSettings) -> None:
+    """The demo's last lines: the oversight console's URL and a fresh review key for it."""
+    from riverbed.cli.demo_serving import print_console_access  # pandas (riverbed.sources): keeps --help light
+    from riverbed.inference_log_schema import apply_migrations
+
+    console.rule("Oversight console")
+    with serving.inference_log_dsn(settings, role="owner") as dsn:  # the database `riverbed serve` will use
+        apply_migrations(dsn)
+        print_console_access(settings, dsn, console)
 
 
 def _write_traceback(settings: RiverbedSettings, name: str, error: BaseException) -> Path:

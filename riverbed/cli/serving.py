@@ -397,6 +397,7 @@ def serve(
         raise typer.Exit(1) from None
     try:
         console.print(f"gateway   {stack.gateway_url}   (OpenAPI: {stack.gateway_url}/docs)")
+        console.print(f"console   {stack.console_url}   (log in with a key that has the audit or review role)")
         console.print(f"MLServer  {stack.mlserver_url}")
         console.print(f"database  {stack.public_dsn}")
         console.print(f"serving   {', '.join(stack.datasets)}   (stack file: {settings.stack_file})")
@@ -478,8 +479,7 @@ def models(
 
 def register(app: typer.Typer) -> None:
     """Attach the serving commands to the main CLI."""
-    app.command()(models)
-    app.command()(serve)
+    app.command()(serve)  # `models` is a group: riverbed.cli.models (list, pending, approve, reject)
     app.command()(rollback)
     app.add_typer(apikey_app, name="apikey")
     app.add_typer(audit_app, name="audit")

@@ -48,7 +48,7 @@ from riverbed.cli.stack_state import (
 from riverbed.errors import ModelIntegrityError
 from riverbed.inference_log_schema import apply_migrations
 from riverbed.model_repository import ModelRepository, ModelRepositoryError
-from riverbed.names import CHAMPION_ALIAS
+from riverbed.names import CHAMPION_ALIAS, CONSOLE_PATH
 from riverbed.pipeline_failures import report_failure
 from riverbed.settings import PROJECT_ROOT, RiverbedSettings
 from riverbed.specs import DatasetSpec, load_specs
@@ -123,6 +123,11 @@ class ServingStack:
     @property
     def gateway_url(self) -> str:
         return f"http://{self.settings.gateway_host}:{self.gateway_port}"
+
+    @property
+    def console_url(self) -> str:
+        """The oversight console the gateway serves."""
+        return f"{self.gateway_url}{CONSOLE_PATH}"
 
     @property
     def mlserver_url(self) -> str:
@@ -376,6 +381,7 @@ class ServingStack:
         """What stack.json says about this stack's serving half."""
         return {
             "gateway": self.gateway_url,
+            "console": self.console_url,
             "mlserver": self.mlserver_url,
             "database": self.public_dsn,
             "datasets": self.datasets,

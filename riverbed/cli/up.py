@@ -10,10 +10,16 @@
    so runs talk to it over HTTP;
 4. MLServer and the gateway (:class:`ServingStack`; datasets without a champion are not served yet);
 5. Dagster: ``dagster dev`` runs the code server, the webserver and the daemon, on an instance kept in
-   ``<home>/dagster-up`` whose storage is the ``dagster`` database;
-6. Prometheus and Alertmanager when their binaries (Debian packages ``prometheus``,
+   ``<home>/dagster-up`` whose storage is the ``dagster`` database; runs execute their steps in the run's own
+   process (``RIVERBED_DAGSTER_EXECUTOR=in_process`` unless set: a process per step would start the code location
+   again for every step);
+6. the pipeline exporter (``riverbed pipeline-exporter``: Dagster runs and ticks, Kafka lag and dead letters) on
+   that instance;
+7. Prometheus and Alertmanager when their binaries (Debian packages ``prometheus``,
    ``prometheus-alertmanager``) are installed, with configuration generated under ``<home>/monitoring`` from
-   deploy/prometheus and deploy/alertmanager for the local ports.
+   deploy/prometheus and deploy/alertmanager for the local ports (gateway, MLServer, exporter, Prometheus).
+   ``RIVERBED_PROMETHEUS_SCRAPE_INTERVAL`` shortens scrapes and rule evaluations, and ``RIVERBED_ALERT_RULES_FOR``
+   every rule's ``for:`` in a generated copy of the rules (tests and demos; the committed rules are unchanged).
 
 Then every sensor and schedule is started through the webserver's GraphQL API (``--no-automation`` or
 ``RIVERBED_AUTOMATION=false`` marks each stopped in the instance before the daemon starts, undoing an earlier
@@ -70,7 +76,7 @@ MLFLOW_DATABASE = "mlflow"
 STARTUP_SECONDS = 120.0  # for each part to answer
 STOP_SECONDS = 10.0  # for each part to stop before its process group is killed
 DOWN_SECONDS = 60.0  # `riverbed down` waits this long for the stack to exit
-PARTS = ("gateway", "mlserver", "database", "dagster", "mlflow", "kafka", "prometheus", "alertmanager")
+PARTS = ("gateway", "mlserver", "database", "dagster", "exporter", "mlflow", "kafka", "prometheus", "alertmanager")
 CHILD_ENV = {
     "DAGSTER_DISABLE_TELEMETRY": "true",
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -193,6 +199,8 @@ def probe(part: str, address: str) -> Health:
         return _probe_kafka(address)
     if part in ("prometheus", "alertmanager"):
         return _http_probe(address, "/-/ready")
+    if part == "exporter":
+        return _http_probe(address, "/healthz")
     raise ValueError(f"unknown part {part!r}: use one of {', '.join(PARTS)}")
 
 
@@ -254,6 +262,10 @@ class PlatformStack:
         return f"http://{LOCAL_HOST}:{self.settings.dagster_port}"
 
     @property
+    def exporter_url(self) -> str:
+        return f"http://{LOCAL_HOST}:{self.settings.exporter_port}"
+
+    @property
     def logs_dir(self) -> Path:
         return self.settings.home / "logs"
 
@@ -286,6 +298,7 @@ class PlatformStack:
                 if pid:
                     self.reaper.watch(pid)
             self._start_dagster(database_urls[DAGSTER_DATABASE])
+            self._start_exporter(database_urls[DAGSTER_DATABASE])
             self._start_prometheus_and_alertmanager()
             self._write_stack_file()  # from here `riverbed down` finds the stack
             self._set_automation()
@@ -415,11 +428,23 @@ class PlatformStack:
             **self._riverbed_env(),
             "DAGSTER_HOME": str(self.dagster_home),
             "RIVERBED_DAGSTER_POSTGRES_URL": storage_url,
+            "RIVERBED_DAGSTER_EXECUTOR": os.environ.get("RIVERBED_DAGSTER_EXECUTOR", "in_process"),
         }
         child = self._spawn("dagster", command, env)
         child.stop_seconds = 20.0  # dagster dev stops its webserver, daemon and code server in turn
         self._wait_ready(child, "dagster", self.dagster_url)
         self.urls["dagster"] = self.dagster_url
+
+    def _start_exporter(self, storage_url: str) -> None:
+        """The pipeline exporter on the stack's Dagster instance and Kafka (Prometheus scrapes it as ``exporter``)."""
+        self._check_port("The pipeline exporter's", self.settings.exporter_port, "RIVERBED_EXPORTER_PORT")
+        command = [
+            sys.executable, "-m", "riverbed.cli", "pipeline-exporter", "--host", LOCAL_HOST,
+            "--port", str(self.settings.exporter_port), "--dagster-home", str(self.dagster_home),
+        ]  # fmt: skip
+        env = {**self._riverbed_env(), "RIVERBED_DAGSTER_POSTGRES_URL": storage_url}
+        self._wait_ready(self._spawn("exporter", command, env), "exporter", self.exporter_url)
+        self.urls["exporter"] = self.exporter_url
 
     def _start_prometheus_and_alertmanager(self) -> None:
         prometheus = shutil.which("prometheus")
@@ -451,7 +476,16 @@ class PlatformStack:
             "mlserver": f"{LOCAL_HOST}:{self.settings.mlserver_metrics_port}",
             "prometheus": f"{LOCAL_HOST}:{port}",
         }
-        config.write_text(yaml.safe_dump(prometheus_config(targets, self.urls.get("alertmanager"))))
+        if "exporter" in self.urls:
+            targets["exporter"] = self.urls["exporter"].removeprefix("http://")
+        rules = None
+        if self.settings.alert_rules_for:
+            rules = config_dir / "rules"
+            write_rules_with_for(rules, self.settings.alert_rules_for)
+        generated = prometheus_config(
+            targets, self.urls.get("alertmanager"), rules_dir=rules, interval=self.settings.prometheus_scrape_interval
+        )
+        config.write_text(yaml.safe_dump(generated))
         url = f"http://{LOCAL_HOST}:{port}"
         command = [
             prometheus, f"--config.file={config}", f"--storage.tsdb.path={self.settings.home / 'prometheus'}",
@@ -568,21 +602,69 @@ class PlatformStack:
                     self.settings.stack_file.unlink()
 
 
-def prometheus_config(targets: dict[str, str], alertmanager_url: str | None) -> dict[str, Any]:
-    """deploy/prometheus/prometheus.yml for the local ports: the same jobs and rules, the compose hosts replaced."""
+RULES_DIR = PROJECT_ROOT / "deploy" / "prometheus" / "rules"
+
+
+def prometheus_config(
+    targets: dict[str, str],
+    alertmanager_url: str | None,
+    *,
+    rules_dir: Path | None = None,
+    interval: str | None = None,
+) -> dict[str, Any]:
+    """deploy/prometheus/prometheus.yml for the local ports: the same jobs and rules, the compose hosts replaced.
+
+    A target whose job deploy/ does not list is scraped as a job of that name at ``/metrics``. ``rules_dir``: where
+    the rule files are (default: deploy/prometheus/rules); ``interval``: the scrape and evaluation interval
+    (default: deploy/'s).
+    """
     config: dict[str, Any] = yaml.safe_load((PROJECT_ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
-    config["rule_files"] = [str(PROJECT_ROOT / "deploy" / "prometheus" / "rules" / "*.rules.yml")]
+    config["rule_files"] = [str((rules_dir or RULES_DIR) / "*.rules.yml")]
+    if interval:
+        config.setdefault("global", {}).update(scrape_interval=interval, evaluation_interval=interval)
     if alertmanager_url:
         address = alertmanager_url.removeprefix("http://")
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [address]}]}]}
     else:
         config.pop("alerting", None)
+    jobs = config.get("scrape_configs", [])
     config["scrape_configs"] = [
         {**job, "static_configs": [{"targets": [targets[job["job_name"]]]}]}
-        for job in config.get("scrape_configs", [])
+        for job in jobs
         if job["job_name"] in targets  # lakeFS does not run locally
     ]
+    listed = {job["job_name"] for job in jobs}
+    config["scrape_configs"] += [
+        {"job_name": name, "metrics_path": "/metrics", "static_configs": [{"targets": [address]}]}
+        for name, address in targets.items()
+        if name not in listed
+    ]
+    if interval:  # a job's own interval may not be longer than the new global one's timeout
+        for job in config["scrape_configs"]:
+            job.pop("scrape_interval", None)
+            job.pop("scrape_timeout", None)
     return config
+
+
+def write_rules_with_for(directory: Path, duration: str) -> list[Path]:
+    """A copy of every deploy/prometheus/rules/*.rules.yml in ``directory`` with each rule's ``for:`` set to
+    ``duration`` (rules without one stay without); the expressions, labels and annotations are the committed ones.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for source in sorted(RULES_DIR.glob("*.rules.yml")):
+        rules: dict[str, Any] = yaml.safe_load(source.read_text())
+        for group in rules.get("groups", []):
+            for rule in group.get("rules", []):
+                if "for" in rule:
+                    rule["for"] = duration
+        target = directory / source.name
+        target.write_text(
+            f"# Generated by `riverbed up` from {source} with every `for:` = {duration}.\n"
+            + yaml.safe_dump(rules, sort_keys=False)
+        )
+        written.append(target)
+    return written
 
 
 def alertmanager_config(webhook_url: str | None) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from riverbed.settings import Environment, RiverbedSettings, get_settings
 from riverbed.specs import load_specs
 from serving.api_keys import ApiKeyAuthenticator
 from serving.audit_queries import cursor_key_for
+from serving.console import install_console
 from serving.embedded_postgres import resolve_inference_log_dsn
 from serving.gateway.deployments import DeploymentDirectory
 from serving.gateway.metrics import GatewayMetrics
@@ -41,6 +42,7 @@ from serving.gateway.routes.predict import register_request_models
 from serving.gateway.schemas import DatasetSchemas, build_schemas
 from serving.gateway.state import GatewayState, running_metrics
 from serving.inference_log import InferenceLogWriter, load_chain_key
+from serving.oversight import SuspensionMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ def create_app(settings: RiverbedSettings | None = None, *, writer_options: Mapp
     app.add_middleware(RequestIdMiddleware, metrics=partial(running_metrics, app))
     install_exception_handlers(app)
     app.include_router(api_router(schemas))
+    install_console(app)  # the oversight console under /console (serving/console)
     register_request_models(app, schemas)
     return app
 
@@ -105,6 +108,9 @@ async def lifespan(
         metrics = GatewayMetrics(
             writer, key_listener=lambda: authenticator.listening, specs={name: s.spec for name, s in schemas.items()}
         )
+        oversight = SuspensionMonitor(writer.pool, metrics.registry)  # reviewers' suspensions, from the log
+        await oversight.start(wait=not writer.unavailable)  # PostgreSQL down: no start-up wait (see its doc)
+        stack.push_async_callback(oversight.stop)
         events = await start_event_publisher(settings, metrics)
         if events is not None:
             stack.push_async_callback(events.stop)
@@ -123,6 +129,7 @@ async def lifespan(
             numeric={name: set(spec.numeric_features) for name, spec in specs.items()},
             refusal_log=RefusalLogLimiter(settings.unauthenticated_log_per_second, metrics.unlogged_refusals),
             cursor_key=cursor_key_for(chain_key) if chain_key is not None else None,
+            oversight=oversight,
         )
         logger.info(
             "gateway ready: datasets %s, MLServer %s, inference log %s, chain key %s",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 
@@ -17,6 +18,9 @@ from serving.gateway.prediction_events import PredictionEventPublisher
 from serving.gateway.refusals import RefusalLogLimiter
 from serving.gateway.schemas import DatasetSchemas
 from serving.inference_log import InferenceLogWriter
+
+if TYPE_CHECKING:  # serving.oversight imports the gateway's modules: only for the annotation
+    from serving.oversight import SuspensionMonitor
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,8 @@ class GatewayState:
     # The audit cursors' HMAC key, derived from the writer's chain key (serving.audit_queries.cursor_key_for).
     # None (a writer without a key): a random key made once per process, so cursors do not survive a restart.
     cursor_key: bytes | None = field(default=None, repr=False)
+    # Datasets suspended by reviewers (serving.oversight), kept fresh by LISTEN; None: no suspension is enforced.
+    oversight: SuspensionMonitor | None = None
 
 
 def running_gateway(app: Starlette) -> GatewayState | None:

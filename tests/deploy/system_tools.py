@@ -1,5 +1,5 @@
-"""System programs some tests need (Prometheus, promtool, Alertmanager, amtool, HAProxy): Debian packages, not Python
-ones.
+"""System programs some tests need (Prometheus, promtool, Alertmanager, amtool, HAProxy, Chromium and its driver):
+Debian packages, not Python ones.
 
 ``make system-packages`` (as root) or ``.ci/run`` installs them. A test that needs one calls :func:`require_tool`:
 under ``CI=true`` a missing program FAILS the test (CI must have installed it); elsewhere the test is SKIPPED with a
@@ -24,6 +24,8 @@ PACKAGE_OF = {
     "prometheus-alertmanager": "prometheus-alertmanager",
     "amtool": "prometheus-alertmanager",
     "haproxy": "haproxy",
+    "chromium": "chromium",
+    "chromedriver": "chromium-driver",
 }
 
 

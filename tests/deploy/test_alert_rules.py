@@ -65,6 +65,12 @@ def test_every_rule_names_its_severity_and_explains_itself() -> None:
         "RiverbedAuditQuarantineGrowing",
         "RiverbedPipelineFailuresIncreasing",
         "RiverbedGatewayMetricsStale",
+        "RiverbedDeadLettersIncreasing",
+        "RiverbedIngestionLagHigh",
+        "RiverbedDagsterRunsFailed",
+        "RiverbedSensorTicksFailing",
+        "RiverbedPipelineExporterDown",
+        "RiverbedPipelineExporterFailing",
     }
     for rule in rules:
         assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]

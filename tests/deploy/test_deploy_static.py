@@ -70,6 +70,7 @@ EXPECTED_SERVICES = {
     "prometheus",
     "alertmanager",
     "grafana",
+    "pipeline-exporter",
 }
 STATEFUL_SERVICES = {"postgres", "minio", "lakefs", "mlflow", "kafka"}
 DAGSTER_SERVICES = ("code-location", "dagster-webserver", "dagster-daemon")
@@ -452,6 +453,7 @@ def test_each_service_logs_in_as_its_own_role(services: dict[str, Any]) -> None:
     }
     for name in DAGSTER_SERVICES:  # storage in `dagster`, and the inference log as the pipeline
         expected[name] = {("riverbed_dagster", "dagster"), ("riverbed_pipeline_login", "inference_log")}
+    expected["pipeline-exporter"] = {("riverbed_dagster", "dagster")}  # reads runs, ticks and cursors only
     assert {name: {(user, db) for user, _, db in found} for name, found in logins.items()} == expected
     assert LOGIN_ROLES["gateway"] == "riverbed_gateway_login" and LOGIN_ROLES["pipeline"] == "riverbed_pipeline_login"
     assert LOGIN_ROLES["owner"] == "riverbed_owner_login"
@@ -1042,7 +1044,37 @@ def test_every_scrape_target_is_a_port_a_compose_service_listens_on(services: di
             known = listening_ports(services[host]) | extra_ports.get(host, set())
             assert int(port) in known, f"job {job['job_name']} scrapes {target}; {host} listens on {sorted(known)}"
             scraped.add(host)
-    assert {"gateway", "mlserver", "lakefs"} <= scraped, f"services exporting metrics not scraped: {scraped}"
+    assert {"gateway", "mlserver", "lakefs", "pipeline-exporter"} <= scraped, f"services not scraped: {scraped}"
+
+
+def test_the_pipeline_exporter_is_served_scraped_and_checked_on_one_port(services: dict[str, Any]) -> None:
+    """The compose service runs the real command on the platform image, Prometheus scrapes it under the job the
+    alert rules name, its healthcheck asks the route the command serves, and it reads the Dagster instance and the
+    Kafka the pipeline uses."""
+    from typer.main import get_command
+
+    from riverbed.cli import app
+
+    exporter = services["pipeline-exporter"]
+    assert exporter["image"] == services["code-location"]["image"], "the exporter needs Dagster: the platform image"
+    command = exporter["command"]
+    assert command[:2] == ["riverbed", "pipeline-exporter"]
+    cli = get_command(app)
+    assert "pipeline-exporter" in cli.commands  # type: ignore[attr-defined]
+    options = {option for param in cli.commands["pipeline-exporter"].params for option in param.opts}  # type: ignore[attr-defined]
+    assert {word.split("=", 1)[0] for word in command[2:]} <= options, command
+    port = int(command_flag(command, "--port"))
+    assert command_flag(command, "--host") == "0.0.0.0"
+    assert f"http://127.0.0.1:{port}/healthz" in " ".join(exporter["healthcheck"]["test"])
+    (job,) = [job for job in load_yaml(PROMETHEUS_YAML)["scrape_configs"] if job["job_name"] == "exporter"]
+    assert prometheus_targets([job]) == [f"pipeline-exporter:{port}"]
+    assert 'up{job="exporter"}' in (RULES_DIR / "riverbed.rules.yml").read_text(), "the down alert names the job"
+    env, platform = service_env(exporter), service_env(services["code-location"])
+    for name in ("DAGSTER_POSTGRES_HOST", "DAGSTER_POSTGRES_DB", "DAGSTER_POSTGRES_USER", "DAGSTER_POSTGRES_PASSWORD"):
+        assert env[name] == platform[name], f"the exporter must read the instance the Dagster services write ({name})"
+    assert env["RIVERBED_KAFKA_BOOTSTRAP_SERVERS"] == platform["RIVERBED_KAFKA_BOOTSTRAP_SERVERS"]
+    for target in ("postgres", "kafka"):
+        assert exporter["depends_on"][target]["condition"] == "service_healthy"
 
 
 def test_prometheus_sends_alerts_to_the_alertmanager_service(services: dict[str, Any]) -> None:
@@ -1308,7 +1340,15 @@ def test_dashboards_cover_what_people_look_at(dashboards: dict[str, dict[str, An
         "riverbed_monitoring_realised_performance",
         "riverbed_predictions_total",
     }
-    assert read["pipeline.json"] >= {"riverbed_pipeline_failures_total"}
+    assert read["pipeline.json"] >= {
+        "riverbed_pipeline_failures_total",
+        "riverbed_ingestion_lag_records",
+        "riverbed_kafka_dead_letters_total",
+        "riverbed_dagster_runs_total",
+        "riverbed_dagster_ticks_last_hour",
+        "riverbed_dagster_tick_failures_consecutive",
+        "riverbed_pipeline_exporter_collect_errors_total",
+    }
     exprs = [expr for _, _, expr in dashboard_queries(dashboards)]
     assert any("histogram_quantile(0.99" in e for e in exprs) and any("histogram_quantile(0.5" in e for e in exprs)
     assert any('status=~"5.."' in e for e in exprs)

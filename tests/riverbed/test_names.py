@@ -41,7 +41,7 @@ NAME_FUNCTIONS = (
     names.train_job,
     names.full_job,
     names.monitor_job,
-    names.monitor_schedule,
+    names.monitor_sensor,
     names.retrain_sensor,
     names.retrain_schedule,
     names.kafka_ingest_sensor,

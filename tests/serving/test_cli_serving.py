@@ -14,8 +14,10 @@ import httpx
 import psycopg
 import pytest
 
+from riverbed.cli.demo_serving import serve_console_url
 from riverbed.cli.mlserver_process import free_port
 from riverbed.model_repository import ModelRepository
+from riverbed.settings import RiverbedSettings
 from tests.serving.gateway_fixtures import api_records, install_trained_model, salary_band_features, salary_band_spec
 
 pytestmark = pytest.mark.slow
@@ -66,8 +68,12 @@ def served():
 
 
 def test_serve_writes_the_stack_file_and_uses_the_embedded_database(served) -> None:
-    _, _, stack, home = served
+    env, _, stack, home = served
     assert stack["gateway"].startswith("http://") and stack["mlserver"].startswith("http://")
+    assert stack["console"] == f"{stack['gateway']}/console"  # and where `riverbed demo` says it will be:
+    assert stack["console"] == serve_console_url(RiverbedSettings(gateway_port=int(env["RIVERBED_GATEWAY_PORT"])))
+    login = httpx.get(f"{stack['console']}/login", timeout=5)
+    assert login.status_code == 200 and 'name="api_key"' in login.text
     assert f"host={home / 'postgres'}" in stack["database"]
     assert httpx.get(f"{stack['gateway']}/readyz", timeout=5).status_code == 200
     assert httpx.get(f"{stack['mlserver']}/v2/models/salary_band-v1/ready", timeout=5).status_code == 200

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from fastapi import APIRouter
 
-from serving.gateway.routes import audit, health, models, predict
+from serving.gateway.routes import audit, health, model_reviews, models, oversight, predict
 from serving.gateway.schemas import DatasetSchemas
 
 
@@ -15,6 +15,8 @@ def api_router(schemas: Mapping[str, DatasetSchemas]) -> APIRouter:
     router = APIRouter()
     router.include_router(health.router)
     router.include_router(models.router)
+    router.include_router(model_reviews.router)  # model catalog, approve/reject
     router.include_router(predict.predict_router(schemas))
     router.include_router(audit.router)
+    router.include_router(oversight.router)
     return router

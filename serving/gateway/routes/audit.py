@@ -58,6 +58,7 @@ from serving.gateway.responses import ORJSONResponse
 from serving.gateway.schemas import ErrorResponse, RecordProblem, RequestRejected
 from serving.gateway.state import GatewayState
 from serving.inference_log import RequestStatus
+from serving.oversight import fetch_actions
 
 router = APIRouter()
 
@@ -112,6 +113,8 @@ VersionQuery = Annotated[str | None, Query(max_length=MAX_FILTER_LENGTH)]
 LabelQuery = Annotated[
     str | None, Query(max_length=MAX_FILTER_LENGTH, description="Requests with a record predicted as this label.")
 ]
+FlaggedQuery = Annotated[bool | None, Query(description="Requests a reviewer flagged (true) or did not (false).")]
+OverriddenQuery = Annotated[bool | None, Query(description="Requests a reviewer overrode (true) or did not (false).")]
 
 
 # Handlers carry no docstrings: FastAPI would publish them as the operations' descriptions.
@@ -140,7 +143,11 @@ async def audit_one(
     )
     if row is None:
         raise RequestRejected(404, f"no request {request_id!r} in the inference log")
-    return ORJSONResponse({"request": row, "lineage": lineage_of(row)})
+    async with _database():
+        history = await fetch_actions(gateway.writer.pool, "prediction", request_id)
+    return ORJSONResponse(
+        {"request": row, "lineage": lineage_of(row), "oversight": [a.model_dump(mode="json") for a in history]}
+    )
 
 
 @router.get(
@@ -157,13 +164,15 @@ async def audit_list(
     model_version: VersionQuery = None,
     label: LabelQuery = None,
     status: StatusFilter | None = None,
+    flagged: FlaggedQuery = None,
+    overridden: OverriddenQuery = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
     cursor: Annotated[
         str | None, Query(max_length=MAX_CURSOR_LENGTH, description="next_cursor of the previous page.")
     ] = None,
 ) -> Response:
     caller = key.require()
-    selection = _audit_filter(dataset, since, until, model_version, label, status)
+    selection = _audit_filter(dataset, since, until, model_version, label, status, flagged, overridden)
     with _as_422():
         async with _database():
             rows, next_cursor = await fetch_predictions(
@@ -196,12 +205,14 @@ async def audit_export(
     model_version: VersionQuery = None,
     label: LabelQuery = None,
     status: StatusFilter | None = None,
+    flagged: FlaggedQuery = None,
+    overridden: OverriddenQuery = None,
     limit: Annotated[
         int, Query(ge=1, le=MAX_EXPORT_ROWS, description="At most this many rows, the newest first.")
     ] = MAX_EXPORT_ROWS,
 ) -> Response:
     caller = key.require()
-    selection = _audit_filter(dataset, since, until, model_version, label, status)
+    selection = _audit_filter(dataset, since, until, model_version, label, status, flagged, overridden)
     path = await asyncio.to_thread(_temporary_file, gateway.settings.home / "tmp", format.value)
     try:
         rows = iter_export_rows(gateway.writer.pool, selection, max_rows=limit)
@@ -236,6 +247,8 @@ def _audit_filter(
     model_version: str | None,
     label: str | None,
     status: StatusFilter | None,
+    flagged: bool | None = None,
+    overridden: bool | None = None,
 ) -> AuditFilter:
     """The query's filter; raises 422 naming the first malformed parameter."""
     selection = AuditFilter(
@@ -245,6 +258,8 @@ def _audit_filter(
         model_version=model_version,
         label=label,
         status=RequestStatus(status.value) if status else None,
+        flagged=flagged,
+        overridden=overridden,
     )
     with _as_422():
         selection.validate()

@@ -32,11 +32,13 @@ from serving.gateway.schemas import (
     ErrorResponse,
     ParsedRequest,
     PredictResponse,
+    RecordProblem,
     RequestRejected,
     parse_predict_body,
 )
 from serving.gateway.state import GatewayState
 from serving.inference_log import RequestStatus
+from serving.oversight import DATASET_SUSPENDED, suspension_message, suspension_of
 
 _EXPLAIN_HELP = "Override the body's 'explain' (default true)."
 _TOP_K_HELP = "Override the body's 'top_k' (default 5)."
@@ -68,7 +70,9 @@ PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
         "model": ErrorResponse,
         "description": "MLServer or the inference log is unavailable, or the request's inference-log row was "
         "quarantined, not recorded in time or not written (reason audit_quarantined, audit_timeout, "
-        "audit_unavailable, ...): no prediction is served without its row.",
+        "audit_unavailable, ...): no prediction is served without its row. Or the dataset is suspended by a "
+        "reviewer (reason dataset_suspended; the message names the API key and the reason; the request is recorded "
+        "as rejected).",
     },
 }
 
@@ -162,6 +166,15 @@ async def _parse(
     call.client_key_id = key.require().key_id
     if dataset not in gateway.schemas:
         raise RequestRejected(404, f"unknown dataset {dataset!r}; known: {sorted(gateway.schemas)}")
+    suspension = suspension_of(gateway, dataset)
+    if suspension is not None:  # a reviewer stopped this dataset's serving: refused (and recorded) with who and why
+        await _read_refused_body(request, gateway, call, dataset)
+        raise RequestRejected(
+            503,
+            suspension_message(dataset, suspension),
+            [RecordProblem(None, "dataset", dataset, f"suspended by API key {suspension.actor_key_id}")],
+            reason=DATASET_SUSPENDED,
+        )
     explain_option = _query_option("explain", explain, _AS_BOOL)
     top_k_option = _query_option("top_k", top_k, _AS_INT)
     limits = body_limits(gateway, dataset)
@@ -181,6 +194,16 @@ async def _parse(
     call.inputs = scored_inputs(parsed)
     call.timings["validate_ms"] = call.elapsed_ms()
     return parsed
+
+
+async def _read_refused_body(request: Request, gateway: GatewayState, call: PredictCall, dataset: str) -> None:
+    """Read the body of a request refused before validation (within the byte limit) so its row keeps a summary."""
+    try:
+        call.body = await read_body(request, body_limits(gateway, dataset).max_bytes)
+    except BodyTooLarge as too_large:
+        call.body = too_large.received
+    except RequestRejected:  # e.g. the client went away: the row has no body summary
+        call.body = None
 
 
 def _query_option(name: str, raw: str | None, adapter: TypeAdapter[_T]) -> _T | None:
@@ -221,7 +244,8 @@ async def _reject(gateway: GatewayState, call: PredictCall, rejection: RequestRe
         and not gateway.refusal_log.admit(rejection.reason or "unauthenticated")
     ):
         return error_response(call.request_id, 401, rejection.message, rejection.problems, reason=rejection.reason)
-    status = RequestStatus.FAILED if rejection.status >= 500 else RequestStatus.REJECTED
+    failed = rejection.status >= 500 and rejection.reason != DATASET_SUSPENDED  # a suspension refuses
+    status = RequestStatus.FAILED if failed else RequestStatus.REJECTED
     reason = rejection.detail or describe(rejection.message, rejection.problems)
     await record(gateway, call, status, rejection.status, reason)  # whatever became of its row: still refused
     return error_response(

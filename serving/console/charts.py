@@ -1,0 +1,101 @@
+"""SHAP charts for the console, drawn with the ``shap`` package's own plotting from *logged* numbers.
+
+:func:`waterfall_svg` builds a :class:`shap.Explanation` from one logged record's base value and contributions
+(and the logged input values) and draws ``shap.plots.waterfall``; :func:`mean_abs_bar_svg` draws
+``shap.plots.bar`` of a matrix of logged contributions (the bar lengths are mean |SHAP| per feature). Both return
+SVG text (matplotlib's Agg-free SVG backend, text kept as ``<text>`` so the figures' numbers can be read back).
+
+``shap`` and ``matplotlib`` cost seconds to import: they are imported on first use, never on the gateway's import
+path or at start-up, and a lock serialises drawing (pyplot's state is global). Call these from a worker thread.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+MAX_DISPLAY = 12
+_LOCK = threading.Lock()
+
+
+class ChartError(ValueError):
+    """The logged numbers cannot be drawn (missing or not finite)."""
+
+
+def _finite(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ChartError(f"{what} is not a finite number")
+    return float(value)
+
+
+def _render(draw: Any) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    with _LOCK, matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "riverbed"}):
+        plt.close("all")
+        try:
+            draw()
+            figure = plt.gcf()
+            buffer = io.StringIO()
+            figure.savefig(buffer, format="svg", bbox_inches="tight")
+        finally:
+            plt.close("all")
+    return buffer.getvalue()
+
+
+def _display_value(value: Any) -> Any:
+    if value is None:
+        return "missing"
+    if isinstance(value, bool | int | float):
+        return value
+    return str(value)[:40]
+
+
+def waterfall_svg(
+    base_value: Any, contributions: Mapping[str, Any], inputs: Mapping[str, Any], *, max_display: int = MAX_DISPLAY
+) -> str:
+    """``shap.plots.waterfall`` of one logged explanation, as SVG text."""
+    if not contributions:
+        raise ChartError("the record has no logged contributions")
+    names = list(contributions)
+    values = [_finite(contributions[name], f"contribution of {name!r}") for name in names]
+    base = _finite(base_value, "base value")
+    data = [_display_value(inputs.get(name)) for name in names]
+
+    def draw() -> None:
+        import numpy as np
+        import shap
+
+        explanation = shap.Explanation(
+            values=np.array(values, dtype=float),
+            base_values=base,
+            data=np.array(data, dtype=object),
+            feature_names=names,
+        )
+        shap.plots.waterfall(explanation, max_display=max_display, show=False)
+
+    return _render(draw)
+
+
+def mean_abs_bar_svg(feature_names: Sequence[str], rows: Sequence[Sequence[float]], *, max_display: int = 15) -> str:
+    """``shap.plots.bar`` (mean |SHAP| per feature) of logged contribution rows, as SVG text."""
+    if not rows or not feature_names:
+        raise ChartError("no logged contributions in this window")
+    matrix = [[_finite(v, "a contribution") for v in row] for row in rows]
+    if any(len(row) != len(feature_names) for row in matrix):
+        raise ChartError("logged contributions do not all name the same features")
+
+    def draw() -> None:
+        import numpy as np
+        import shap
+
+        explanation = shap.Explanation(values=np.array(matrix, dtype=float), feature_names=list(feature_names))
+        shap.plots.bar(explanation, max_display=max_display, show=False)
+
+    return _render(draw)

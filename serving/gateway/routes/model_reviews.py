@@ -1,0 +1,231 @@
+"""The model catalog and reviewers' decisions on manual-approval candidates.
+
+``GET /v1/models/versions`` (role ``audit`` or ``review``) lists the catalogued versions
+(:mod:`riverbed.model_catalog`): aliases, status, why each was trained, the gate's decision and reasons, fairness
+per protected attribute, the model card, a reviewer's decision. ``POST
+/v1/models/{dataset}/versions/{version}/approve`` and ``.../reject`` (role ``review``, body ``{"reason": "..."}``)
+decide on a candidate that passed the promotion gate of a ``promotion.approval: manual`` dataset and waits as
+``pending_approval``.
+
+A decision is taken in one database transaction: the decision row is claimed (the version must be pending and
+undecided; a concurrent decision waits on the unique key and then finds it taken), the oversight action is
+appended to the chained inference log (:func:`serving.oversight.record_action`, target ``<dataset>:<version>``,
+committed before this answers), and only then is the decision committed. A decision whose action could not be
+committed is rolled back: the candidate stays pending. The approvals sensor (``sensors/approvals.py``) then asks
+the platform to deploy exactly the approved version; a rejected one is never deployed.
+
+Refusals: unknown dataset or version 404; a version that is not pending (failed the gate, automatic promotion,
+already decided, a replay of the same request) 409; a malformed body (not a JSON object, an unknown field, a
+missing, empty, over-long, NUL or non-Unicode reason) 422 naming the field; a body over 16 KiB 413; the database
+unreachable 503.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+import psycopg
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import Response
+from psycopg_pool import PoolTimeout
+
+from riverbed.model_catalog import (
+    MAX_LIST_LIMIT,
+    MAX_NAME_CHARS,
+    CatalogError,
+    CatalogValueError,
+    ModelStatus,
+    NotPendingApprovalError,
+    ReviewDecision,
+    UnknownModelVersionError,
+    claim_review,
+    list_model_versions_async,
+)
+from serving.gateway.body import read_body
+from serving.gateway.deps import GatewayDep, KeyCheck, RequestId, authenticate
+from serving.gateway.responses import ORJSONResponse
+from serving.gateway.schemas import ErrorResponse, RecordProblem, RequestRejected
+from serving.oversight import OversightError, check_note, record_action
+
+router = APIRouter()
+
+ROLE_REVIEW = "review"
+ROLE_AUDIT = "audit"
+VERSIONS_ROUTE = "/v1/models/versions"
+APPROVE_ROUTE = "/v1/models/{dataset}/versions/{version}/approve"
+REJECT_ROUTE = "/v1/models/{dataset}/versions/{version}/reject"
+MAX_REVIEW_BODY_BYTES = 16 * 1024
+MAX_VERSION = 2**31 - 1
+
+REVIEW_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing or invalid API key."},
+    403: {"model": ErrorResponse, "description": "The key lacks the 'review' role."},
+    404: {"model": ErrorResponse, "description": "Unknown dataset or model version."},
+    409: {"model": ErrorResponse, "description": "The version is not pending approval (or already decided)."},
+    413: {"model": ErrorResponse, "description": "The body is larger than 16 KiB."},
+    422: {"model": ErrorResponse, "description": "A malformed parameter or body field: its name and the rule."},
+    503: {"model": ErrorResponse, "description": "The database is unreachable, or the action not committed."},
+}
+
+
+async def check_review_key(request: Request) -> KeyCheck:
+    try:
+        return KeyCheck(await authenticate(request, (ROLE_REVIEW,)))
+    except RequestRejected as refusal:
+        return KeyCheck(refusal)
+
+
+async def check_catalog_reader_key(request: Request) -> KeyCheck:
+    try:
+        return KeyCheck(await authenticate(request, (ROLE_AUDIT, ROLE_REVIEW)))
+    except RequestRejected as refusal:
+        return KeyCheck(refusal)
+
+
+ReviewKey = Annotated[KeyCheck, Depends(check_review_key)]
+CatalogReaderKey = Annotated[KeyCheck, Depends(check_catalog_reader_key)]
+DatasetPath = Annotated[str, PathParam(max_length=MAX_NAME_CHARS, description="The dataset's name.")]
+VersionPath = Annotated[int, PathParam(ge=1, le=MAX_VERSION, description="The registered model version.")]
+
+
+@contextlib.asynccontextmanager
+async def _database() -> AsyncIterator[None]:
+    try:
+        yield
+    except (psycopg.OperationalError, PoolTimeout):
+        raise RequestRejected(503, "the model catalog is unreachable right now") from None
+
+
+def _invalid(field: str, value: Any, rule: str) -> RequestRejected:
+    return RequestRejected(422, "invalid request", [RecordProblem(None, field, value, rule)])
+
+
+# No docstrings on the handlers: FastAPI would publish them as the operations' descriptions.
+@router.get(
+    VERSIONS_ROUTE,
+    tags=["models"],
+    summary="Catalogued model versions, newest first: aliases, status, reason, gate decision, fairness, card.",
+    responses={k: v for k, v in REVIEW_RESPONSES.items() if k in (401, 403, 422, 503)},
+)
+async def model_versions(
+    gateway: GatewayDep,
+    key: CatalogReaderKey,
+    dataset: Annotated[str | None, Query(max_length=MAX_NAME_CHARS, description="Only this dataset.")] = None,
+    status: Annotated[ModelStatus | None, Query(description="Only versions in this status.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 100,
+) -> Response:
+    key.require()
+    try:
+        async with _database(), gateway.writer.pool.connection() as conn:
+            versions = await list_model_versions_async(conn, dataset, limit, status=status)
+    except CatalogValueError as error:
+        raise _invalid(error.field, None, error.rule) from None
+    return ORJSONResponse({"versions": [v.model_dump(mode="json") for v in versions], "count": len(versions)})
+
+
+async def _reason_of(request: Request) -> str:
+    received = await read_body(request, MAX_REVIEW_BODY_BYTES)
+    try:
+        body = orjson.loads(received.data)
+    except orjson.JSONDecodeError:
+        raise _invalid("body", None, 'must be a JSON object {"reason": "..."}') from None
+    if not isinstance(body, dict):
+        raise _invalid("body", None, 'must be a JSON object {"reason": "..."}')
+    unknown = sorted(set(body) - {"reason"})
+    if unknown:
+        raise _invalid(unknown[0][:100], None, "unknown field: the body holds only 'reason'")
+    if "reason" not in body:
+        raise _invalid("reason", None, "is required: why the version is approved or rejected")
+    try:
+        return check_note("reason", body["reason"])
+    except OversightError as error:
+        raise _invalid(error.field, None, error.rule) from None
+
+
+async def _decide(
+    request: Request,
+    gateway: GatewayDep,
+    key: KeyCheck,
+    request_id: str,
+    dataset: str,
+    version: int,
+    decision: ReviewDecision,
+) -> Response:
+    caller = key.require()
+    if dataset not in gateway.specs:
+        raise RequestRejected(404, f"unknown dataset {dataset!r}", [RecordProblem(None, "dataset", dataset, "unknown")])
+    reason = await _reason_of(request)
+    try:
+        async with _database(), gateway.writer.pool.connection() as conn, conn.transaction():
+            review = await claim_review(
+                conn,
+                dataset=dataset,
+                version=version,
+                decision=decision,
+                action_id=request_id,
+                key_id=caller.key_id,
+                reason=reason,
+            )
+            # Committed to the chained log before the decision commits: no decision without its record.
+            action = await record_action(
+                gateway,
+                request_id=request_id,
+                key_id=caller.key_id,
+                action=decision,
+                target_kind="model_version",
+                target_id=f"{dataset}:{version}",
+                dataset=dataset,
+                note=reason,
+            )
+    except UnknownModelVersionError as error:
+        raise RequestRejected(404, str(error), [RecordProblem(None, "version", version, "unknown")]) from None
+    except NotPendingApprovalError as error:
+        raise RequestRejected(
+            409, str(error), [RecordProblem(None, "version", version, f"is {error.status}, not pending_approval")]
+        ) from None
+    except CatalogValueError as error:
+        raise _invalid(error.field, None, error.rule) from None
+    except OversightError as error:
+        problem = [RecordProblem(None, error.field, None, error.rule)]
+        raise RequestRejected(error.status, f"the {decision} was not recorded: {error.rule}", problem) from None
+    except CatalogError as error:
+        raise RequestRejected(503, f"the model catalog could not record the decision: {error}") from None
+    return ORJSONResponse({"review": review.model_dump(mode="json"), "action": action.model_dump(mode="json")})
+
+
+@router.post(
+    APPROVE_ROUTE,
+    tags=["models"],
+    summary="Approve a pending candidate of a manual-approval dataset: the platform then deploys exactly it.",
+    responses=REVIEW_RESPONSES,
+)
+async def approve_model_version(
+    request: Request,
+    gateway: GatewayDep,
+    key: ReviewKey,
+    request_id: RequestId,
+    dataset: DatasetPath,
+    version: VersionPath,
+) -> Response:
+    return await _decide(request, gateway, key, request_id, dataset, version, "approve")
+
+
+@router.post(
+    REJECT_ROUTE,
+    tags=["models"],
+    summary="Reject a pending candidate of a manual-approval dataset: it is never deployed.",
+    responses=REVIEW_RESPONSES,
+)
+async def reject_model_version(
+    request: Request,
+    gateway: GatewayDep,
+    key: ReviewKey,
+    request_id: RequestId,
+    dataset: DatasetPath,
+    version: VersionPath,
+) -> Response:
+    return await _decide(request, gateway, key, request_id, dataset, version, "reject")

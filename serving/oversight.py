@@ -1,0 +1,829 @@
+"""Human oversight actions (EU AI Act Art. 14): flag or override a prediction, suspend or resume a dataset's
+serving, approve or reject a model version; each one append-only and hash-chained like every request.
+
+**An action is a row of the inference log itself.** :func:`record_action` writes it through the gateway's
+:class:`~serving.inference_log.InferenceLogWriter` (so it is in the same keyed chain as the predictions, verified
+by ``riverbed audit verify``, listed by the audit API, ``riverbed audit show`` and the exports) and returns only
+once the row is *committed* (a spooled or quarantined action is refused with 503, see below):
+
+* ``request_id`` = the action's own ``X-Request-ID`` (its ``action_id``); ``route`` = the action's route
+  template (:data:`ACTION_ROUTES`, e.g. ``/v1/predictions/{request_id}/flag``); ``status`` ``ok``,
+  ``http_status`` 200; ``client_key_id`` = the reviewer's key id; ``dataset`` = the target's dataset;
+* ``inputs`` = ``[{"oversight": {"action", "target_kind", "target_id", "note", "outcome"}}]``; ``labels`` =
+  ``[outcome]`` for an override (so the audit ``label`` filter finds overrides too), else ``[]``.
+
+**The index.** Migration ``0010_oversight_actions`` adds ``oversight_actions``: one row per action row of the log,
+filled by a trigger on ``inference_log`` (SECURITY DEFINER; the gateway's role has no INSERT on the index, so no
+index row can exist without its chained log row, and a spooled action replayed later is indexed as it commits).
+It serves :func:`actions_for` and the audit filters ``flagged`` / ``overridden`` (index ``(target_kind,
+target_id, seq)``). Its suspend and resume rows also ``NOTIFY riverbed_oversight, '<dataset>'``.
+
+**Suspension.** :class:`SuspensionMonitor` (one per gateway process, on ``GatewayState.oversight``) loads the
+current suspension of every dataset at start-up (the latest suspend/resume of each dataset in the index) and
+LISTENs on ``riverbed_oversight`` (the mechanism that pushes API-key revocations, :mod:`serving.api_keys`):
+each notification re-reads that dataset, every (re)connect re-reads all, so a suspension holds in every gateway
+process within about a second and survives a restart. :func:`suspension_of` answers from memory.
+
+**Refusals** are typed (:class:`OversightError` and subclasses, each with an HTTP ``status``, the ``field`` and
+the ``rule``): unknown prediction / dataset / model version 404, a malformed value 422 (empty, over-long or NUL
+note, an outcome not among the dataset's target classes, a malformed id), a conflicting state 409 (resume of a
+dataset that is not suspended, override of a prediction that was not served), the log unable to commit the
+action 503. A second flag of the same prediction is a second action, not an error; a second suspend of a
+suspended dataset is a new suspension (new reason and actor), recorded as such.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import random
+import re
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import psycopg
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from pydantic import BaseModel, ConfigDict
+
+from serving.audit_queries import AuditQueryError, check_request_id
+from serving.gateway.prediction import PREDICT_ROUTE
+from serving.inference_log import (
+    AuditWriteError,
+    Durability,
+    InferenceRecord,
+    RequestStatus,
+    escape_text,
+    format_time,
+    unescape,
+)
+
+if TYPE_CHECKING:
+    from serving.gateway.state import GatewayState
+
+logger = logging.getLogger(__name__)
+
+ActionKind = Literal["flag", "override", "suspend", "resume", "approve", "reject"]
+TargetKind = Literal["prediction", "dataset", "model_version"]
+
+ACTION_KINDS: tuple[ActionKind, ...] = ("flag", "override", "suspend", "resume", "approve", "reject")
+TARGET_KINDS: tuple[TargetKind, ...] = ("prediction", "dataset", "model_version")
+# The target kind each action applies to.
+ACTION_TARGETS: dict[ActionKind, TargetKind] = {
+    "flag": "prediction",
+    "override": "prediction",
+    "suspend": "dataset",
+    "resume": "dataset",
+    "approve": "model_version",
+    "reject": "model_version",
+}
+# The route recorded in the action's inference-log row (the /v1 route that performs it).
+ACTION_ROUTES: dict[ActionKind, str] = {
+    "flag": "/v1/predictions/{request_id}/flag",
+    "override": "/v1/predictions/{request_id}/override",
+    "suspend": "/v1/datasets/{dataset}/suspend",
+    "resume": "/v1/datasets/{dataset}/resume",
+    "approve": "/v1/models/{dataset}/versions/{version}/approve",
+    "reject": "/v1/models/{dataset}/versions/{version}/reject",
+}
+MAX_NOTE_LENGTH = 4000  # characters of a note or reason
+MAX_TARGET_ID_LENGTH = 300
+MAX_LIST_LIMIT = 1000
+DATASET_SUSPENDED = "dataset_suspended"  # the reason label of a predict request refused for a suspension
+NOTIFY_CHANNEL = "riverbed_oversight"  # NOTIFY'd by migration 0010's trigger with the dataset of a suspend/resume
+
+
+class OversightError(ValueError):
+    """An action refused: ``status`` is the HTTP status to answer, ``field`` the offending field, ``rule`` why."""
+
+    status = 422
+
+    def __init__(self, field: str, rule: str, *, row_attempted: bool = False) -> None:
+        super().__init__(f"{field}: {rule}")
+        self.field = field
+        self.rule = rule
+        self.row_attempted = row_attempted  # the action's own row was offered to the log (its id is taken)
+
+
+class InvalidActionError(OversightError):
+    """422: a malformed value (empty, over-long or NUL note; unknown outcome; malformed id or action)."""
+
+    status = 422
+
+
+class UnknownTargetError(OversightError):
+    """404: no such prediction (request id), dataset or model version."""
+
+    status = 404
+
+
+class ActionConflictError(OversightError):
+    """409: the target's state does not allow the action (e.g. resume of a dataset that is not suspended)."""
+
+    status = 409
+
+
+class OversightUnavailableError(OversightError):
+    """503: the inference log cannot be read or written right now."""
+
+    status = 503
+
+
+class ActionNotRecordedError(OversightUnavailableError):
+    """503: the action was not committed to the inference log: refused before writing (the log unreachable or
+    replaying its spool), quarantined, timed out, or spooled (then it enters the chain, and takes effect, once the
+    log is reachable again: the message says so and that it must not be repeated)."""
+
+    status = 503
+
+
+class OversightAction(BaseModel):
+    """One recorded oversight action (the fields of its inference-log row that matter to a reader)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    action_id: str  # id of the action's own chained inference-log row (its X-Request-ID)
+    action: ActionKind
+    target_kind: TargetKind
+    target_id: str  # request_id / dataset name / "<dataset>:<version>"
+    dataset: str | None
+    actor_key_id: str
+    note: str  # the note or reason
+    outcome: str | None  # override: the reviewer's outcome (one of the dataset's target classes)
+    recorded_at: dt.datetime
+
+
+# ------------------------------------------------------------------------------------------------- validation
+_DATASET_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_MODEL_VERSION_PATTERN = re.compile(r"([A-Za-z_][A-Za-z0-9_]{0,127}):([1-9][0-9]{0,17})")
+
+
+def check_note(field: str, note: Any) -> str:
+    """The note or reason if it is text a reviewer wrote: non-empty (not only spaces), at most
+    :data:`MAX_NOTE_LENGTH` characters, no NUL, valid Unicode. Stored verbatim (markup included: readers escape)."""
+    if not isinstance(note, str):
+        raise InvalidActionError(field, f"expected text, got {type(note).__name__}")
+    if not note.strip():
+        raise InvalidActionError(field, "must not be empty")
+    if len(note) > MAX_NOTE_LENGTH:
+        raise InvalidActionError(field, f"at most {MAX_NOTE_LENGTH} characters, got {len(note)}")
+    if "\x00" in note:
+        raise InvalidActionError(field, "must not contain a NUL character")
+    if not note.isascii():
+        try:
+            note.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidActionError(field, "is not valid Unicode text (a lone surrogate)") from None
+    return note
+
+
+def check_prediction_id(field: str, request_id: Any) -> str:
+    """A request id as the gateway issues them (see :func:`serving.audit_queries.check_request_id`)."""
+    try:
+        return check_request_id(request_id)
+    except AuditQueryError as error:
+        raise InvalidActionError(field, error.rule) from None
+
+
+def check_dataset_name(field: str, dataset: Any) -> str:
+    """A dataset name (a spec's name: a letter or '_', then letters, digits, '_'; at most 128 characters)."""
+    if not isinstance(dataset, str) or not _DATASET_PATTERN.fullmatch(dataset):
+        raise InvalidActionError(field, "must be a dataset name: a letter or '_', then letters, digits or '_'")
+    return dataset
+
+
+def check_target(target_kind: Any, target_id: Any) -> tuple[TargetKind, str]:
+    """The target kind and id if well formed: a request id, a dataset name, or ``<dataset>:<version>``."""
+    if target_kind not in TARGET_KINDS:
+        raise InvalidActionError("target_kind", f"must be one of {', '.join(TARGET_KINDS)}")
+    kind: TargetKind = target_kind
+    if kind == "prediction":
+        return kind, check_prediction_id("target_id", target_id)
+    if kind == "dataset":
+        return kind, check_dataset_name("target_id", target_id)
+    if not isinstance(target_id, str) or not _MODEL_VERSION_PATTERN.fullmatch(target_id):
+        raise InvalidActionError("target_id", "must be '<dataset>:<version>' (a dataset name, a positive version)")
+    return kind, target_id
+
+
+# ------------------------------------------------------------------------------------------------- recording
+def _action_record(
+    *,
+    request_id: str,
+    received_at: dt.datetime,
+    key_id: str,
+    action: ActionKind,
+    target_kind: TargetKind,
+    target_id: str,
+    dataset: str | None,
+    note: str,
+    outcome: str | None,
+) -> InferenceRecord:
+    payload = {
+        "action": action,
+        "target_kind": target_kind,
+        "target_id": target_id,
+        "note": note,
+        "outcome": outcome,
+    }
+    return InferenceRecord(
+        request_id=request_id,
+        received_at=received_at,
+        dataset=dataset,
+        route=ACTION_ROUTES[action],
+        status=RequestStatus.OK,
+        http_status=200,
+        client_key_id=key_id,
+        inputs=[{"oversight": payload}],
+        labels=[outcome] if outcome is not None else [],
+    )
+
+
+async def record_action(
+    gateway: GatewayState,
+    *,
+    request_id: str,
+    key_id: str,
+    action: ActionKind,
+    target_kind: TargetKind,
+    target_id: str,
+    dataset: str | None,
+    note: str,
+    outcome: str | None = None,
+) -> OversightAction:
+    """Append ``action`` as a committed, chained inference-log row (indexed by the migration's trigger) and return
+    it. Generic: callers check their target first (the ``*_prediction`` / ``*_dataset`` helpers do; B's
+    approve/reject checks the model version). Validates the note (non-empty after stripping, at most
+    :data:`MAX_NOTE_LENGTH` characters, no NUL, valid Unicode), the action/target kinds and the ids.
+
+    Raises :class:`InvalidActionError` (422), :class:`ActionConflictError` (409: ``request_id`` is already a
+    logged row) or :class:`ActionNotRecordedError` (503: the log is unreachable, the row was spooled, quarantined
+    or not committed in time; a spooled action enters the chain, and takes effect, once the log is reachable).
+    """
+    if action not in ACTION_KINDS:
+        raise InvalidActionError("action", f"must be one of {', '.join(ACTION_KINDS)}")
+    kind, target = check_target(target_kind, target_id)
+    if ACTION_TARGETS[action] != kind:
+        raise InvalidActionError("target_kind", f"a {action} applies to a {ACTION_TARGETS[action]}, not a {kind}")
+    check_prediction_id("request_id", request_id)
+    if not isinstance(key_id, str) or not key_id or len(key_id) > MAX_TARGET_ID_LENGTH or "\x00" in key_id:
+        raise InvalidActionError("key_id", "must be the acting API key's id")
+    if dataset is not None:
+        check_dataset_name("dataset", dataset)
+    check_note("reason" if action not in ("flag",) else "note", note)
+    if action == "override":
+        if not isinstance(outcome, str) or not outcome:
+            raise InvalidActionError("outcome", "an override names the reviewer's outcome")
+    elif outcome is not None:
+        raise InvalidActionError("outcome", f"only an override has an outcome, not a {action}")
+    if gateway.writer.degraded:
+        raise ActionNotRecordedError(
+            "inference_log",
+            f"the inference log is {gateway.writer.status}: oversight actions are taken only once they can be "
+            "committed to it; retry shortly",
+        )
+    received_at = dt.datetime.now(dt.UTC)
+    row = _action_record(
+        request_id=request_id,
+        received_at=received_at,
+        key_id=key_id,
+        action=action,
+        target_kind=kind,
+        target_id=target,
+        dataset=dataset,
+        note=note,
+        outcome=outcome,
+    )
+    try:
+        durability = await gateway.writer.record(row)
+    except AuditWriteError as failure:
+        logger.warning("oversight %s of %s %s not recorded (%s): %s", action, kind, target, failure.reason, failure)
+        if failure.reason == "duplicate":
+            raise ActionConflictError(
+                "request_id", f"{request_id} is already a row of the inference log", row_attempted=True
+            ) from None
+        raise ActionNotRecordedError(
+            "inference_log",
+            f"the action could not be committed to the inference log ({failure.reason})",
+            row_attempted=True,
+        ) from None
+    if durability is Durability.SPOOLED:
+        logger.warning("oversight %s %s spooled: it takes effect once the inference log is reachable", action, target)
+        raise ActionNotRecordedError(
+            "inference_log",
+            "the inference log became unreachable: the action was spooled and takes effect once it is committed "
+            f"(action {request_id}; do not repeat it)",
+            row_attempted=True,
+        )
+    if durability is Durability.QUARANTINED:
+        raise ActionNotRecordedError(
+            "inference_log",
+            f"the action's row was refused by the inference log and quarantined ({request_id})",
+            row_attempted=True,
+        )
+    recorded = OversightAction(
+        action_id=request_id,
+        action=action,
+        target_kind=kind,
+        target_id=target,
+        dataset=dataset,
+        actor_key_id=key_id,
+        note=note,
+        outcome=outcome,
+        recorded_at=received_at,
+    )
+    logger.info("oversight: %s of %s %s by key %s (action %s)", action, kind, target, key_id, request_id)
+    if action in ("suspend", "resume") and dataset is not None and gateway.oversight is not None:
+        await gateway.oversight.refresh(gateway.writer.pool, dataset)  # this process sees it at once
+    return recorded
+
+
+# ------------------------------------------------------------------------------------------------- reading
+_ACTION_COLUMNS = "seq, action_id, action, target_kind, target_id, dataset, actor_key_id, note, outcome, recorded_at"
+
+
+def _action_of(row: dict[str, Any]) -> OversightAction:
+    restored = unescape({name: value for name, value in row.items() if name not in ("seq", "recorded_at")})
+    return OversightAction(**restored, recorded_at=row["recorded_at"])
+
+
+@contextlib.asynccontextmanager
+async def _reading() -> AsyncIterator[None]:
+    try:
+        yield
+    except (psycopg.OperationalError, PoolTimeout) as error:
+        logger.warning("oversight: the inference log is unreachable: %s", error)
+        raise OversightUnavailableError("inference_log", "the inference log is unreachable right now") from None
+
+
+async def actions_for(gateway: GatewayState, target_kind: TargetKind, target_id: str) -> list[OversightAction]:
+    """Every action on one target, oldest first (chain order). Raises :class:`InvalidActionError` for a
+    malformed kind or id, :class:`OversightUnavailableError` if the log cannot be read."""
+    async with _reading():
+        return await fetch_actions(gateway.writer.pool, target_kind, target_id)
+
+
+async def fetch_actions(
+    pool: AsyncConnectionPool[Any], target_kind: TargetKind, target_id: str
+) -> list[OversightAction]:
+    """:func:`actions_for` through any pool (the CLI's); database errors propagate (psycopg's)."""
+    kind, target = check_target(target_kind, target_id)
+    query = f"select {_ACTION_COLUMNS} from oversight_actions where target_kind = %s and target_id = %s order by seq"
+    async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(query, (kind, escape_text(target)))
+        return [_action_of(row) for row in await cur.fetchall()]
+
+
+@dataclass(frozen=True)
+class ActionFilter:
+    """Which actions a listing selects (every field optional)."""
+
+    target_kind: TargetKind | None = None
+    target_id: str | None = None
+    dataset: str | None = None
+    action: ActionKind | None = None
+
+    def validate(self) -> None:
+        if self.target_id is not None and self.target_kind is None:
+            raise InvalidActionError("target_kind", "required with target_id")
+        if self.target_kind is not None:
+            if self.target_id is not None:
+                check_target(self.target_kind, self.target_id)
+            elif self.target_kind not in TARGET_KINDS:
+                raise InvalidActionError("target_kind", f"must be one of {', '.join(TARGET_KINDS)}")
+        if self.dataset is not None:
+            check_dataset_name("dataset", self.dataset)
+        if self.action is not None and self.action not in ACTION_KINDS:
+            raise InvalidActionError("action", f"must be one of {', '.join(ACTION_KINDS)}")
+
+    def as_json(self) -> dict[str, str]:
+        fields = {
+            "target_kind": self.target_kind,
+            "target_id": self.target_id,
+            "dataset": self.dataset,
+            "action": self.action,
+        }
+        return {name: value for name, value in fields.items() if value is not None}
+
+    def digest(self) -> str:
+        text = json.dumps(self.as_json(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+_CURSOR_PATTERN = re.compile(r"([0-9]{1,19})\.([0-9a-f]{16})\.([A-Za-z0-9_-]{22})")
+_PROCESS_CURSOR_KEY = secrets.token_bytes(32)
+
+
+def _cursor_tag(payload: str, key: bytes | None) -> str:
+    digest = hmac.new(key or _PROCESS_CURSOR_KEY, b"oversight-cursor:" + payload.encode("ascii"), hashlib.sha256)
+    return base64.urlsafe_b64encode(digest.digest()[:16]).decode("ascii").rstrip("=")
+
+
+def encode_action_cursor(seq: int, flt: ActionFilter, key: bytes | None) -> str:
+    """The cursor after the action at chain position ``seq`` under ``flt``: ``<seq>.<filter digest>.<HMAC tag>``."""
+    payload = f"{seq}.{flt.digest()}"
+    return f"{payload}.{_cursor_tag(payload, key)}"
+
+
+def decode_action_cursor(cursor: Any, flt: ActionFilter, key: bytes | None) -> int:
+    """The chain position a cursor issued for ``flt`` points after; raises :class:`InvalidActionError` (field
+    ``cursor``) for anything this API did not issue for these filters."""
+    if not isinstance(cursor, str) or len(cursor) > 64:
+        raise InvalidActionError("cursor", "malformed: not a cursor returned by this API")
+    match = _CURSOR_PATTERN.fullmatch(cursor)
+    if match is None:
+        raise InvalidActionError("cursor", "malformed: not a cursor returned by this API")
+    seq, digest, tag = match.groups()
+    if not hmac.compare_digest(tag, _cursor_tag(f"{seq}.{digest}", key)):
+        raise InvalidActionError("cursor", "altered or corrupted: not a cursor returned by this API")
+    if digest != flt.digest():
+        raise InvalidActionError("cursor", "issued for other filters: pass it with the filters that returned it")
+    return int(seq)
+
+
+async def list_actions(
+    gateway: GatewayState,
+    flt: ActionFilter,
+    *,
+    limit: int = 100,
+    cursor: str | None = None,
+) -> tuple[list[OversightAction], str | None]:
+    """One page of actions, oldest first (chain order), and the next page's cursor (None on the last page).
+    Keyset on the chain position; cursors are HMAC-tagged with the gateway's cursor key."""
+    flt.validate()
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIST_LIMIT:
+        raise InvalidActionError("limit", f"must be between 1 and {MAX_LIST_LIMIT}")
+    after = decode_action_cursor(cursor, flt, gateway.cursor_key) if cursor else None
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in flt.as_json().items():
+        clauses.append(f"{column} = %s")
+        params.append(escape_text(value))
+    if after is not None:
+        clauses.append("seq > %s")
+        params.append(after)
+    where = f" where {' and '.join(clauses)}" if clauses else ""
+    query = f"select {_ACTION_COLUMNS} from oversight_actions{where} order by seq limit %s"
+    async with _reading(), gateway.writer.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(query, [*params, limit + 1])
+        rows = await cur.fetchall()
+    following = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        following = encode_action_cursor(int(rows[-1]["seq"]), flt, gateway.cursor_key)
+    return [_action_of(row) for row in rows], following
+
+
+# ------------------------------------------------------------------------------------------------- actions
+async def _logged_request(gateway: GatewayState, request_id: str) -> dict[str, Any] | None:
+    query = "select request_id, dataset, route, status from inference_log where request_id = %s"
+    async with _reading(), gateway.writer.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(query, (request_id,))
+        return await cur.fetchone()
+
+
+async def _prediction(gateway: GatewayState, target_request_id: str) -> dict[str, Any]:
+    check_prediction_id("request_id", target_request_id)
+    row = await _logged_request(gateway, target_request_id)
+    if row is None:
+        raise UnknownTargetError("request_id", f"no request {target_request_id!r} in the inference log")
+    if row["route"] != PREDICT_ROUTE:
+        raise InvalidActionError("request_id", f"{target_request_id} is not a prediction request ({row['route']})")
+    return row
+
+
+async def flag_prediction(
+    gateway: GatewayState, *, request_id: str, key_id: str, target_request_id: str, note: str
+) -> OversightAction:
+    """Flag a logged prediction (any predict request, served or refused) with a note. 404 for an unknown
+    request id, 422 for one that is not a prediction (e.g. an action's own row) or a bad note."""
+    check_note("note", note)
+    row = await _prediction(gateway, target_request_id)
+    return await record_action(
+        gateway,
+        request_id=request_id,
+        key_id=key_id,
+        action="flag",
+        target_kind="prediction",
+        target_id=target_request_id,
+        dataset=row["dataset"],
+        note=note,
+    )
+
+
+async def override_prediction(
+    gateway: GatewayState, *, request_id: str, key_id: str, target_request_id: str, outcome: str, reason: str
+) -> OversightAction:
+    """Record a reviewer's outcome for a served prediction (applies to the whole request, every record of a
+    batch). 404 unknown request id; 409 a request that was not served (no prediction to overrule); 422 an
+    outcome not among the dataset's target classes, or a bad reason."""
+    check_note("reason", reason)
+    if not isinstance(outcome, str):
+        raise InvalidActionError("outcome", f"expected text, got {type(outcome).__name__}")
+    row = await _prediction(gateway, target_request_id)
+    if row["status"] != RequestStatus.OK.value:
+        raise ActionConflictError(
+            "request_id", f"{target_request_id} was not served ({row['status']}): there is no prediction to override"
+        )
+    spec = gateway.specs.get(row["dataset"])
+    if spec is None:
+        raise ActionConflictError("request_id", f"dataset {row['dataset']!r} is no longer served by this gateway")
+    classes = [str(name) for name in spec.target.classes]
+    if outcome not in classes:
+        raise InvalidActionError("outcome", f"must be one of the dataset's target classes: {', '.join(classes)}")
+    return await record_action(
+        gateway,
+        request_id=request_id,
+        key_id=key_id,
+        action="override",
+        target_kind="prediction",
+        target_id=target_request_id,
+        dataset=row["dataset"],
+        note=reason,
+        outcome=outcome,
+    )
+
+
+def _served_dataset(gateway: GatewayState, dataset: str) -> str:
+    check_dataset_name("dataset", dataset)
+    if dataset not in gateway.specs:
+        raise UnknownTargetError("dataset", f"unknown dataset {dataset!r}; known: {', '.join(sorted(gateway.specs))}")
+    return dataset
+
+
+async def suspend_dataset(
+    gateway: GatewayState, *, request_id: str, key_id: str, dataset: str, reason: str
+) -> OversightAction:
+    """Suspend a dataset's serving: from now on (every gateway process within about a second) its predict route
+    answers 503 naming the actor and the reason, and records each refused request. 404 unknown dataset. A
+    suspended dataset may be suspended again: the newest suspension (actor, reason) is the one reported."""
+    check_note("reason", reason)
+    _served_dataset(gateway, dataset)
+    return await record_action(
+        gateway,
+        request_id=request_id,
+        key_id=key_id,
+        action="suspend",
+        target_kind="dataset",
+        target_id=dataset,
+        dataset=dataset,
+        note=reason,
+    )
+
+
+async def resume_dataset(
+    gateway: GatewayState, *, request_id: str, key_id: str, dataset: str, reason: str
+) -> OversightAction:
+    """Resume a suspended dataset's serving. 404 unknown dataset; 409 a dataset that is not suspended (read from
+    the database, not this process's memory)."""
+    check_note("reason", reason)
+    _served_dataset(gateway, dataset)
+    async with _reading(), gateway.writer.pool.connection() as conn:
+        query = _LATEST_DATASET_STATE + _LATEST_WHERE + " and dataset = %s order by dataset, seq desc"
+        cur = await conn.execute(query, (dataset,))
+        latest = await cur.fetchone()
+    if latest is None or latest[0] != "suspend":
+        raise ActionConflictError("dataset", f"dataset {dataset!r} is not suspended")
+    return await record_action(
+        gateway,
+        request_id=request_id,
+        key_id=key_id,
+        action="resume",
+        target_kind="dataset",
+        target_id=dataset,
+        dataset=dataset,
+        note=reason,
+    )
+
+
+def suspension_of(gateway: GatewayState, dataset: str) -> OversightAction | None:
+    """The dataset's current suspension (its ``suspend`` action), or None if it is served. From memory (no
+    database round trip), kept fresh across gateway processes by :class:`SuspensionMonitor`."""
+    monitor = gateway.oversight
+    return None if monitor is None else monitor.suspension(dataset)
+
+
+def suspension_message(dataset: str, suspension: OversightAction) -> str:
+    """What a refused predict request is told: who suspended the dataset, when, why, and the action's id."""
+    return (
+        f"dataset {dataset!r} is suspended: serving was stopped by API key {suspension.actor_key_id} at "
+        f"{format_time(suspension.recorded_at)} (action {suspension.action_id}); reason: {suspension.note}"
+    )
+
+
+# ------------------------------------------------------------------------------------------------- suspensions
+_LATEST_DATASET_STATE = (
+    "select distinct on (dataset) action, action_id, target_kind, target_id, dataset, actor_key_id, note, outcome, "
+    "recorded_at from oversight_actions"
+)
+_LATEST_WHERE = " where action in ('suspend', 'resume')"
+
+
+class SuspensionMonitor:
+    """The suspension of every dataset, in memory, kept fresh by LISTEN ``riverbed_oversight`` (one per gateway).
+
+    :meth:`start` loads every dataset's latest suspend/resume (waiting up to ``start_timeout`` seconds) and starts
+    the listener; each notification re-reads the dataset it names, each (re)connect re-reads all. If the log is
+    unreachable at start the gateway still starts (it may serve from the spool): the monitor logs a WARNING,
+    counts ``riverbed_oversight_listener_failures_total`` and ``riverbed_oversight_state_known`` stays 0 until it
+    has read the state; meanwhile no dataset is known to be suspended.
+    """
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        registry: CollectorRegistry | None = None,
+        *,
+        ping_interval: float = 2.0,
+        reconnect_delay: tuple[float, float] = (0.2, 5.0),
+        start_timeout: float = 5.0,
+    ) -> None:
+        self._pool = pool
+        self._ping_interval = ping_interval
+        self._reconnect_delay = reconnect_delay
+        self._start_timeout = start_timeout
+        self._suspensions: dict[str, OversightAction] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._loaded = asyncio.Event()
+        self._listening = False
+        self.failures = Counter(
+            "riverbed_oversight_listener_failures_total",
+            "Failures of the suspension listener (connect, read, lost connection).",
+            registry=registry,
+        )
+        self.state_known = Gauge(
+            "riverbed_oversight_state_known",
+            "1 once the gateway has read the datasets' suspensions from the inference log.",
+            registry=registry,
+        )
+        self.listening_gauge = Gauge(
+            "riverbed_oversight_listener",
+            "1 while the suspension listener (LISTEN riverbed_oversight) is connected.",
+            registry=registry,
+        )
+        self.suspended_gauge = Gauge(
+            "riverbed_dataset_suspended",
+            "1 while a dataset's serving is suspended by a reviewer.",
+            ["dataset"],
+            registry=registry,
+        )
+
+    @property
+    def listening(self) -> bool:
+        return self._listening
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded.is_set()
+
+    def suspension(self, dataset: str) -> OversightAction | None:
+        return self._suspensions.get(dataset)
+
+    def suspended(self) -> dict[str, OversightAction]:
+        return dict(self._suspensions)
+
+    async def start(self, *, wait: bool = True) -> None:
+        """Start the listener and, if ``wait``, wait (at most ``start_timeout``) until it has read every dataset's
+        state (a gateway that knows PostgreSQL is down does not wait: the listener keeps trying)."""
+        if self._task is not None:
+            return
+        self._task = asyncio.create_task(self._listen_forever(), name="oversight-listener")
+        if not wait:
+            logger.warning("oversight: the inference log is unreachable; suspensions are read once it is back")
+            return
+        try:
+            await asyncio.wait_for(self._loaded.wait(), timeout=self._start_timeout)
+        except TimeoutError:
+            logger.warning(
+                "oversight: dataset suspensions not read within %.0f s (the inference log is unreachable?); "
+                "serving every dataset until they are",
+                self._start_timeout,
+            )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+            self._task = None
+        self._set_listening(False)
+
+    async def refresh(self, pool: AsyncConnectionPool[Any], dataset: str) -> None:
+        """Re-read one dataset's state now (after this process recorded a suspend or resume)."""
+        try:
+            async with pool.connection() as conn:
+                await self._read(conn, dataset)
+        except (psycopg.Error, OSError, PoolTimeout) as error:
+            self.failures.inc()
+            logger.warning("oversight: could not re-read dataset %s (the listener will): %s", dataset, error)
+
+    async def _read(self, conn: psycopg.AsyncConnection[Any], dataset: str | None) -> None:
+        """Re-read one dataset's latest suspend/resume (``None``: every dataset's) and apply it."""
+        where = _LATEST_WHERE + (" and dataset = %s" if dataset is not None else "")
+        query = _LATEST_DATASET_STATE + where + " order by dataset, seq desc"
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(query, (dataset,) if dataset is not None else ())
+        latest: dict[str, OversightAction | None] = {}
+        for row in await cur.fetchall():
+            latest[row["dataset"]] = _action_of(row) if row["action"] == "suspend" else None
+        if dataset is None:
+            for name in set(self._suspensions) - set(latest):
+                latest[name] = None
+        elif dataset not in latest:
+            latest[dataset] = None
+        for name, suspension in latest.items():
+            self._apply(name, suspension)
+
+    def _apply(self, dataset: str, suspension: OversightAction | None) -> None:
+        previous = self._suspensions.get(dataset)
+        if suspension is None:
+            self._suspensions.pop(dataset, None)
+            if previous is not None:
+                logger.warning("oversight: dataset %s resumed", dataset)
+        else:
+            self._suspensions[dataset] = suspension
+            if previous is None or previous.action_id != suspension.action_id:
+                logger.warning(
+                    "oversight: dataset %s suspended by key %s: %s",
+                    dataset,
+                    suspension.actor_key_id,
+                    suspension.note[:200],
+                )
+        self.suspended_gauge.labels(dataset).set(1 if suspension is not None else 0)
+
+    def _set_listening(self, listening: bool) -> None:
+        self._listening = listening
+        self.listening_gauge.set(1 if listening else 0)
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        conninfo: Any = self._pool.conninfo  # the writer's pool: a DSN and a dict of options (no callables)
+        options: Any = self._pool.kwargs
+        kwargs: dict[str, Any] = dict(options) if isinstance(options, dict) else {}
+        kwargs.update(autocommit=True, application_name="riverbed-oversight-listener")
+        kwargs.setdefault("connect_timeout", 2)
+        kwargs.update(keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=2)
+        async with asyncio.timeout(float(kwargs["connect_timeout"]) + 1.0):
+            conn = await psycopg.AsyncConnection.connect(str(conninfo), **kwargs)
+        try:
+            await conn.execute(f"listen {NOTIFY_CHANNEL}")
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def _listen_forever(self) -> None:
+        first, longest = self._reconnect_delay
+        delay = first
+        failures = 0
+        while True:
+            try:
+                conn = await self._connect()
+            except Exception as error:  # psycopg.Error, OSError, TimeoutError: retried with backoff
+                failures += 1
+                self.failures.inc()
+                log = logger.warning if failures == 1 else logger.debug
+                log("oversight listener cannot connect (retrying): %s: %s", type(error).__name__, error)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, longest)
+                continue
+            try:
+                await self._read(conn, None)  # LISTEN is active: nothing committed from now on is missed
+                self._loaded.set()
+                self.state_known.set(1)
+                self._set_listening(True)
+                if failures:
+                    logger.info("oversight listener connected again; suspensions re-read")
+                failures, delay = 0, first
+                while True:
+                    # The connection is busy while notifies() runs: collect, leave it, then read (a notification
+                    # that arrives meanwhile is kept by psycopg for the next call). Any notification re-reads every
+                    # dataset's state: a few index rows, and no ordering between notifications to get wrong.
+                    heard = [n async for n in conn.notifies(timeout=self._ping_interval, stop_after=1)]
+                    async with asyncio.timeout(max(1.0, self._ping_interval)):
+                        if heard:
+                            await self._read(conn, None)
+                        else:
+                            await conn.execute("select 1")
+            except (psycopg.Error, OSError, TimeoutError) as error:
+                self.failures.inc()
+                logger.warning(
+                    "oversight listener lost its connection (reconnecting): %s: %s", type(error).__name__, error
+                )
+            except Exception:
+                self.failures.inc()
+                logger.exception("oversight listener failed (reconnecting)")
+            finally:
+                self._set_listening(False)
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(2.0):
+                        await conn.close()
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
