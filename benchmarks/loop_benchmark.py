@@ -322,8 +322,11 @@ class BackgroundClient:
                 self._stop.wait(BACKGROUND_PAUSE_SECONDS)
 
     def __enter__(self) -> BackgroundClient:
-        self._thread.start()
-        return self
+        return self  # started by :meth:`start`, once there is a model to predict with
+
+    def start(self) -> None:
+        if not self._thread.is_alive():
+            self._thread.start()
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -358,8 +361,8 @@ class LoopScenario:
     """The loop, driven from outside a running ``riverbed up`` (see the module docstring)."""
 
     def __init__(self, up: UpProcess) -> None:
-        from riverbed.specs import load_specs
         from riverbed.settings import get_settings
+        from riverbed.specs import load_specs
 
         self.up = up
         self.record = up.record
@@ -495,7 +498,7 @@ class LoopScenario:
         known_ingests = {run.run_id for run in self.dagster.runs(ingest_job(DATASET))}
         known_monitors = {run.run_id for run in self.dagster.runs(monitor_job(DATASET))}
         v1 = self.outcome.v1
-        background.__enter__()
+        background.start()
         self._clock_zero = time.monotonic()  # the first drifted record is produced now
         self.produce(self.records.drifted)
         self.mark("drifted records produced")

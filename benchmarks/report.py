@@ -113,12 +113,21 @@ SECTIONS = (
     Section("## Kafka ingestion", "benchmarks.ingestion_benchmark", ("kafka_ingestion.json",), "make bench-ingestion"),
     Section("## Monitoring", "benchmarks.monitoring_benchmark", ("monitoring.json",), "make bench-monitoring"),
     Section("## Drift to v2 (end to end)", "benchmarks.drift_benchmark", ("drift.json",), "make bench-drift"),
+    Section(
+        "## The loop under `riverbed up` (end to end, intervals included)",
+        "benchmarks.loop_benchmark",
+        ("loop.json",),
+        "uv run python -m benchmarks.run_all --only loop",
+    ),
     Section("## Serving", "benchmarks.serving_render", ("serving.json",), "make bench-serving"),
     Section(
         "## Scale-out (gateways behind HAProxy)",
         "benchmarks.scale_out_benchmark",
         ("scale_out.json",),
         "make bench-scale-out",
+    ),
+    Section(
+        "## Console", "benchmarks.console_benchmark", ("console.json",), "uv run python -m benchmarks.console_benchmark"
     ),
     Section("## Import times", "benchmarks.import_times", ("import_times.json",), "make bench-imports"),
 )

@@ -43,8 +43,10 @@ BENCHMARKS: dict[str, list[str]] = {
     "ingestion": ["benchmarks.ingestion_benchmark"],
     "monitoring": ["benchmarks.monitoring_benchmark"],
     "drift": ["benchmarks.drift_benchmark"],
+    "loop": ["benchmarks.loop_benchmark"],  # --quick is the same loop (~6 min): it has no smaller scale that closes
     "serving": ["benchmarks.serving_benchmark"],
     "scale_out": ["benchmarks.scale_out_benchmark"],
+    "console": ["benchmarks.console_benchmark"],
     "imports": ["benchmarks.import_times"],
 }
 GROUPS = {"graph": ["graph-salary_band", "graph-machine_failure"]}

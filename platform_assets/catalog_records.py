@@ -17,25 +17,36 @@ at WARNING and counted in ``pipeline_failures`` (component ``model_catalog_<data
   serves); the catalog misses that version and the failure count says so.
 - the deployment record is written after the champion moved; failing then would misreport a deployment that
   happened, so it is always WARNING + count.
+
+Versions trained while no inference-log database was configured (``riverbed demo`` trains before its serving stack
+starts) are catalogued afterwards from what MLflow recorded (:func:`catalogue_registry`).
 """
 
+import json
 import logging
+import tempfile
 from collections.abc import Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 import psycopg
 
+from platform_assets.model_registry import ModelVersionSummary, list_model_versions
 from resources.inference_log_resource import InferenceLogResource
+from resources.mlflow_resource import quiet_mlflow
 from riverbed.model_catalog import (
     CatalogError,
     ModelVersionRecord,
+    get_model_version,
     record_deployment,
     record_gate_decision,
     record_trained,
 )
+from riverbed.names import CHAMPION_ALIAS, PREVIOUS_ALIAS, GateVerdict
 from riverbed.pipeline_failures import report_failure
-from riverbed.records import ModelRecord
-from riverbed.specs import DatasetSpec
+from riverbed.records import ModelRecord, TrainingReason
+from riverbed.settings import RiverbedSettings
+from riverbed.specs import DatasetSpec, load_specs
 from riverbed.stack_file import InferenceLogNotAvailableError
 
 logger = logging.getLogger(__name__)
@@ -167,3 +178,100 @@ def record_champion(
         return record_deployment(resolved, dataset=spec.name, version=version, previous_version=previous_version)
 
     return write_catalog(spec, "deployment", write, dsn=dsn, required=False)
+
+
+# ------------------------------------------------------------------------------------------------ backfill
+def _model_card(tracking_uri: str, run_id: str) -> tuple[dict[str, Any], str]:
+    """The run's model card as logged at training: (model_card.json, model_card.md)."""
+    quiet_mlflow()
+    import mlflow  # seconds to import: only when the catalog is backfilled
+
+    with tempfile.TemporaryDirectory(prefix="riverbed-card-") as scratch:
+        files = {
+            name: Path(
+                mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=name, dst_path=scratch, tracking_uri=tracking_uri
+                )
+            ).read_text(encoding="utf-8")
+            for name in ("model_card.json", "model_card.md")
+        }
+    return json.loads(files["model_card.json"]), files["model_card.md"]
+
+
+def _catalogue_version(
+    dsn: str, spec: DatasetSpec, summary: ModelVersionSummary, tracking_uri: str
+) -> ModelVersionRecord:
+    card, markdown = _model_card(tracking_uri, summary.mlflow_run_id)
+    lineage = card.get("lineage", {})
+    commits = [str(c) for c in lineage.get("data_commit_ids", [])]
+    partitions = [str(p) for p in lineage.get("partitions", [])]
+    # The training step records [training set commit, one commit per partition in window order].
+    record_trained(
+        dsn,
+        dataset=spec.name,
+        registered_model=summary.registered_model_name,
+        version=summary.version,
+        trained_reason=summary.reason if summary.reason != "unknown" else TrainingReason.MANUAL.value,
+        mlflow_run_id=summary.mlflow_run_id or None,
+        dagster_run_id=str(lineage.get("dagster_run_id") or "") or None,
+        data_commit_ids=dict(zip(partitions, commits[1:], strict=False)),
+        metrics={k: float(v) for k, v in card.get("metrics", {}).items()},
+        fairness=card.get("fairness", {}),
+        model_card_markdown=markdown,
+        manual_approval=requires_approval(spec),
+    )
+    if summary.gate == GateVerdict.PASSED or summary.gate == GateVerdict.FAILED:
+        reasons = [part for part in summary.gate_reason.split(GATE_REASON_SEPARATOR) if part.strip()]
+        return record_gate_decision(
+            dsn,
+            dataset=spec.name,
+            version=summary.version,
+            passed=summary.gate == GateVerdict.PASSED,
+            reasons=reasons,
+            manual_approval=requires_approval(spec),
+        )
+    found = get_model_version(dsn, spec.name, summary.version)
+    assert found is not None  # just recorded
+    return found
+
+
+def catalogue_registry(settings: RiverbedSettings, dsn: str, datasets: list[str]) -> list[ModelVersionRecord]:
+    """Catalogue the registered versions of ``datasets`` the catalog lacks, from what MLflow recorded (the run's model
+    card, the reason and gate tags, the aliases); returns the rows added. For versions trained while no inference-log
+    database was configured, e.g. by ``riverbed demo`` before its serving stack starts. A version that cannot be read
+    or written is skipped with a WARNING counted in ``pipeline_failures`` (reason ``backfill_not_recorded``)."""
+    quiet_mlflow()
+    from mlflow.exceptions import MlflowException  # imports mlflow (seconds): only when the catalog is backfilled
+
+    specs = load_specs(settings.specs_dirs)
+    tracking_uri = settings.resolved_mlflow_tracking_uri
+    known = [d for d in datasets if d in specs]
+    try:
+        summaries = list_model_versions(settings, known)
+    except (MlflowException, OSError) as error:
+        for dataset in known:
+            _not_recorded(specs[dataset], "backfill", error, dsn, required=False)
+        return []
+    added: list[ModelVersionRecord] = []
+    for summary in sorted(summaries, key=lambda s: (s.dataset, s.version)):  # oldest first
+        spec = specs[summary.dataset]
+        try:
+            if get_model_version(dsn, spec.name, summary.version) is None:
+                added.append(_catalogue_version(dsn, spec, summary, tracking_uri))
+        except (psycopg.Error, OSError, CatalogError, MlflowException, KeyError, ValueError) as error:
+            _not_recorded(spec, "backfill", error, dsn, required=False)
+    champions = {s.dataset: s for s in summaries if CHAMPION_ALIAS in s.aliases}
+    previous = {s.dataset: s.version for s in summaries if PREVIOUS_ALIAS in s.aliases}
+    for dataset, champion in champions.items():
+        spec = specs[dataset]
+        try:
+            current = get_model_version(dsn, dataset, champion.version)
+            if current is not None and current.aliases != [CHAMPION_ALIAS]:
+                record_deployment(
+                    dsn, dataset=dataset, version=champion.version, previous_version=previous.get(dataset)
+                )
+        except (psycopg.Error, OSError, CatalogError) as error:
+            _not_recorded(spec, "backfill", error, dsn, required=False)
+    if added:
+        logger.info("model catalog: added %d versions from the MLflow registry", len(added))
+    return [get_model_version(dsn, r.dataset, r.version) or r for r in added]

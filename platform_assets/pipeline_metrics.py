@@ -23,8 +23,9 @@ PostgreSQL under ``riverbed up`` and in production) and from Kafka (watermarks, 
     ingestion and the labels sensor write there. 0 while the topic does not exist.
 
 and the exporter's own health: ``riverbed_pipeline_exporter_collect_errors_total{source, reason}`` (a source that
-failed or ran out of time; each failure also logs a WARNING), ``riverbed_pipeline_exporter_up{source}`` (1 when
-the source answered this scrape) and ``riverbed_pipeline_exporter_collect_seconds{source}``.
+failed or ran out of time, or a cursor that cannot be read; logged at WARNING when a reason first appears, then
+once a minute while it lasts), ``riverbed_pipeline_exporter_up{source}`` (1 when the source answered this scrape)
+and ``riverbed_pipeline_exporter_collect_seconds{source}``.
 
 Every scrape waits at most ``timeout_seconds`` for both sources together. A source that does not answer in time is
 counted and left out of that scrape; its read goes on in a daemon thread, and the next scrape waits for that same
@@ -44,7 +45,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._listoffsets import OffsetSpec  # re-exported by confluent_kafka.admin, not declared
 from dagster import DagsterInstance, DagsterRunStatus
 from dagster._core.scheduler.instigation import SensorInstigatorData
 from dagster._core.storage.runs.schema import RunsTable
@@ -184,9 +187,10 @@ def consecutive_failures(newest_first: Sequence[str]) -> int:
 Watermarks = dict[int, tuple[int, int]]  # partition -> (low, high)
 
 
-def read_watermarks(consumer: Consumer, topics: Sequence[str], deadline: float) -> dict[str, Watermarks]:
-    """Low and high watermarks of every partition of ``topics`` that exist (absent topics are left out: the
-    metadata request names no topic, so it creates none). Raises :class:`SourceError` past ``deadline``."""
+def read_watermarks(admin: AdminClient, topics: Sequence[str], deadline: float) -> dict[str, Watermarks]:
+    """Low and high watermarks of every partition of ``topics`` that exist, in one metadata request and two batched
+    ListOffsets requests (absent topics are left out: the metadata request names no topic, so it creates none).
+    Raises :class:`SourceError` when Kafka fails or ``deadline`` passes."""
 
     def remaining() -> float:
         left = deadline - time.monotonic()
@@ -194,27 +198,34 @@ def read_watermarks(consumer: Consumer, topics: Sequence[str], deadline: float) 
             raise SourceError("timeout", "Kafka did not answer before the scrape's deadline")
         return left
 
-    try:
-        metadata = consumer.list_topics(timeout=remaining())
-    except KafkaException as error:
+    def failed(what: str, error: Exception) -> SourceError:
         reason = "timeout" if deadline - time.monotonic() <= 0.05 else "error"
-        raise SourceError(reason, f"Kafka metadata: {error}") from error
-    found: dict[str, Watermarks] = {}
-    for topic in topics:
-        described = metadata.topics.get(topic)
-        if described is None or described.error is not None or not described.partitions:
-            continue
-        marks: Watermarks = {}
-        for partition in sorted(described.partitions):
-            try:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=remaining(), cached=False
-                )
-            except KafkaException as error:
-                reason = "timeout" if deadline - time.monotonic() <= 0.05 else "error"
-                raise SourceError(reason, f"Kafka offsets of {topic}[{partition}]: {error}") from error
-            marks[partition] = (int(low), int(high))
-        found[topic] = marks
+        return SourceError(reason, f"Kafka {what}: {error}")
+
+    try:
+        metadata = admin.list_topics(timeout=remaining())
+    except KafkaException as error:
+        raise failed("metadata", error) from error
+    partitions = [
+        TopicPartition(topic, partition)
+        for topic in topics
+        if (described := metadata.topics.get(topic)) is not None and described.error is None
+        for partition in sorted(described.partitions)
+    ]
+    if not partitions:
+        return {}
+    try:
+        timeout = remaining()
+        low_spec, high_spec = OffsetSpec.earliest(), OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        earliest = admin.list_offsets({tp: low_spec for tp in partitions}, request_timeout=timeout)
+        latest = admin.list_offsets({tp: high_spec for tp in partitions}, request_timeout=timeout)
+        found: dict[str, Watermarks] = {}
+        for tp in partitions:
+            low = earliest[tp].result(timeout=remaining()).offset
+            high = latest[tp].result(timeout=remaining()).offset
+            found.setdefault(tp.topic, {})[tp.partition] = (int(low), int(high))
+    except (KafkaException, FutureTimeout) as error:
+        raise failed("offsets", error) from error
     return found
 
 
@@ -229,8 +240,8 @@ class _Source:
     name: str
     read: Callable[[float], Any]  # deadline (time.monotonic()) -> snapshot
     pending: Future[Any] | None = None
-    failing: str | None = None  # the reason of the failure going on, if any
-    warned_at: float = float("-inf")
+    failing: str | None = None  # why the last read gave nothing, if it did
+    warned_at: dict[str, float] = field(default_factory=dict)  # reason -> when it was last logged
     seconds: float = 0.0
     errors: Counter[str] = field(default_factory=Counter)
 
@@ -258,8 +269,8 @@ class PipelineMetrics(Collector):
         self._open_instance = open_instance
         self._kafka_config = kafka_config
         self._instance: DagsterInstance | None = None
-        self._consumer: Consumer | None = None
-        self._consumer_config: dict[str, Any] | None = None
+        self._admin: AdminClient | None = None
+        self._admin_config: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self.sources = {
             "dagster": _Source("dagster", self._read_dagster),
@@ -288,29 +299,20 @@ class PipelineMetrics(Collector):
             config = self._kafka_config()
         except (ValueError, RuntimeError) as error:  # KafkaNotConfiguredError is a RuntimeError
             raise SourceError("not_configured", str(error)) from error
-        if self._consumer is None or config != self._consumer_config:
-            if self._consumer is not None:
-                self._consumer.close()
+        if self._admin is None or config != self._admin_config:  # new brokers (a restarted dev broker): a new client
             timeout_ms = max(1000, int(self.timeout_seconds * 1000))
-            self._consumer = Consumer(
-                {
-                    **config,
-                    # assign()/watermarks only: no group is joined and nothing is committed
-                    "group.id": "riverbed-pipeline-exporter",
-                    "enable.auto.commit": False,
-                    "socket.connection.setup.timeout.ms": timeout_ms,
-                    "log.connection.close": False,
-                },
+            self._admin = AdminClient(
+                {**config, "socket.connection.setup.timeout.ms": timeout_ms, "log.connection.close": False},
                 logger=logging.getLogger(f"{__name__}.librdkafka"),
             )
-            self._consumer_config = config
+            self._admin_config = config
         wanted = [
             topic
             for dataset in self.datasets
             for kind, topic in self.topics(dataset).items()
             if kind != TopicKind.PREDICTIONS
         ]
-        return read_watermarks(self._consumer, wanted, deadline)
+        return read_watermarks(self._admin, wanted, deadline)
 
     def _start(self, source: _Source, deadline: float) -> Future[Any]:
         """A new read of ``source``, or the one an earlier scrape gave up waiting for if it still runs."""
@@ -340,14 +342,21 @@ class PipelineMetrics(Collector):
             source.failing = None
         return result
 
-    def _failed(self, source: _Source, reason: str, message: str) -> None:
-        """Count the failure; log it at WARNING when it starts, changes reason, or has lasted another minute."""
-        source.errors[reason] += 1
-        now = time.monotonic()
-        if source.failing != reason or now - source.warned_at >= WARNING_EVERY_SECONDS:
+    def _failed(self, source: _Source, reason: str, message: str, *, read_failed: bool = True) -> None:
+        """Count the failure; log it at WARNING the first time and then at most once a minute per reason.
+
+        ``read_failed``: the source gave nothing this scrape (not merely one unreadable value).
+        """
+        with self._lock:  # concurrent scrapes count into the same counters
+            source.errors[reason] += 1
+            now = time.monotonic()
+            warn = now - source.warned_at.get(reason, float("-inf")) >= WARNING_EVERY_SECONDS
+            if warn:
+                source.warned_at[reason] = now
+            if read_failed:
+                source.failing = reason
+        if warn:
             logger.warning("pipeline metrics: could not read %s (%s): %s", source.name, reason, message[:500])
-            source.warned_at = now
-        source.failing = reason
 
     # ------------------------------------------------------------------------------------------ collect
     def collect(self) -> Iterator[Metric]:
@@ -457,7 +466,8 @@ class PipelineMetrics(Collector):
                 try:
                     cursor = parse_cursor(instigator.cursor if instigator else None)
                 except (ValueError, TypeError, AttributeError) as error:
-                    self._failed(self.sources["dagster"], "bad_cursor", f"{sensor}'s cursor is unreadable: {error}")
+                    text = f"{sensor}'s cursor is unreadable, its lag is left out: {error}"
+                    self._failed(self.sources["dagster"], "bad_cursor", text, read_failed=False)
                     continue
                 family.add_metric(
                     [dataset, sensor, topics[kind]], float(lag_records(kafka.get(topics[kind], {}), cursor))

@@ -370,21 +370,6 @@ def _pending_run(dataset: str, version: int, found: Mapping[str, Any] | None, ex
     return str(found["mlflow_run_id"])
 
 
-async def check_pending_async(conn: psycopg.AsyncConnection[Any], dataset: str, version: int) -> None:
-    """Raise :class:`UnknownModelVersionError` or :class:`NotPendingApprovalError` unless the version waits for a
-    review (a cheap check before the oversight action is recorded; :func:`claim_review` checks again)."""
-    check_text("dataset", dataset, MAX_NAME_CHARS)
-    check_version(version)
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(_VERSION_STATE, (dataset, version))
-        found = await cur.fetchone()
-        existing = None
-        if found is not None:
-            await cur.execute(_REVIEW_OF, (dataset, version, found["mlflow_run_id"]))
-            existing = await cur.fetchone()
-    _pending_run(dataset, version, found, existing)
-
-
 async def claim_review(
     conn: psycopg.AsyncConnection[Any],
     *,

@@ -1,8 +1,8 @@
 """Gateway API keys: ``rb_<key_id>_<secret>``, stored only as the sha256 of the whole key, with roles and an
 optional expiry.
 
-Roles: ``predict`` (call the prediction routes), ``audit`` (read the inference log) and ``review`` (reserved for
-the review console; grants nothing on the gateway's current routes).
+Roles: ``predict`` (call the prediction routes), ``audit`` (read the inference log) and ``review`` (human
+oversight: flag, override, suspend / resume, approve / reject; see :mod:`serving.oversight`).
 
 Administration (:func:`create_api_key`, :func:`revoke_api_key`, :func:`list_api_keys`) needs a DSN that may write
 ``api_keys`` (the ``riverbed_owner`` role or a superuser); the gateway's role only reads it.

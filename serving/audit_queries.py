@@ -262,7 +262,7 @@ def _where(flt: AuditFilter, after: tuple[dt.datetime, str] | None) -> tuple[sql
     for action, wanted in (("flag", flt.flagged), ("override", flt.overridden)):
         if wanted is None:
             continue
-        # Index-backed (oversight_actions_target): a semi-join on the few acted-on requests, or an anti-join probe
+        # Index-backed (oversight_actions_acted_on): a semi-join on the few acted-on requests, or an anti-join probe
         # per row of the keyset scan. Action rows store the target id as the log stores request ids.
         clauses.append(sql.SQL(_ACTED_ON if wanted else _NOT_ACTED_ON))
         params.append(action)

@@ -730,10 +730,11 @@ class SuspensionMonitor:
         """Re-read one dataset's latest suspend/resume (``None``: every dataset's) and apply it."""
         where = _LATEST_WHERE + (" and dataset = %s" if dataset is not None else "")
         query = _LATEST_DATASET_STATE + where + " order by dataset, seq desc"
-        cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(query, (dataset,) if dataset is not None else ())
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query, (dataset,) if dataset is not None else ())
+            rows = await cur.fetchall()
         latest: dict[str, OversightAction | None] = {}
-        for row in await cur.fetchall():
+        for row in rows:
             latest[row["dataset"]] = _action_of(row) if row["action"] == "suspend" else None
         if dataset is None:
             for name in set(self._suspensions) - set(latest):

@@ -146,6 +146,28 @@ def test_serving_benchmark_quick_through_run_all(tmp_path: Path) -> None:
     _check_rendered(results, "## Serving", result)
 
 
+@pytest.mark.slow
+def test_console_benchmark_quick_times_every_page_and_explains_its_queries(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    _run("benchmarks.console_benchmark", results, "--quick")
+    result = json.loads((results / "console.json").read_text())
+    assert result["scale"] == "quick" and result["rows"] == 20_000 and result["repeats"] == 3
+    assert set(result["pages"]) == {
+        "request_first_after_start",
+        "log_first_page",
+        "log_deep_page",
+        "log_filtered_label_version",
+        "log_filtered_refused",
+        "models",
+        "monitoring_30_days",
+        "request_with_chart",
+    }
+    assert all(page["median_ms"] > 0 for page in result["pages"].values())
+    assert "inference_log_keyset" in result["plans"]["log_deep_page"]["indexes"]
+    text = _check_rendered(results, "## Console", result)
+    assert "| Inference log, first page (50 rows) |" in text
+
+
 def test_results_md_is_the_rendering_of_the_committed_raw_results() -> None:
     committed = (PROJECT_ROOT / "benchmarks" / "RESULTS.md").read_text()
     assert committed == report.render_all(report.RESULTS_DIR), (

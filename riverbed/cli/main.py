@@ -159,6 +159,10 @@ def _print_console_access(settings: RiverbedSettings) -> None:
     console.rule("Oversight console")
     with serving.inference_log_dsn(settings, role="owner") as dsn:  # the database `riverbed serve` will use
         apply_migrations(dsn)
+        # The demo trained before this database ran: the console's Models page reads the catalog, so fill it in.
+        from platform_assets.catalog_records import catalogue_registry  # Dagster, MLflow: loaded by the demo already
+
+        catalogue_registry(settings, dsn, sorted(load_specs(settings.specs_dirs)))
         print_console_access(settings, dsn, console)
 
 

@@ -16,7 +16,6 @@ import json
 import urllib.parse
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -32,7 +31,7 @@ console = Console()
 class _ListByDefault(TyperGroup):
     """``riverbed models`` and ``riverbed models DATASET`` keep meaning ``models list ...``."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # ctx: typer's vendored click Context
         if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
             args = ["list", *args]
         return super().parse_args(ctx, args)
@@ -82,7 +81,9 @@ def pending(
     console.print(table)
 
 
-def _decide(decision: str, dataset: str, version: int, reason: str, gateway: str | None, api_key: str | None) -> dict:
+def _decide(
+    decision: str, dataset: str, version: int, reason: str, gateway: str | None, api_key: str | None
+) -> dict[str, Any]:
     url = f"{gateway_url(gateway)}/v1/models/{_segment(dataset)}/versions/{version}/{decision}"
     return _call("POST", url, api_key, json={"reason": reason})
 

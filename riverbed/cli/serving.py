@@ -43,6 +43,7 @@ from serving.audit_queries import (
 from serving.embedded_postgres import EmbeddedRole, resolve_inference_log_dsn
 from serving.gateway.lineage import lineage_of
 from serving.inference_log import RequestStatus, list_quarantine, load_chain_key, verify_chain_from_settings
+from serving.oversight import InvalidActionError, fetch_actions
 
 console = Console()
 apikey_app = typer.Typer(help="API keys for the gateway (stored hashed in the inference-log database).")
@@ -138,6 +139,8 @@ def _filter(
     model_version: str | None,
     label: str | None,
     status: str | None,
+    flagged: bool | None = None,
+    overridden: bool | None = None,
 ) -> Any:
     def when(name: str, value: str | None) -> dt.datetime | None:
         if value is None:
@@ -159,6 +162,8 @@ def _filter(
         model_version=model_version,
         label=label,
         status=state,
+        flagged=flagged,
+        overridden=overridden,
     )
 
 
@@ -196,23 +201,37 @@ UntilOpt = Annotated[str | None, typer.Option(help="Received before (ISO 8601)."
 VersionOpt = Annotated[str | None, typer.Option("--model-version", help="Only this model version.")]
 LabelOpt = Annotated[str | None, typer.Option(help="Requests with a record predicted as this label.")]
 StatusOpt = Annotated[str | None, typer.Option(help="ok, rejected or failed.")]
+FlaggedOpt = Annotated[
+    bool | None, typer.Option("--flagged/--not-flagged", help="Only requests a reviewer flagged (or did not).")
+]
+OverriddenOpt = Annotated[
+    bool | None,
+    typer.Option("--overridden/--not-overridden", help="Only requests a reviewer overrode (or did not)."),
+]
 
 
 @audit_app.command("show")
 def audit_show(request_id: Annotated[str, typer.Argument(help="The X-Request-ID of a request.")]) -> None:
     """Show one request with its lineage (model version -> MLflow run -> data commits -> Dagster run)."""
 
-    async def work(pool: Any) -> dict[str, Any] | None:
+    async def work(pool: Any) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         found = await get_prediction(pool, request_id)
         await _recorded(pool, "cli audit show", {"request_id": request_id}, 0 if found is None else 1)
-        return found
+        if found is None:
+            return None, []
+        # The reviewers' actions on this request (serving.oversight), oldest first.
+        try:
+            history = await fetch_actions(pool, "prediction", request_id)
+        except InvalidActionError:  # not shaped like a gateway request id: no action can name it
+            history = []
+        return found, [action.model_dump(mode="json") for action in history]
 
     with inference_log_dsn() as dsn:
-        row = asyncio.run(_with_pool(dsn, work))
+        row, oversight = asyncio.run(_with_pool(dsn, work))
     if row is None:
         console.print(f"[red]no request {request_id!r} in the inference log[/red]")
         raise typer.Exit(1)
-    typer.echo(json.dumps({"request": row, "lineage": lineage_of(row)}, indent=2, default=str))
+    typer.echo(json.dumps({"request": row, "lineage": lineage_of(row), "oversight": oversight}, indent=2, default=str))
 
 
 @audit_app.command("query")
@@ -223,14 +242,17 @@ def audit_query(
     model_version: VersionOpt = None,
     label: LabelOpt = None,
     status: StatusOpt = None,
+    flagged: FlaggedOpt = None,
+    overridden: OverriddenOpt = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="Rows per page.")] = 20,
     cursor: Annotated[str | None, typer.Option(help="next_cursor of a previous page.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List recorded requests, newest first, with the same filters as the API."""
-    selection = _filter(dataset, since, until, model_version, label, status)
+    selection = _filter(dataset, since, until, model_version, label, status, flagged, overridden)
     filters: dict[str, Any] = {"dataset": dataset, "since": since, "until": until, "model_version": model_version}
     filters |= {"label": label, "status": status, "limit": limit, "cursor": cursor}
+    filters |= {"flagged": flagged, "overridden": overridden}
 
     chain_key = load_chain_key(get_settings(), create=False)
     cursor_key = cursor_key_for(chain_key) if chain_key is not None else None  # the gateway's cursors work here too
@@ -275,6 +297,8 @@ def audit_export(
     model_version: VersionOpt = None,
     label: LabelOpt = None,
     status: StatusOpt = None,
+    flagged: FlaggedOpt = None,
+    overridden: OverriddenOpt = None,
     limit: Annotated[
         int, typer.Option(min=1, max=MAX_EXPORT_ROWS, help="Most rows to export (the newest first).")
     ] = MAX_EXPORT_ROWS,
@@ -282,9 +306,10 @@ def audit_export(
     """Export the selected requests to CSV or Parquet."""
     if format not in ("csv", "parquet"):
         raise typer.BadParameter(f"{format!r}: use csv or parquet", param_hint="--format")
-    selection = _filter(dataset, since, until, model_version, label, status)
+    selection = _filter(dataset, since, until, model_version, label, status, flagged, overridden)
     filters: dict[str, Any] = {"dataset": dataset, "since": since, "until": until, "model_version": model_version}
     filters |= {"label": label, "status": status, "format": format, "limit": limit}
+    filters |= {"flagged": flagged, "overridden": overridden}
 
     async def work(pool: Any) -> int:
         # Written to a temporary file beside the output, recorded, then moved into place: an export that could

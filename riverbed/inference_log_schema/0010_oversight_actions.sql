@@ -22,8 +22,10 @@ create table if not exists oversight_actions (
     outcome text,
     recorded_at timestamptz not null
 );
--- History of one target, and the audit filters (a semi-join / anti-join on the prediction's request id).
-create index if not exists oversight_actions_target on oversight_actions (target_kind, target_id, action, seq);
+-- History of one target (oldest first), and the audit filters flagged / overridden: a semi-join from the acted-on
+-- requests, or an anti-join probe per row of the log's keyset scan.
+create index if not exists oversight_actions_target on oversight_actions (target_kind, target_id, seq);
+create index if not exists oversight_actions_acted_on on oversight_actions (action, target_kind, target_id);
 create index if not exists oversight_actions_dataset on oversight_actions (dataset, seq);
 -- The latest suspend/resume of each dataset (read at gateway start and on each notification).
 create index if not exists oversight_actions_suspensions on oversight_actions (dataset, seq desc)

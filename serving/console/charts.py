@@ -5,20 +5,48 @@
 ``shap.plots.bar`` of a matrix of logged contributions (the bar lengths are mean |SHAP| per feature). Both return
 SVG text (matplotlib's Agg-free SVG backend, text kept as ``<text>`` so the figures' numbers can be read back).
 
-``shap`` and ``matplotlib`` cost seconds to import: they are imported on first use, never on the gateway's import
-path or at start-up, and a lock serialises drawing (pyplot's state is global). Call these from a worker thread.
+``shap`` and ``matplotlib`` cost seconds to import (5 s or more on a busy machine: numba, fonts): they are imported
+on first use, never on the gateway's import path or at start-up; a console login starts importing them in a
+background thread (:func:`warm_up`), so the first chart a reviewer opens rarely waits for them. A lock serialises
+drawing (pyplot's state is global). Call the drawing functions from a worker thread.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import math
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 MAX_DISPLAY = 12
+MAX_VALUE_CHARS = 22  # an input value shown in the waterfall's labels
 _LOCK = threading.Lock()
+_WARMING = threading.Lock()
+_warm_thread: threading.Thread | None = None
+logger = logging.getLogger(__name__)
+
+
+def warm_up() -> None:
+    """Import ``shap`` and ``matplotlib`` in a background (daemon) thread, once per process."""
+    global _warm_thread
+    with _WARMING:
+        if _warm_thread is not None:
+            return
+        _warm_thread = threading.Thread(target=_import_plotting, name="console-chart-imports", daemon=True)
+        _warm_thread.start()
+
+
+def _import_plotting() -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot
+        import shap  # noqa: F401
+    except Exception:  # the first chart will import them again and show its own error
+        logger.exception("could not import shap / matplotlib for the console's charts")
 
 
 class ChartError(ValueError):
@@ -31,7 +59,7 @@ def _finite(value: Any, what: str) -> float:
     return float(value)
 
 
-def _render(draw: Any) -> str:
+def _render(draw: Any, *, left: float) -> str:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -42,8 +70,12 @@ def _render(draw: Any) -> str:
         try:
             draw()
             figure = plt.gcf()
+            width, height = figure.get_size_inches()
+            # Fixed margins instead of bbox_inches="tight": tight draws the figure twice (3x the time).
+            figure.set_size_inches(max(width, 10.0), height)
+            figure.subplots_adjust(left=left, right=0.96, top=0.93, bottom=0.08)
             buffer = io.StringIO()
-            figure.savefig(buffer, format="svg", bbox_inches="tight")
+            figure.savefig(buffer, format="svg")
         finally:
             plt.close("all")
     return buffer.getvalue()
@@ -54,7 +86,8 @@ def _display_value(value: Any) -> Any:
         return "missing"
     if isinstance(value, bool | int | float):
         return value
-    return str(value)[:40]
+    text = str(value)
+    return text if len(text) <= MAX_VALUE_CHARS else text[: MAX_VALUE_CHARS - 1] + "\u2026"
 
 
 def waterfall_svg(
@@ -80,7 +113,7 @@ def waterfall_svg(
         )
         shap.plots.waterfall(explanation, max_display=max_display, show=False)
 
-    return _render(draw)
+    return _render(draw, left=0.42)
 
 
 def mean_abs_bar_svg(feature_names: Sequence[str], rows: Sequence[Sequence[float]], *, max_display: int = 15) -> str:
@@ -98,4 +131,4 @@ def mean_abs_bar_svg(feature_names: Sequence[str], rows: Sequence[Sequence[float
         explanation = shap.Explanation(values=np.array(matrix, dtype=float), feature_names=list(feature_names))
         shap.plots.bar(explanation, max_display=max_display, show=False)
 
-    return _render(draw)
+    return _render(draw, left=0.3)

@@ -15,6 +15,7 @@ import datetime as dt
 import math
 import re
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -86,6 +87,30 @@ _STATIC = {"console.css": "text/css; charset=utf-8"}
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+class _Charts:
+    """The newest drawn waterfalls by (request id, record): a logged row never changes, so neither does its chart."""
+
+    def __init__(self, capacity: int) -> None:
+        self._charts: OrderedDict[tuple[str, int], str] = OrderedDict()
+        self._capacity = capacity
+
+    def get(self, key: tuple[str, int]) -> str | None:
+        chart = self._charts.get(key)
+        if chart is not None:
+            self._charts.move_to_end(key)
+        return chart
+
+    def put(self, key: tuple[str, int], chart: str) -> str:
+        self._charts[key] = chart
+        self._charts.move_to_end(key)
+        while len(self._charts) > self._capacity:
+            self._charts.popitem(last=False)
+        return chart
+
+
+_WATERFALLS = _Charts(128)  # about 50 KB each
+
+
 async def _record_read(
     request: Request, session: ConsoleSession, route: str, filters: dict[str, Any], row_count: int
 ) -> None:
@@ -210,6 +235,7 @@ async def login(request: Request) -> Response:
         return login_page(request, refused.message, status=401)
     if api_key.roles.isdisjoint(CONSOLE_ROLES):
         return login_page(request, "this API key has neither the 'audit' nor the 'review' role", status=403)
+    charts.warm_up()  # import shap / matplotlib in the background before the first chart is asked for
     lifetime = gateway.settings.console_session_seconds
     response = redirect(LOG_ROUTE)
     set_cookie(
@@ -416,14 +442,17 @@ async def prediction_page(request: Request, request_id: str) -> Response:
     chart: str | None = None
     chart_error: str | None = None
     if record is not None and record["explanation"] is not None:
+        cached = _WATERFALLS.get((request_id, chosen))
         try:
-            svg = await asyncio.to_thread(
-                charts.waterfall_svg,
-                record["explanation"].get("base_value"),
-                record["explanation"].get("contributions") or {},
-                record["record_inputs"],
-            )
-            chart = _svg_data_uri(svg)
+            if cached is None:
+                svg = await asyncio.to_thread(
+                    charts.waterfall_svg,
+                    record["explanation"].get("base_value"),
+                    record["explanation"].get("contributions") or {},
+                    record["record_inputs"],
+                )
+                cached = _WATERFALLS.put((request_id, chosen), _svg_data_uri(svg))
+            chart = cached
         except charts.ChartError as error:
             chart_error = str(error)
     spec = gateway.specs.get(str(row.get("dataset")))
@@ -620,3 +649,9 @@ async def dataset_action(request: Request, dataset: str, action: str) -> Respons
         reason=form.get("reason", ""),
     )
     return _back_to(DATASETS_ROUTE, action, recorded.action_id)
+
+
+@router.get("/{path:path}")
+async def not_found(request: Request, path: str) -> Response:
+    await require_session(request)
+    raise ConsolePageError(404, "no such console page")

@@ -50,6 +50,7 @@ DATASET = "salary_band"
 ARTIFACTS_DIR = PROJECT_ROOT / "test-artifacts" / "console"  # git-ignored; CI keeps it as the run's artifacts
 WINDOW = (1280, 1000)
 WAIT_SECONDS = 20.0
+PAGE_LOAD_SECONDS = 90.0  # the first chart after a gateway start imports shap and matplotlib (20+ s under load)
 
 os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: never download a browser or a driver
 
@@ -159,7 +160,7 @@ def chromium(browser: Path, driver_program: Path, reaper: processes.GroupReaper 
         driver = webdriver.Chrome(service=service, options=options)
         if reaper is not None:
             reaper.watch(service.process.pid)
-        driver.set_page_load_timeout(WAIT_SECONDS)
+        driver.set_page_load_timeout(PAGE_LOAD_SECONDS)
         driver.set_script_timeout(WAIT_SECONDS)
         yield driver
     finally:
@@ -232,10 +233,15 @@ def screenshot(driver: WebDriver, name: str, folder: Path = ARTIFACTS_DIR, *, fu
     """Save the window as ``<folder>/<name>.png``; ``full_page`` first grows the window to the page's height."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
-    if full_page:
-        height = int(driver.execute_script("return document.documentElement.scrollHeight"))
-        driver.set_window_size(WINDOW[0], min(max(height, WINDOW[1]), 4000))
-        time.sleep(0.2)  # the resize repaints asynchronously
+    if full_page:  # the window's height includes the browser's own frame: grow it until the page fits
+        for _ in range(3):
+            page, viewport, window = driver.execute_script(
+                "return [document.documentElement.scrollHeight, window.innerHeight, window.outerHeight]"
+            )
+            if page <= viewport:
+                break
+            driver.set_window_size(WINDOW[0], min(int(window) + int(page) - int(viewport), 6000))
+            time.sleep(0.2)  # the resize repaints asynchronously
     driver.save_screenshot(str(path))
     if full_page:
         driver.set_window_size(*WINDOW)

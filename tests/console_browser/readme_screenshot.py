@@ -64,4 +64,5 @@ def make_screenshot(target: Path = TARGET) -> Path:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     logger.info("wrote %s", make_screenshot())

@@ -130,8 +130,8 @@ def top_logged_features(row: dict[str, Any], count: int, record: int = 0) -> lis
 
 # ------------------------------------------------------------------------------------------------ tests
 def test_log_in_filter_the_log_and_log_out(stack: ConsoleStack, sent: dict[str, Any], browser: WebDriver) -> None:
-    open_console(browser, stack, "")
-    assert browser.current_url.startswith(f"{stack.console_url}/login")  # no session: the console asks for a key
+    open_console(browser, stack, "")  # no session: the console asks for a key
+    assert browser.current_url.startswith(f"{stack.console_url}/login") and element(browser, "#login-form")
     log_in(browser, stack, "audit")
     assert stack.key_ids["audit"] in element(browser, "#whoami").text
     session = browser.get_cookie("riverbed_console")
@@ -160,7 +160,7 @@ def test_log_in_filter_the_log_and_log_out(stack: ConsoleStack, sent: dict[str, 
     submit(browser, "#logout-submit")
     assert browser.current_url.startswith(f"{stack.console_url}/login")
     open_console(browser, stack, "/log")  # the session is gone: back to the login form
-    assert browser.current_url.startswith(f"{stack.console_url}/login")
+    assert browser.current_url.startswith(f"{stack.console_url}/login") and element(browser, "#login-form")
     assert browser.find_elements(By.ID, "log-table") == []
 
 

@@ -14,7 +14,9 @@ import dagster as dg
 import psycopg
 import pytest
 
+from platform_assets.catalog_records import catalogue_registry
 from platform_assets.definitions import build_definitions
+from platform_assets.deployment import rollback_deployment
 from platform_assets.runner import local_instance, train_run_config
 from resources.inference_log_resource import InferenceLogResource
 from riverbed import names
@@ -185,7 +187,12 @@ def test_a_manual_candidate_waits_for_approval_and_only_the_approved_version_is_
     assert _materialized(second) == {f"training_set_{DATASET}", f"model_{DATASET}"}  # no deployment
     v2 = get_model_version(dsn, DATASET, 2)
     assert v2 is not None
-    assert (v2.status, v2.gate_passed, v2.manual_approval, v2.trained_reason) == ("pending_approval", True, True, "drift")
+    assert (v2.status, v2.gate_passed, v2.manual_approval, v2.trained_reason) == (
+        "pending_approval",
+        True,
+        True,
+        "drift",
+    )
     assert _aliases(settings) == {CHAMPION_ALIAS: "1"}
     pointer = repository.read_deployment(DATASET)
     assert pointer is not None and pointer.version == 1
@@ -253,6 +260,16 @@ def test_a_manual_candidate_waits_for_approval_and_only_the_approved_version_is_
         record_approval(dsn, dataset=DATASET, version=4, decision="approve", action_id="a4", key_id="rev1", reason="x")
     assert _aliases(settings) == {CHAMPION_ALIAS: "2", PREVIOUS_ALIAS: "1"}
 
+    # 6. A rollback (as `riverbed rollback` runs it) moves the catalog's aliases and statuses too.
+    rollback_deployment(DATASET, None, settings=settings, require_mlserver=False)
+    rows = {r.version: r for r in list_model_versions(dsn, DATASET)}
+    assert [(v, rows[v].status, rows[v].aliases) for v in sorted(rows)] == [
+        (1, "deployed", [CHAMPION_ALIAS]),
+        (2, "retired", [PREVIOUS_ALIAS]),
+        (3, "rejected_by_reviewer", []),
+        (4, "rejected", []),
+    ]
+
 
 def test_a_manual_dataset_without_a_catalog_fails_rather_than_hold_a_candidate_nobody_can_approve(
     tmp_path: Path, specs: Path
@@ -291,3 +308,33 @@ def test_an_unreachable_catalog_is_counted_and_does_not_stop_an_automatic_datase
             ).fetchall()
         )
     assert counted == {"training_not_recorded": 1, "gate_not_recorded": 1, "deployment_not_recorded": 1}
+
+
+def test_versions_trained_without_a_catalog_are_backfilled_from_the_registry(
+    tmp_path: Path,
+    specs: Path,
+    migrated_dsn: str,  # noqa: F811
+) -> None:
+    # As `riverbed demo` does: it trains before its serving stack (and so the database) starts.
+    settings = RiverbedSettings(
+        home=tmp_path / "home", specs_dirs=[specs], mlserver_url=f"http://127.0.0.1:{free_port()}"
+    )
+    instance = local_instance(settings)
+    _ingest(settings, instance)
+    first = _train(settings, instance, seed=1, gate=LENIENT_GATE, reason="initial")
+    assert first.success
+    assert not _train(settings, instance, seed=2, gate=STRICT_GATE, reason="drift").success
+    model_v1 = first.asset_value(f"model_{DATASET}")
+
+    added = catalogue_registry(settings, migrated_dsn, [DATASET, "unknown"])
+    assert [(r.version, r.status, r.aliases) for r in added] == [(1, "deployed", [CHAMPION_ALIAS]), (2, "rejected", [])]
+    v1 = get_model_version(migrated_dsn, DATASET, 1)
+    assert v1 is not None
+    assert (v1.trained_reason, v1.mlflow_run_id, v1.dagster_run_id) == ("initial", model_v1.mlflow_run_id, first.run_id)
+    assert v1.data_commit_ids == model_v1.data_commit_ids
+    assert v1.metrics == model_v1.metrics and v1.fairness == model_v1.fairness
+    assert v1.model_card_markdown == _model_card(settings, model_v1.mlflow_run_id, tmp_path)
+    assert v1.gate_passed is True and v1.gate_reasons[0] == "no champion yet"
+    v2 = get_model_version(migrated_dsn, DATASET, 2)
+    assert v2 is not None and v2.trained_reason == "drift" and "does not beat the champion" in v2.gate_reasons[0]
+    assert catalogue_registry(settings, migrated_dsn, [DATASET]) == []  # nothing left to add

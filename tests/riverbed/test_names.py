@@ -46,6 +46,8 @@ NAME_FUNCTIONS = (
     names.retrain_schedule,
     names.kafka_ingest_sensor,
     names.kafka_labels_sensor,
+    names.deploy_job,
+    names.approvals_sensor,
 )
 
 

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 START_SECONDS = 300  # every part of the platform, on a shared 2-core machine
 STOP_SECONDS = 30  # what `up` promises for a stop
-PARTS = ("gateway", "mlserver", "database", "dagster", "mlflow", "kafka", "prometheus", "alertmanager")
+PARTS = ("gateway", "mlserver", "database", "dagster", "exporter", "mlflow", "kafka", "prometheus", "alertmanager")
 INSTALLED = {
     "prometheus": shutil.which("prometheus") is not None,
     "alertmanager": (shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")) is not None,
@@ -70,6 +70,7 @@ class Up:
             "RIVERBED_MLFLOW_PORT": str(free_port()),
             "RIVERBED_PROMETHEUS_PORT": str(free_port()),
             "RIVERBED_ALERTMANAGER_PORT": str(free_port()),
+            "RIVERBED_EXPORTER_PORT": str(free_port()),
         }
         self.started: list[subprocess.Popen[bytes]] = []
 
@@ -175,6 +176,9 @@ def _assert_parts_answer(record: dict[str, Any]) -> None:
     assert httpx.get(f"{record['mlserver']}/v2/models/salary_band-v1/ready", timeout=5).status_code == 200
     info = httpx.get(f"{record['dagster']}/server_info", timeout=5).json()
     assert info["dagster_version"] == version("dagster")
+    assert record["console"] == f"{record['gateway']}/console"
+    exporter = httpx.get(f"{record['exporter']}/metrics", timeout=10)
+    assert exporter.status_code == 200 and "riverbed_dagster_runs" in exporter.text, exporter.text[:500]
     health = httpx.get(f"{record['mlflow']}/health", timeout=5)
     assert (health.status_code, health.text) == (200, "OK")
     assert (
@@ -192,7 +196,11 @@ def _assert_parts_answer(record: dict[str, Any]) -> None:
             targets = httpx.get(f"{record['prometheus']}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
             return {target["labels"]["job"] for target in targets if target["scrapeUrl"].startswith("http://127.0.0.1")}
 
-        _wait_for(lambda: jobs() == {"gateway", "mlserver", "prometheus"}, 30, "Prometheus scrapes the local stack")
+        _wait_for(
+            lambda: jobs() == {"gateway", "mlserver", "exporter", "prometheus"},
+            30,
+            "Prometheus scrapes the local stack",
+        )
 
 
 @pytest.mark.slow
@@ -231,7 +239,9 @@ def test_up_runs_every_part_with_automation_and_down_stops_it(up: Up) -> None:
     assert record["gateway"] in status.stdout and record["kafka"] in status.stdout
 
     children = _descendants(process.pid)
-    assert {record["pids"][part] for part in ("gateway", "mlserver", "dagster", "mlflow", "kafka")} <= set(children)
+    assert {record["pids"][part] for part in ("gateway", "mlserver", "dagster", "exporter", "mlflow", "kafka")} <= set(
+        children
+    )
     began = time.monotonic()
     down = up.cli("down")
     assert down.returncode == 0, down.stdout + down.stderr
@@ -313,10 +323,19 @@ def test_a_forgotten_group_is_left_alone_and_closing_the_reaper_ends_it() -> Non
 def test_generated_monitoring_configuration_points_at_the_local_ports() -> None:
     from riverbed.cli.up import alertmanager_config, prometheus_config
 
-    targets = {"gateway": "127.0.0.1:18000", "mlserver": "127.0.0.1:18082", "prometheus": "127.0.0.1:19090"}
+    targets = {
+        "gateway": "127.0.0.1:18000",
+        "mlserver": "127.0.0.1:18082",
+        "prometheus": "127.0.0.1:19090",
+        "exporter": "127.0.0.1:19108",
+    }
     config = prometheus_config(targets, "http://127.0.0.1:19093")
     scraped = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
     assert scraped == {name: [address] for name, address in targets.items()}  # lakeFS is not part of `up`
+    assert config["global"]["scrape_interval"] == "15s"  # deploy/'s, unless RIVERBED_PROMETHEUS_SCRAPE_INTERVAL
+    quick = prometheus_config(targets, None, interval="2s")
+    assert quick["global"]["scrape_interval"] == quick["global"]["evaluation_interval"] == "2s"
+    assert all("scrape_interval" not in job for job in quick["scrape_configs"])
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["127.0.0.1:19093"]
     assert config["rule_files"][0].endswith("deploy/prometheus/rules/*.rules.yml")
     assert "alerting" not in prometheus_config(targets, None)
@@ -324,3 +343,29 @@ def test_generated_monitoring_configuration_points_at_the_local_ports() -> None:
     urls = [hook["url"] for receiver in hooked["receivers"] for hook in receiver.get("webhook_configs", [])]
     assert urls == ["http://127.0.0.1:9999/hook"]
     assert all("webhook_configs" not in receiver for receiver in alertmanager_config(None)["receivers"])
+
+
+def test_rules_with_a_test_time_for_keep_the_committed_expressions(tmp_path: Path) -> None:
+    import yaml
+
+    from riverbed.cli.up import RULES_DIR, prometheus_config, write_rules_with_for
+
+    [written] = write_rules_with_for(tmp_path / "rules", "5s")
+    committed = yaml.safe_load((RULES_DIR / written.name).read_text())
+    generated = yaml.safe_load(written.read_text())
+    pairs = [
+        (ours, theirs)
+        for group, original in zip(generated["groups"], committed["groups"], strict=True)
+        for ours, theirs in zip(group["rules"], original["rules"], strict=True)
+    ]
+    assert len(pairs) >= 10
+    for ours, theirs in pairs:
+        assert ours.get("for") == ("5s" if "for" in theirs else None), ours["alert"]
+        assert {k: v for k, v in ours.items() if k != "for"} == {k: v for k, v in theirs.items() if k != "for"}
+    assert any(theirs.get("for") == "30m" for _, theirs in pairs)  # the committed rules are left as they are
+    config = prometheus_config({"gateway": "127.0.0.1:1"}, None, rules_dir=tmp_path / "rules")
+    assert config["rule_files"] == [str(tmp_path / "rules" / "*.rules.yml")]
+    promtool = shutil.which("promtool")
+    if promtool is not None:
+        checked = subprocess.run([promtool, "check", "rules", str(written)], capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr

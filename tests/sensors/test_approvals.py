@@ -12,7 +12,7 @@ import pytest
 
 from resources.inference_log_resource import InferenceLogResource
 from riverbed import names
-from riverbed.model_catalog import ModelReview, record_approval, record_gate_decision, record_trained
+from riverbed.model_catalog import ModelReview, ReviewDecision, record_approval, record_gate_decision, record_trained
 from sensors.approvals import build_approvals_sensor, cursor_position, decide_approvals
 from tests.sensors.tiny_spec import tiny_spec
 
@@ -59,7 +59,10 @@ def test_a_rejection_only_moves_the_cursor() -> None:
 
 
 def test_an_approval_and_a_rejection_deploy_only_the_approved_version() -> None:
-    for ordering in ([review(1, 2, "approve"), review(2, 3, "reject")], [review(1, 3, "reject"), review(2, 2, "approve")]):
+    for ordering in (
+        [review(1, 2, "approve"), review(2, 3, "reject")],
+        [review(1, 3, "reject"), review(2, 2, "approve")],
+    ):
         decision = decide_approvals(ordering, 0)
         assert decision.deploy is not None and decision.deploy.version == 2 and decision.cursor == 2
 
@@ -96,18 +99,20 @@ def pending(dsn: str, dataset: str, version: int) -> None:
     record_gate_decision(dsn, dataset=dataset, version=version, passed=True, reasons=["ok"], manual_approval=True)
 
 
-def decide(dsn: str, dataset: str, version: int, decision: str) -> ModelReview:
+def decide(dsn: str, dataset: str, version: int, decision: ReviewDecision) -> ModelReview:
     return record_approval(
-        dsn, dataset=dataset, version=version, decision=decision, action_id=f"a{version}", key_id="rev", reason="r"  # type: ignore[arg-type]
+        dsn, dataset=dataset, version=version, decision=decision, action_id=f"a{version}", key_id="rev", reason="r"
     )
 
 
 def tick(dsn: str, cursor: str | None) -> dg.SensorResult | dg.SkipReason:
-    with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(
-            instance=instance, cursor=cursor, resources={"inference_log": InferenceLogResource(dsn=dsn)}
-        )
-        result = SENSOR(context)
+    # The sensor reads only the catalog: an ephemeral instance is enough (and fast).
+    context = dg.build_sensor_context(
+        instance=dg.DagsterInstance.ephemeral(),
+        cursor=cursor,
+        resources={"inference_log": InferenceLogResource(dsn=dsn)},
+    )
+    result = SENSOR(context)
     assert isinstance(result, dg.SensorResult | dg.SkipReason)
     return result
 

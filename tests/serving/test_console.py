@@ -8,11 +8,13 @@ values (hostile text included) are written into the same hash chain by a second 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import base64
+import contextlib
 import datetime as dt
 import html
 import re
+import subprocess
+import sys
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ import markupsafe
 import psycopg
 import pytest
 
+from riverbed.inference_log_schema import apply_migrations
 from riverbed.model_catalog import record_gate_decision, record_trained
 from riverbed.model_repository import ModelRepository
 from riverbed.settings import RiverbedSettings
@@ -33,6 +36,7 @@ from serving.audit_access import list_audit_access
 from serving.audit_queries import cursor_key_for
 from serving.console.queries import MONITORING_SQL, PREDICT_ROUTE, SAMPLE_SQL
 from serving.console.sessions import SESSION_COOKIE, issue_session, session_key_for
+from serving.database_roles import provision_login_roles
 from serving.inference_log import InferenceLogWriter, InferenceRecord, RequestStatus, format_time, load_chain_key
 from tests.scratch_postgres import create_database, drop_database
 from tests.serving.gateway_fixtures import (
@@ -199,10 +203,14 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     home = tmp_path_factory.mktemp("console")
     name, dsn = create_database()
     try:
+        # The gateway runs as its least-privileged role (as under `riverbed serve`): the console's reads and
+        # actions must work with exactly the grants the migrations give it. Seeding uses the owner's DSN.
+        apply_migrations(dsn)
+        gateway_dsn = provision_login_roles(dsn, None, roles=["gateway"])["gateway"]
         with ScriptedMLServer() as mlserver:
             settings = RiverbedSettings(
                 home=home,
-                inference_log_dsn=dsn,
+                inference_log_dsn=gateway_dsn,
                 mlserver_url=mlserver.url,
                 model_repository=home / "repository",
                 console_mlflow_url=MLFLOW_UI,
@@ -809,3 +817,12 @@ def test_console_queries_are_served_by_indexes(console: Console) -> None:
             row[0] for row in conn.execute("explain " + MONITORING_SQL, ("salary_band", since.date(), 20000))
         )
         assert "monitoring_results" in plan and "Seq Scan" not in plan, plan
+
+
+def test_the_gateway_imports_neither_shap_nor_matplotlib_until_a_chart_is_drawn() -> None:
+    code = (
+        "import sys, serving.gateway.main as m; m.create_app(); import serving.console.pages; "
+        "print(sorted(n for n in ('shap', 'matplotlib', 'numba') if n in sys.modules))"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert completed.stdout.strip() == "[]"

@@ -127,7 +127,9 @@ def test_approve_records_a_chained_action_and_a_review_and_the_version_reads_app
     assert response.status_code == 200, response.text
     body = response.json()
     action_id = response.headers["X-Request-ID"]
-    assert {k: body["review"][k] for k in ("dataset", "version", "mlflow_run_id", "decision", "action_id", "key_id")} == {
+    assert {
+        k: body["review"][k] for k in ("dataset", "version", "mlflow_run_id", "decision", "action_id", "key_id")
+    } == {
         "dataset": DATASET,
         "version": version,
         "mlflow_run_id": f"run-{version}",
@@ -161,7 +163,9 @@ def test_approve_records_a_chained_action_and_a_review_and_the_version_reads_app
     assert record.review.action_id == action_id
     # Listed by the catalog route, for both reading roles; not for predict keys.
     for key in ("audit", "review"):
-        listed = client.get("/v1/models/versions", params={"dataset": DATASET, "limit": 1000}, headers=_auth(stack.keys[key]))
+        listed = client.get(
+            "/v1/models/versions", params={"dataset": DATASET, "limit": 1000}, headers=_auth(stack.keys[key])
+        )
         assert listed.status_code == 200, listed.text
         found = {v["version"]: v for v in listed.json()["versions"]}
         assert found[version]["status"] == "approved"

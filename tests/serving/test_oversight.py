@@ -510,8 +510,70 @@ def test_review_cli_against_a_running_gateway(
         row = json.loads(shown.output)["request"]
         assert row["route"] == "/v1/predictions/{request_id}/flag"
         assert row["inputs"][0]["oversight"]["note"] == "odd result"
+        target_shown = runner.invoke(riverbed_app, ["audit", "show", target])
+        assert target_shown.exit_code == 0, target_shown.output
+        assert [(a["action"], a["note"]) for a in json.loads(target_shown.output)["oversight"]] == [
+            ("flag", "odd result"),
+            ("override", "checked"),
+        ]
+        query = ["audit", "query", "--dataset", "salary_band", "--limit", "1000", "--json"]
+        flagged_rows = runner.invoke(riverbed_app, [*query, "--flagged"])
+        assert flagged_rows.exit_code == 0, flagged_rows.output
+        assert target in [row["request_id"] for row in json.loads(flagged_rows.output)["predictions"]]
+        not_overridden = runner.invoke(riverbed_app, [*query, "--not-overridden"])
+        assert not_overridden.exit_code == 0, not_overridden.output
+        listed = [row["request_id"] for row in json.loads(not_overridden.output)["predictions"]]
+        assert target not in listed and len(listed) >= 1
         verified = runner.invoke(riverbed_app, ["audit", "verify"])
         assert verified.exit_code == 0, verified.output
         assert "chain intact" in verified.output
     finally:
         get_settings.cache_clear()
+
+
+# ------------------------------------------------------------------------------------------- database privileges
+@pytest.mark.asyncio
+async def test_the_gateway_role_indexes_actions_only_through_chained_log_rows(
+    migrated_dsn: str, tmp_path: Path, make_record: Any
+) -> None:
+    """The index is filled by the trigger (as the log's owner): the gateway's role appends the log row and never
+    writes the index itself; the index is append-only; a suspend row notifies the gateways; an action row without
+    its fields is refused (quarantined), not indexed."""
+    from serving.inference_log import Durability, InferenceLogWriter
+
+    gateway_dsn = f"{migrated_dsn} options='-c role=riverbed_gateway'"
+    payload = {"action": "suspend", "target_kind": "dataset", "target_id": "salary_band", "note": "n", "outcome": None}
+    action = make_record(
+        route="/v1/datasets/{dataset}/suspend",
+        dataset="salary_band",
+        client_key_id="rk",
+        inputs=[{"oversight": payload}],
+    )
+    broken = make_record(route="/v1/predictions/{request_id}/flag", inputs=[{"note": "no oversight field"}])
+    listener = await psycopg.AsyncConnection.connect(migrated_dsn, autocommit=True)
+    writer = InferenceLogWriter(gateway_dsn, tmp_path / "spool")
+    await writer.start()
+    try:
+        await listener.execute("listen riverbed_oversight")
+        assert await writer.record(action) == Durability.COMMITTED
+        heard = [n.payload async for n in listener.notifies(timeout=5, stop_after=1)]
+        assert heard == ["salary_band"]
+        assert await writer.record(broken) == Durability.QUARANTINED
+    finally:
+        await writer.stop()
+        await listener.close()
+    with psycopg.connect(migrated_dsn, autocommit=True) as conn:
+        indexed = conn.execute(
+            "select o.action_id, o.seq = l.seq, o.action, o.target_id, o.actor_key_id, o.note "
+            "from oversight_actions o join inference_log l on l.request_id = o.action_id"
+        ).fetchall()
+        assert indexed == [(action.request_id, True, "suspend", "salary_band", "rk", "n")]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+            conn.execute("delete from oversight_actions")
+    with psycopg.connect(gateway_dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(
+                "insert into oversight_actions (action_id, seq, action, target_kind, target_id, note, recorded_at) "
+                "values ('forged', 999, 'resume', 'dataset', 'salary_band', 'x', now())"
+            )
+        assert conn.execute("select count(*) from oversight_actions").fetchone() == (1,)

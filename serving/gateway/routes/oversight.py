@@ -96,6 +96,15 @@ class ReasonBody(_Body):
     reason: str
 
 
+def _body_schema(model: type[_Body]) -> dict[str, Any]:
+    """The body as the OpenAPI document shows it (the handlers read and check it themselves, see the module doc)."""
+    schema = model.model_json_schema()
+    for name in ("note", "reason"):
+        if name in schema["properties"]:
+            schema["properties"][name] |= {"minLength": 1, "maxLength": MAX_NOTE_LENGTH}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 def _action_json(action: OversightAction) -> dict[str, Any]:
     return action.model_dump(mode="json")
 
@@ -201,6 +210,7 @@ async def _refuse(gateway: GatewayState, call: _Call, rejection: RequestRejected
 @router.post(
     ACTION_ROUTES["flag"],
     tags=["oversight"],
+    openapi_extra=_body_schema(FlagBody),
     summary="Flag a logged prediction with a note (role review).",
     responses=ACTION_RESPONSES,
 )
@@ -223,6 +233,7 @@ async def flag(
 @router.post(
     ACTION_ROUTES["override"],
     tags=["oversight"],
+    openapi_extra=_body_schema(OverrideBody),
     summary="Record a reviewer's outcome (one of the dataset's target classes) and reason for a prediction.",
     responses=ACTION_RESPONSES,
 )
@@ -250,6 +261,7 @@ async def override(
 @router.post(
     ACTION_ROUTES["suspend"],
     tags=["oversight"],
+    openapi_extra=_body_schema(ReasonBody),
     summary="Suspend a dataset's serving with a reason: its predict route answers 503 naming who and why.",
     responses=ACTION_RESPONSES,
 )
@@ -272,6 +284,7 @@ async def suspend(
 @router.post(
     ACTION_ROUTES["resume"],
     tags=["oversight"],
+    openapi_extra=_body_schema(ReasonBody),
     summary="Resume a suspended dataset's serving, with a reason (409 if it is not suspended).",
     responses=ACTION_RESPONSES,
 )
