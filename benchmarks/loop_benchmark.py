@@ -516,8 +516,9 @@ class LoopScenario:
         self.mark(f"v{v2} serving")
         self.outcome.v2 = int(v2)
         self.outcome.seconds_to_v2 = self.outcome.marks[f"v{v2} serving"]
-        self.outcome.retrain_run = next(
-            (run for run in self.dagster.runs(train_job(DATASET)) if run.tags.get("riverbed/reason") == "drift"), None
+        # The gateway answers from v2 as soon as the deployment step swapped it in; the run ends right after.
+        self.outcome.retrain_run = self.dagster.wait_for_success(
+            train_job(DATASET), lambda run: run.tags.get("riverbed/reason") == "drift", 120
         )
         self.outcome.drift_ingest_runs = [
             run for run in self.dagster.runs(ingest_job(DATASET)) if run.run_id not in known_ingests

@@ -15,21 +15,25 @@ once the row is *committed* (a spooled or quarantined action is refused with 503
 **The index.** Migration ``0010_oversight_actions`` adds ``oversight_actions``: one row per action row of the log,
 filled by a trigger on ``inference_log`` (SECURITY DEFINER; the gateway's role has no INSERT on the index, so no
 index row can exist without its chained log row, and a spooled action replayed later is indexed as it commits).
-It serves :func:`actions_for` and the audit filters ``flagged`` / ``overridden`` (index ``(target_kind,
-target_id, seq)``). Its suspend and resume rows also ``NOTIFY riverbed_oversight, '<dataset>'``.
+It serves :func:`actions_for` (index ``(target_kind, target_id, seq)``) and the audit filters ``flagged`` /
+``overridden`` (index ``(action, target_kind, target_id)``). Its suspend and resume rows also
+``NOTIFY riverbed_oversight, '<dataset>'``.
 
 **Suspension.** :class:`SuspensionMonitor` (one per gateway process, on ``GatewayState.oversight``) loads the
 current suspension of every dataset at start-up (the latest suspend/resume of each dataset in the index) and
 LISTENs on ``riverbed_oversight`` (the mechanism that pushes API-key revocations, :mod:`serving.api_keys`):
-each notification re-reads that dataset, every (re)connect re-reads all, so a suspension holds in every gateway
-process within about a second and survives a restart. :func:`suspension_of` answers from memory.
+each notification (and every (re)connect) re-reads every dataset's latest state, so a suspension holds in every
+gateway process within about a second and survives a restart. :func:`suspension_of` answers from memory.
+Suspend and resume are decided one at a time per dataset (a transaction-scoped advisory lock, only tried), so
+concurrent resumes of one suspension record one resume and refuse the rest 409.
 
 **Refusals** are typed (:class:`OversightError` and subclasses, each with an HTTP ``status``, the ``field`` and
 the ``rule``): unknown prediction / dataset / model version 404, a malformed value 422 (empty, over-long or NUL
 note, an outcome not among the dataset's target classes, a malformed id), a conflicting state 409 (resume of a
 dataset that is not suspended, override of a prediction that was not served), the log unable to commit the
 action 503. A second flag of the same prediction is a second action, not an error; a second suspend of a
-suspended dataset is a new suspension (new reason and actor), recorded as such.
+suspended dataset is a new suspension (new reason and actor), recorded as such. An override applies to the
+whole request (every record of a batch).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import logging
 import random
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -99,6 +104,8 @@ MAX_NOTE_LENGTH = 4000  # characters of a note or reason
 MAX_TARGET_ID_LENGTH = 300
 MAX_LIST_LIMIT = 1000
 DATASET_SUSPENDED = "dataset_suspended"  # the reason label of a predict request refused for a suspension
+LOCK_WAIT_SECONDS = 5.0  # how long a suspend/resume tries for the dataset's lock before it is refused 409
+_ADVISORY_LOCK_CLASS = 0x6F76  # "ov": the advisory-lock class of suspend/resume, keyed by hashtext(dataset)
 NOTIFY_CHANNEL = "riverbed_oversight"  # NOTIFY'd by migration 0010's trigger with the dataset of a suspend/resume
 
 
@@ -566,18 +573,7 @@ async def suspend_dataset(
     """Suspend a dataset's serving: from now on (every gateway process within about a second) its predict route
     answers 503 naming the actor and the reason, and records each refused request. 404 unknown dataset. A
     suspended dataset may be suspended again: the newest suspension (actor, reason) is the one reported."""
-    check_note("reason", reason)
-    _served_dataset(gateway, dataset)
-    return await record_action(
-        gateway,
-        request_id=request_id,
-        key_id=key_id,
-        action="suspend",
-        target_kind="dataset",
-        target_id=dataset,
-        dataset=dataset,
-        note=reason,
-    )
+    return await _change_serving(gateway, "suspend", request_id=request_id, key_id=key_id, dataset=dataset, note=reason)
 
 
 async def resume_dataset(
@@ -585,24 +581,44 @@ async def resume_dataset(
 ) -> OversightAction:
     """Resume a suspended dataset's serving. 404 unknown dataset; 409 a dataset that is not suspended (read from
     the database, not this process's memory)."""
-    check_note("reason", reason)
+    return await _change_serving(gateway, "resume", request_id=request_id, key_id=key_id, dataset=dataset, note=reason)
+
+
+async def _change_serving(
+    gateway: GatewayState, action: ActionKind, *, request_id: str, key_id: str, dataset: str, note: str
+) -> OversightAction:
+    """Suspend or resume under a transaction-scoped advisory lock per dataset, so that concurrent suspends and
+    resumes (in any gateway process) are decided one after the other on the state the previous one left. The lock
+    is only tried (a waiting request holds no pooled connection); after :data:`LOCK_WAIT_SECONDS` of trying the
+    request is refused 409."""
+    check_note("reason", note)
     _served_dataset(gateway, dataset)
-    async with _reading(), gateway.writer.pool.connection() as conn:
-        query = _LATEST_DATASET_STATE + _LATEST_WHERE + " and dataset = %s order by dataset, seq desc"
-        cur = await conn.execute(query, (dataset,))
-        latest = await cur.fetchone()
-    if latest is None or latest[0] != "suspend":
-        raise ActionConflictError("dataset", f"dataset {dataset!r} is not suspended")
-    return await record_action(
-        gateway,
-        request_id=request_id,
-        key_id=key_id,
-        action="resume",
-        target_kind="dataset",
-        target_id=dataset,
-        dataset=dataset,
-        note=reason,
-    )
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        async with _reading(), gateway.writer.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "select pg_try_advisory_xact_lock(%s, hashtext(%s))", (_ADVISORY_LOCK_CLASS, dataset)
+            )
+            locked = await cur.fetchone()
+            if locked is not None and locked[0]:
+                query = _LATEST_DATASET_STATE + _LATEST_WHERE + " and dataset = %s order by dataset, seq desc"
+                cur = await conn.execute(query, (dataset,))
+                latest = await cur.fetchone()
+                if action == "resume" and (latest is None or latest[0] != "suspend"):
+                    raise ActionConflictError("dataset", f"dataset {dataset!r} is not suspended")
+                return await record_action(
+                    gateway,
+                    request_id=request_id,
+                    key_id=key_id,
+                    action=action,
+                    target_kind="dataset",
+                    target_id=dataset,
+                    dataset=dataset,
+                    note=note,
+                )
+        if time.monotonic() >= deadline:
+            raise ActionConflictError("dataset", f"another suspend or resume of {dataset!r} is in progress; retry")
+        await asyncio.sleep(0.05)
 
 
 def suspension_of(gateway: GatewayState, dataset: str) -> OversightAction | None:
@@ -632,7 +648,7 @@ class SuspensionMonitor:
     """The suspension of every dataset, in memory, kept fresh by LISTEN ``riverbed_oversight`` (one per gateway).
 
     :meth:`start` loads every dataset's latest suspend/resume (waiting up to ``start_timeout`` seconds) and starts
-    the listener; each notification re-reads the dataset it names, each (re)connect re-reads all. If the log is
+    the listener; each notification and each (re)connect re-read every dataset's state. If the log is
     unreachable at start the gateway still starts (it may serve from the spool): the monitor logs a WARNING,
     counts ``riverbed_oversight_listener_failures_total`` and ``riverbed_oversight_state_known`` stays 0 until it
     has read the state; meanwhile no dataset is known to be suspended.

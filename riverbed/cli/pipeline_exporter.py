@@ -110,6 +110,9 @@ def pipeline_exporter(
         typer.echo(f"no Dagster instance at {home}: pass --dagster-home or set DAGSTER_HOME", err=True)
         raise typer.Exit(2)
     metrics = build_metrics(settings, home, timeout_seconds)
+    # One read before serving: opening the instance (and checking its schema) and the Kafka client is done here, not
+    # in Prometheus' first scrape. A source that is down is counted and logged like at any scrape; serving starts.
+    list(metrics.collect())
     try:
         server = make_server(host, port, metrics)
     except OSError as error:

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from serving.console.pages import router
+
 
 def install_console(app: FastAPI) -> None:
     """Serve the console under ``/console`` on ``app`` (the gateway)."""
-    from serving.console.pages import router
-
     app.include_router(router)

@@ -22,9 +22,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from riverbed.model_catalog import ReviewDecision
+from riverbed.model_catalog import ReviewDecision, list_model_versions_async
 from riverbed.names import CONSOLE_PATH
-from serving.api_keys import ApiKey, ApiKeyRefused, KeyStoreUnavailableError
+from serving.api_keys import ApiKey, ApiKeyRefused, KeyExpiredError, KeyStoreUnavailableError
 from serving.audit_access import record_audit_access
 from serving.audit_queries import (
     MAX_CURSOR_LENGTH,
@@ -34,11 +34,12 @@ from serving.audit_queries import (
     fetch_predictions,
     get_prediction,
 )
-from serving.console import charts, queries
+from serving.console import charts, queries, reviews
 from serving.console.markdown import render_markdown
 from serving.console.sessions import (
     CONSOLE_ROLES,
     LOGIN_COOKIE,
+    REFUSALS,
     SESSION_COOKIE,
     ConsoleSession,
     issue_session,
@@ -63,11 +64,20 @@ from serving.console.web import (
     session_key,
     set_cookie,
 )
-from serving.gateway.deps import MAX_TOKEN_LENGTH, gateway_of
+from serving.gateway.deps import MAX_TOKEN_LENGTH, KeyCheck, gateway_of
 from serving.gateway.lineage import lineage_of
 from serving.gateway.middleware import clock_of, request_id_of
+from serving.gateway.routes import audit
 from serving.gateway.state import GatewayState
 from serving.inference_log import RequestStatus
+from serving.oversight import (
+    actions_for,
+    flag_prediction,
+    override_prediction,
+    resume_dataset,
+    suspend_dataset,
+    suspension_of,
+)
 
 router = APIRouter(prefix=CONSOLE_PATH, route_class=ConsoleRoute, include_in_schema=False)
 
@@ -211,7 +221,12 @@ async def console_home(request: Request) -> Response:
 
 @router.get("/login")
 async def login_form(request: Request) -> Response:
-    return login_page(request, None)
+    return login_page(request, REFUSALS.get(request.query_params.get("reason", "")))
+
+
+def _login_again(code: str) -> Response:
+    """Back to the login form, saying why (post/redirect/get: no error status for the browser to log)."""
+    return redirect(f"{CONSOLE_PATH}/login?reason={code}")
 
 
 @router.post("/login")
@@ -220,21 +235,23 @@ async def login(request: Request) -> Response:
     key = session_key(gateway)
     nonce = read_login_nonce(key, request.cookies.get(LOGIN_COOKIE))
     if nonce is None:
-        raise ConsolePageError(403, "the login form expired or was not loaded from this console: reload it")
+        return _login_again("form_expired")
     form = await read_form(request, None, csrf_nonce=nonce)
     token = form.get("api_key", "").strip()
     if not token:
-        return login_page(request, "api_key: enter an API key", status=422)
+        return _login_again("empty_key")
     if len(token) > MAX_TOKEN_LENGTH or not token.isprintable() or not token.isascii():
-        return login_page(request, "invalid or revoked API key", status=401)
+        return _login_again("invalid_key")
     try:
         api_key = await gateway.authenticator.verify(token)
     except KeyStoreUnavailableError as unavailable:
         raise ConsolePageError(503, unavailable.message) from None
-    except ApiKeyRefused as refused:
-        return login_page(request, refused.message, status=401)
+    except KeyExpiredError:
+        return _login_again("key_expired")
+    except ApiKeyRefused:
+        return _login_again("invalid_key")
     if api_key.roles.isdisjoint(CONSOLE_ROLES):
-        return login_page(request, "this API key has neither the 'audit' nor the 'review' role", status=403)
+        return _login_again("no_role")
     charts.warm_up()  # import shap / matplotlib in the background before the first chart is asked for
     lifetime = gateway.settings.console_session_seconds
     response = redirect(LOG_ROUTE)
@@ -355,9 +372,6 @@ async def log_page(request: Request) -> Response:
 @router.get("/export")
 async def export(request: Request) -> Response:
     """The audit API's export (same route handler, limits and record in the access log), for a console session."""
-    from serving.gateway.deps import KeyCheck
-    from serving.gateway.routes import audit
-
     session = await require_session(request)
     if not session.can_audit:
         raise ConsolePageError(403, "this API key lacks the 'audit' role: exports need it")
@@ -422,8 +436,6 @@ def _records(row: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 @router.get("/predictions/{request_id}")
 async def prediction_page(request: Request, request_id: str) -> Response:
-    from serving.oversight import actions_for
-
     session = await require_session(request)
     gateway = gateway_of(request)
     if len(request_id) > 128:
@@ -482,8 +494,6 @@ def _back_to(path: str, done: str, action_id: str) -> Response:
 
 @router.post("/predictions/{request_id}/flag")
 async def flag(request: Request, request_id: str) -> Response:
-    from serving.oversight import flag_prediction
-
     session = await require_session(request)
     form = await read_form(request, session)
     require_review(session)
@@ -500,8 +510,6 @@ async def flag(request: Request, request_id: str) -> Response:
 
 @router.post("/predictions/{request_id}/override")
 async def override(request: Request, request_id: str) -> Response:
-    from serving.oversight import override_prediction
-
     session = await require_session(request)
     form = await read_form(request, session)
     require_review(session)
@@ -520,8 +528,6 @@ async def override(request: Request, request_id: str) -> Response:
 # ------------------------------------------------------------------------------------------------ models
 @router.get("/models")
 async def models_page(request: Request) -> Response:
-    from riverbed.model_catalog import list_model_versions_async
-
     session = await require_session(request)
     gateway = gateway_of(request)
     dataset = check_query_text("dataset", request.query_params.get("dataset"), MAX_FILTER_LENGTH)
@@ -529,7 +535,20 @@ async def models_page(request: Request) -> Response:
         versions = await list_model_versions_async(conn, dataset, 100)
     await _record_read(request, session, MODELS_ROUTE, {"dataset": dataset} if dataset else {}, len(versions))
     shown = [
-        {"record": version, "card": render_markdown(version.model_card_markdown), "slug": _slug(version)}
+        {
+            "record": version,
+            "card": render_markdown(version.model_card_markdown),
+            "slug": _slug(version),
+            "links": lineage_links(
+                gateway,
+                {
+                    "model_name": version.registered_model,
+                    "model_version": str(version.version),
+                    "mlflow_run_id": version.mlflow_run_id,
+                    "dagster_run_id": version.dagster_run_id,
+                },
+            ),
+        }
         for version in versions
     ]
     return render(
@@ -545,8 +564,6 @@ def _slug(version: Any) -> str:
 
 
 async def _review_model(request: Request, dataset: str, version: str, decision: ReviewDecision) -> Response:
-    from serving.console import reviews
-
     session = await require_session(request)
     form = await read_form(request, session)
     require_review(session)
@@ -623,8 +640,6 @@ async def monitoring_page(request: Request) -> Response:
 # ------------------------------------------------------------------------------------------------ datasets
 @router.get("/datasets")
 async def datasets_page(request: Request) -> Response:
-    from serving.oversight import suspension_of
-
     session = await require_session(request)
     gateway = gateway_of(request)
     rows = [{"name": name, "suspension": suspension_of(gateway, name)} for name in sorted(gateway.specs)]
@@ -633,8 +648,6 @@ async def datasets_page(request: Request) -> Response:
 
 @router.post("/datasets/{dataset}/{action}")
 async def dataset_action(request: Request, dataset: str, action: str) -> Response:
-    from serving.oversight import resume_dataset, suspend_dataset
-
     session = await require_session(request)
     form = await read_form(request, session)
     require_review(session)

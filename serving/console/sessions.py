@@ -47,12 +47,31 @@ _PROCESS_KEY = secrets.token_bytes(32)  # only when the gateway has no cursor ke
 _MAX_LOGGED_OUT = 10_000
 
 
-class SessionRefused(Exception):
-    """No usable session: missing, malformed, forged, expired, logged out, or its key revoked / without a role."""
+# Why a session (or a login) was refused: a short code the login page is redirected with, and what it shows.
+REFUSALS = {
+    "login": "not logged in",
+    "malformed": "malformed session cookie: log in again",
+    "forged": "session cookie not issued by this console: log in again",
+    "expired": "session expired: log in again",
+    "logged_out": "logged out: log in again",
+    "gone": "the API key of this session no longer exists",
+    "revoked": "the API key of this session was revoked",
+    "key_expired": "the API key expired",
+    "no_role": "this API key has neither the 'audit' nor the 'review' role",
+    "invalid_key": "invalid or revoked API key",
+    "empty_key": "api_key: enter an API key",
+    "form_expired": "the login form expired or was not loaded from this console: log in again",
+}
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+
+class SessionRefused(Exception):
+    """No usable session: missing, malformed, forged, expired, logged out, or its key revoked / without a role.
+    ``code`` is a key of :data:`REFUSALS`."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(REFUSALS[code])
+        self.code = code
+        self.reason = REFUSALS[code]
 
 
 @dataclass(frozen=True)
@@ -110,16 +129,16 @@ class SessionToken:
 def read_session(key: bytes, token: str | None, now: float | None = None) -> SessionToken:
     """The session a cookie names; raises :class:`SessionRefused` if it is not one this console issued and valid."""
     if not token:
-        raise SessionRefused("not logged in")
+        raise SessionRefused("login")
     if len(token) > MAX_COOKIE_LENGTH or not set(token) <= _TOKEN_PATTERN_CHARS or token.count(".") != 1:
-        raise SessionRefused("malformed session cookie")
+        raise SessionRefused("malformed")
     payload, tag = token.split(".")
     if not hmac.compare_digest(tag, _tag(key, "session", payload)):
-        raise SessionRefused("session cookie not issued by this console")
+        raise SessionRefused("forged")
     try:
         decoded: Any = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (binascii.Error, ValueError, RecursionError):
-        raise SessionRefused("malformed session cookie") from None
+        raise SessionRefused("malformed") from None
     if (
         not isinstance(decoded, list)
         or len(decoded) != 5
@@ -128,10 +147,10 @@ def read_session(key: bytes, token: str | None, now: float | None = None) -> Ses
         or not all(isinstance(part, int) for part in decoded[2:4])
         or not isinstance(decoded[4], str)
     ):
-        raise SessionRefused("malformed session cookie")
+        raise SessionRefused("malformed")
     _, key_id, issued, expires, nonce = decoded
     if (time.time() if now is None else now) >= expires:
-        raise SessionRefused("session expired: log in again")
+        raise SessionRefused("expired")
     return SessionToken(key_id, issued, expires, nonce)
 
 
@@ -197,13 +216,13 @@ async def current_key(pool: AsyncConnectionPool[Any], token: SessionToken) -> Co
         cur = await conn.execute(_SELECT_KEY, (token.key_id,))
         row = await cur.fetchone()
     if row is None:
-        raise SessionRefused("the API key of this session no longer exists")
+        raise SessionRefused("gone")
     name, roles, revoked_at, expires_at = row
     if revoked_at is not None:
-        raise SessionRefused("the API key of this session was revoked")
+        raise SessionRefused("revoked")
     if expires_at is not None and expires_at <= dt.datetime.now(dt.UTC):
-        raise SessionRefused("the API key of this session expired")
+        raise SessionRefused("key_expired")
     held = frozenset(roles) & CONSOLE_ROLES
     if not held:
-        raise SessionRefused("the API key of this session has neither the 'audit' nor the 'review' role")
+        raise SessionRefused("no_role")
     return ConsoleSession(token.key_id, name or "", frozenset(roles), token.nonce, float(token.expires_at))

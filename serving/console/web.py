@@ -21,6 +21,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from psycopg_pool import PoolTimeout
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from riverbed import model_catalog
 from riverbed.names import CONSOLE_PATH
 from serving.audit_access import AuditAccessNotRecorded
 from serving.audit_queries import AuditQueryError
@@ -43,6 +44,7 @@ from serving.console.sessions import (
 from serving.gateway.deps import gateway_of
 from serving.gateway.schemas import RequestRejected
 from serving.gateway.state import GatewayState
+from serving.oversight import OversightError
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +142,7 @@ async def require_session(request: Request) -> ConsoleSession:
     gateway = gateway_of(request)
     token = read_session(session_key(gateway), request.cookies.get(SESSION_COOKIE))
     if token.nonce in _LOGGED_OUT:
-        raise SessionRefused("logged out: log in again")
+        raise SessionRefused("logged_out")
     return await current_key(gateway.writer.pool, token)
 
 
@@ -260,8 +262,6 @@ class _Failure:
 
 def _failure_of(error: Exception) -> _Failure | None:
     """The page to show for a known refusal (None: a bug)."""
-    from serving.oversight import OversightError
-
     if isinstance(error, ConsolePageError):
         return _Failure(error.status, error.message, error.field)
     if isinstance(error, AuditQueryError):
@@ -287,8 +287,6 @@ def _failure_of(error: Exception) -> _Failure | None:
 
 
 def _catalog_failure(error: Exception) -> _Failure | None:
-    from riverbed import model_catalog
-
     if isinstance(error, model_catalog.CatalogValueError):
         return _Failure(422, error.rule, error.field)
     if isinstance(error, model_catalog.UnknownModelVersionError):
@@ -310,7 +308,8 @@ class ConsoleRoute(APIRoute):
             try:
                 return await handler(request)
             except SessionRefused as refused:
-                return login_page(request, refused.reason, status=401)
+                # A redirect, not a 401 page: the browser then shows the login form without logging an error.
+                return redirect(f"{CONSOLE_PATH}/login?reason={refused.code}")
             except Exception as error:
                 failure = _failure_of(error)
                 if failure is None:

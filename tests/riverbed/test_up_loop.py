@@ -121,6 +121,7 @@ class Loop:
 
 @pytest.fixture(scope="module")
 def loop() -> Iterator[Loop]:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll otherwise
     require_tool("prometheus")
     require_tool("prometheus-alertmanager")
     # Not under pytest's temporary root: the embedded PostgreSQL runs as another user, who must traverse the path.

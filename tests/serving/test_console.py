@@ -35,7 +35,7 @@ from serving.api_keys import create_api_key, revoke_api_key
 from serving.audit_access import list_audit_access
 from serving.audit_queries import cursor_key_for
 from serving.console.queries import MONITORING_SQL, PREDICT_ROUTE, SAMPLE_SQL
-from serving.console.sessions import SESSION_COOKIE, issue_session, session_key_for
+from serving.console.sessions import REFUSALS, SESSION_COOKIE, issue_session, session_key_for
 from serving.database_roles import provision_login_roles
 from serving.inference_log import InferenceLogWriter, InferenceRecord, RequestStatus, format_time, load_chain_key
 from tests.scratch_postgres import create_database, drop_database
@@ -314,6 +314,17 @@ def auditor(console: Console) -> Iterator[httpx.Client]:
         yield http
 
 
+def _refused(http: httpx.Client, response: httpx.Response, code: str) -> str:
+    """The reason a login page shows after a refusal redirected there (303 -> /console/login?reason=<code>)."""
+    assert response.status_code == 303, response.text[:1000]
+    assert response.headers["location"] == f"/console/login?reason={code}"
+    page = http.get(response.headers["location"])
+    assert page.status_code == 200 and 'id="login-form"' in page.text
+    match = re.search(r'<p id="form-error"[^>]*>(.*?)</p>', page.text, re.S)
+    assert match, page.text[:2000]
+    return html.unescape(match.group(1))
+
+
 def _error(response: httpx.Response, status: int) -> str:
     assert response.status_code == status, response.text[:2000]
     assert response.headers["content-type"].startswith("text/html")
@@ -368,13 +379,13 @@ def test_wrong_key_and_predict_only_key_are_refused(console: Console) -> None:
     with _client(console) as http:
         form = http.get("/console/login")
         wrong = http.post("/console/login", data={"api_key": "rb_nope_nope", "csrf_token": _csrf(form.text)})
-        assert wrong.status_code == 401 and "invalid or revoked API key" in wrong.text
+        assert _refused(http, wrong, "invalid_key") == "invalid or revoked API key"
         assert f"{SESSION_COOKIE}=" not in wrong.headers.get("set-cookie", "")
         form = http.get("/console/login")
         predict = http.post("/console/login", data={"api_key": console.keys["predict"], "csrf_token": _csrf(form.text)})
-        assert (
-            predict.status_code == 403 and "neither the &#39;audit&#39; nor the &#39;review&#39; role" in predict.text
-        )
+        assert _refused(http, predict, "no_role") == "this API key has neither the 'audit' nor the 'review' role"
+        assert f"{SESSION_COOKIE}=" not in predict.headers.get("set-cookie", "")
+        assert http.get("/console/log").status_code == 303
 
 
 def test_pages_need_a_session(console: Console) -> None:
@@ -386,9 +397,8 @@ def test_pages_need_a_session(console: Console) -> None:
             "/console/monitoring",
         ):
             page = http.get(path)
-            assert page.status_code == 401, path
-            assert 'id="login-form"' in page.text and "not logged in" in page.text
-            assert console.hostile_id not in page.text or path.endswith(console.hostile_id) is False
+            assert _refused(http, page, "login") == "not logged in", path
+            assert console.hostile_id not in page.text
 
 
 def test_logout_ends_the_session_even_if_the_cookie_is_replayed(console: Console) -> None:
@@ -397,11 +407,10 @@ def test_logout_ends_the_session_even_if_the_cookie_is_replayed(console: Console
         page = http.get("/console/log")
         out = http.post("/console/logout", data={"csrf_token": _csrf(page.text)})
         assert out.status_code == 303 and out.headers["location"] == "/console/login"
-        assert http.get("/console/log").status_code == 401
+        assert _refused(http, http.get("/console/log"), "login") == "not logged in"
     with _client(console) as replay:
         replay.cookies.set(SESSION_COOKIE, stolen, path="/console")
-        again = replay.get("/console/log")
-        assert again.status_code == 401 and "logged out" in again.text
+        assert _refused(replay, replay.get("/console/log"), "logged_out") == "logged out: log in again"
 
 
 def test_expired_forged_and_tampered_sessions_are_refused(console: Console) -> None:
@@ -412,15 +421,9 @@ def test_expired_forged_and_tampered_sessions_are_refused(console: Console) -> N
     valid = issue_session(key, console.key_ids["review"], 3600, None)
     tampered = valid[:-2] + ("AA" if not valid.endswith("AA") else "BB")
     with _client(console) as http:
-        for token, reason in (
-            (expired, "session expired"),
-            (forged, "not issued by this console"),
-            (tampered, "not issued by this console"),
-            ("x" * 600, "malformed"),
-        ):
+        for token, code in ((expired, "expired"), (forged, "forged"), (tampered, "forged"), ("x" * 600, "malformed")):
             http.cookies.set(SESSION_COOKIE, token, path="/console")
-            page = http.get("/console/log")
-            assert page.status_code == 401 and reason in page.text, reason
+            assert _refused(http, http.get("/console/log"), code) == REFUSALS[code]
         http.cookies.set(SESSION_COOKIE, valid, path="/console")
         assert http.get("/console/log").status_code == 200
 
@@ -432,7 +435,7 @@ def test_a_revoked_keys_session_stops_at_once(console: Console) -> None:
         assert http.get("/console/log").status_code == 200
         revoke_api_key(console.dsn, created.key_id)
         page = http.get("/console/log")
-        assert page.status_code == 401 and "was revoked" in page.text
+        assert _refused(http, page, "revoked") == "the API key of this session was revoked"
 
 
 def test_every_post_needs_the_sessions_csrf_token(console: Console, reviewer: httpx.Client) -> None:
@@ -446,9 +449,9 @@ def test_every_post_needs_the_sessions_csrf_token(console: Console, reviewer: ht
     assert "CSRF" in _error(wrong, 403)
     other.close()
     with _client(console) as http:  # login without the pre-login cookie
-        assert (
-            http.post("/console/login", data={"api_key": console.keys["review"], "csrf_token": "x"}).status_code == 403
-        )
+        refused = http.post("/console/login", data={"api_key": console.keys["review"], "csrf_token": "x"})
+        assert _refused(http, refused, "form_expired").startswith("the login form expired")
+        assert f"{SESSION_COOKIE}=" not in refused.headers.get("set-cookie", "")
     history = reviewer.get(f"/console/predictions/{console.plain_ids[0]}")
     assert "no token" not in history.text and "other session" not in history.text
 
@@ -744,10 +747,13 @@ def test_models_page_and_approval_of_a_pending_candidate(console: Console, revie
     rows = {row[1]: row for row in _table_rows(after.text, "models-table")[1:]}
     assert rows["riverbed-salary_band v8"][3] == "approved"
     assert "Approve recorded in the inference log" in after.text
-    assert "already decided" in _error(
-        reviewer.post("/console/models/salary_band/versions/8/reject", data={"reason": "no", "csrf_token": token}), 409
-    ) or "not pending_approval" in _error(
-        reviewer.post("/console/models/salary_band/versions/8/reject", data={"reason": "no", "csrf_token": token}), 409
+    text = html.unescape(re.sub(r"<[^>]+>", "", after.text))
+    assert f"approved by key {console.key_ids['review']}: looks right" in text
+    assert f'href="{MLFLOW_UI}/#/runs/run-eight"' in after.text and f'href="{DAGSTER_UI}/runs/dr-1"' in after.text
+    second = reviewer.post("/console/models/salary_band/versions/8/reject", data={"reason": "no", "csrf_token": token})
+    assert "already decided" in _error(second, 409)
+    assert "not pending_approval" in _error(
+        reviewer.post("/console/models/salary_band/versions/7/approve", data={"reason": "x", "csrf_token": token}), 409
     )
     assert "version" in _error(
         reviewer.post("/console/models/salary_band/versions/abc/approve", data={"reason": "x", "csrf_token": token}),
@@ -826,3 +832,10 @@ def test_the_gateway_imports_neither_shap_nor_matplotlib_until_a_chart_is_drawn(
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert completed.stdout.strip() == "[]"
+
+
+def test_unknown_console_pages_get_a_404_page(auditor: httpx.Client) -> None:
+    assert _error(auditor.get("/console/no/such/page"), 404) == "no such console page"
+    css = auditor.get("/console/static/console.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    assert _error(auditor.get("/console/static/../sessions.py"), 404)

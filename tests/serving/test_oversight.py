@@ -362,11 +362,18 @@ def test_malformed_ids_unknown_targets_and_cursors(client: httpx.Client, stack: 
         response = client.get("/v1/oversight", params=params, headers=audit)
         assert response.status_code == 422, response.text
         assert _problem_fields(response) == [field]
-    # A valid cursor pages; it is bound to its filters.
+    # A valid cursor pages (oldest first, by chain position); it is bound to its filters.
+    target = _predict(client, stack)
+    ids = [
+        client.post(f"/v1/predictions/{target}/flag", json={"note": f"n{i}"}, headers=review).json()["action_id"]
+        for i in range(3)
+    ]
+    scope = {"target_kind": "prediction", "target_id": target, "limit": 2}
+    page = client.get("/v1/oversight", params=scope, headers=audit).json()
+    assert [a["action_id"] for a in page["actions"]] == ids[:2] and page["next_cursor"]
+    following = client.get("/v1/oversight", params={**scope, "cursor": page["next_cursor"]}, headers=audit).json()
+    assert [a["action_id"] for a in following["actions"]] == ids[2:] and following["next_cursor"] is None
     page = client.get("/v1/oversight", params={"limit": 1}, headers=audit).json()
-    assert page["count"] == 1 and page["next_cursor"]
-    following = client.get("/v1/oversight", params={"limit": 1, "cursor": page["next_cursor"]}, headers=audit).json()
-    assert following["actions"][0]["action_id"] != page["actions"][0]["action_id"]
     foreign = client.get(
         "/v1/oversight", params={"limit": 1, "cursor": page["next_cursor"], "action": "flag"}, headers=audit
     )
@@ -577,3 +584,26 @@ async def test_the_gateway_role_indexes_actions_only_through_chained_log_rows(
                 "values ('forged', 999, 'resume', 'dataset', 'salary_band', 'x', now())"
             )
         assert conn.execute("select count(*) from oversight_actions").fetchone() == (1,)
+
+
+def test_concurrent_resumes_resume_once(client: httpx.Client, stack: Stack) -> None:
+    """Suspend and resume are decided one after another (an advisory lock per dataset): of concurrent resumes of
+    one suspension exactly one is recorded, the others find the dataset served (409)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    review = _auth(stack.keys.review)
+    assert client.post("/v1/datasets/salary_band/suspend", json={"reason": "race"}, headers=review).status_code == 200
+
+    def resume(index: int) -> int:
+        with httpx.Client(base_url=stack.url, timeout=30) as http:
+            response = http.post("/v1/datasets/salary_band/resume", json={"reason": f"r{index}"}, headers=review)
+            return response.status_code
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        statuses = sorted(pool.map(resume, range(6)))
+    assert statuses == [200, 409, 409, 409, 409, 409]
+    history = client.get(
+        "/v1/oversight", params={"target_kind": "dataset", "target_id": "salary_band"}, headers=review
+    ).json()["actions"]
+    assert [a["action"] for a in history][-2:] == ["suspend", "resume"]
+    assert _wait_status(stack.url, stack, 200, 0.0)[0].status_code == 200

@@ -60,6 +60,29 @@ APPROVE_ROUTE = "/v1/models/{dataset}/versions/{version}/approve"
 REJECT_ROUTE = "/v1/models/{dataset}/versions/{version}/reject"
 MAX_REVIEW_BODY_BYTES = 16 * 1024
 MAX_VERSION = 2**31 - 1
+# The body is read and checked by hand (size limit first, then each rule by name); documented here for /docs.
+REVIEW_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "reason": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 4000,
+                            "description": "Why (recorded with the decision and in the chained log).",
+                        }
+                    },
+                    "required": ["reason"],
+                    "additionalProperties": False,
+                }
+            }
+        },
+    }
+}
 
 REVIEW_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing or invalid API key."},
@@ -202,6 +225,7 @@ async def _decide(
     tags=["models"],
     summary="Approve a pending candidate of a manual-approval dataset: the platform then deploys exactly it.",
     responses=REVIEW_RESPONSES,
+    openapi_extra=REVIEW_BODY,
 )
 async def approve_model_version(
     request: Request,
@@ -219,6 +243,7 @@ async def approve_model_version(
     tags=["models"],
     summary="Reject a pending candidate of a manual-approval dataset: it is never deployed.",
     responses=REVIEW_RESPONSES,
+    openapi_extra=REVIEW_BODY,
 )
 async def reject_model_version(
     request: Request,
