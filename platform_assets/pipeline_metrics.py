@@ -69,7 +69,6 @@ TICK_LOOKBACK = 100  # consecutive failures are counted among an instigator's la
 FINISHED_RUN_STATUSES = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 ZERO_IN_PROGRESS_STATUSES = (DagsterRunStatus.QUEUED, DagsterRunStatus.STARTED)
 ZERO_TICK_STATUSES = ("SUCCESS", "SKIPPED", "FAILURE")
-SOURCES = ("dagster", "kafka")
 ERROR_REASONS = ("timeout", "error", "not_configured", "bad_cursor")
 WARNING_EVERY_SECONDS = 60.0  # a lasting failure is logged again at this pace (each one is counted)
 
@@ -321,9 +320,9 @@ class PipelineMetrics(Collector):
                 source.pending = _run_in_thread(source.read, deadline, f"pipeline-metrics-{source.name}")
             return source.pending
 
-    def _settle(self, source: _Source, future: Future[Any], deadline: float) -> Any | None:
-        """The source's snapshot, or None after counting and logging why there is none."""
-        began = time.monotonic()
+    def _settle(self, source: _Source, future: Future[Any], began: float, deadline: float) -> Any | None:
+        """The source's snapshot, or None after counting and logging why there is none (``began``: the scrape's
+        start, so ``seconds`` is how long the scrape waited for this source)."""
         try:
             result = future.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
@@ -360,12 +359,13 @@ class PipelineMetrics(Collector):
 
     # ------------------------------------------------------------------------------------------ collect
     def collect(self) -> Iterator[Metric]:
-        deadline = time.monotonic() + self.timeout_seconds
+        began = time.monotonic()
+        deadline = began + self.timeout_seconds
         dagster_source, kafka_source = self.sources["dagster"], self.sources["kafka"]
         dagster_read = self._start(dagster_source, deadline)  # both run at once; the scrape waits for both
         kafka_read = self._start(kafka_source, deadline)
-        dagster: DagsterSnapshot | None = self._settle(dagster_source, dagster_read, deadline)
-        kafka: dict[str, Watermarks] | None = self._settle(kafka_source, kafka_read, deadline)
+        dagster: DagsterSnapshot | None = self._settle(dagster_source, dagster_read, began, deadline)
+        kafka: dict[str, Watermarks] | None = self._settle(kafka_source, kafka_read, began, deadline)
 
         if dagster is not None:
             yield from self._dagster_families(dagster)
@@ -382,7 +382,7 @@ class PipelineMetrics(Collector):
         yield up
         seconds = GaugeMetricFamily(
             "riverbed_pipeline_exporter_collect_seconds",
-            "Time this scrape waited for the source.",
+            "Seconds from the scrape's start until the source answered or the scrape gave up on it.",
             labels=["source"],
         )
         errors = CounterMetricFamily(

@@ -385,6 +385,8 @@ def test_kafka_down_or_hung_costs_one_bounded_scrape_with_the_error_counted_and_
         if kafka == "silent" and scrape_number == 1:
             assert elapsed >= 0.9, f"gave up after {elapsed:.2f} s, before the bound"
             assert errors[("timeout", "kafka")] == 1
+            waited = values(scrape, "riverbed_pipeline_exporter_collect_seconds")
+            assert waited[("kafka",)] >= 0.9 and waited[("dagster",)] < 0.9, waited
         assert values(scrape, "riverbed_pipeline_exporter_up") == {("dagster",): 1, ("kafka",): 0}
         # the Dagster half is served; nothing is made up for Kafka
         assert values(scrape, "riverbed_dagster_runs_total")[("ingest_salary_band", "FAILURE")] == 1

@@ -839,3 +839,13 @@ def test_unknown_console_pages_get_a_404_page(auditor: httpx.Client) -> None:
     css = auditor.get("/console/static/console.css")
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
     assert _error(auditor.get("/console/static/../sessions.py"), 404)
+
+
+def test_hostile_filter_values_are_echoed_escaped_in_the_form(auditor: httpx.Client) -> None:
+    page = auditor.get("/console/log", params={"label": ATTR, "model_version": XSS})
+    assert page.status_code == 200 and 'id="log-empty"' in page.text
+    assert ATTR not in page.text and XSS not in page.text
+    assert f'name="label" type="text" maxlength="256" value="{markupsafe.escape(ATTR)}"' in page.text
+    assert f'value="{markupsafe.escape(XSS)}"' in page.text
+    flash = auditor.get("/console/models", params={"done": "approve", "action": "<x>"})
+    assert "Approve recorded in the inference log." in flash.text and "&lt;x&gt;" not in flash.text

@@ -165,7 +165,8 @@ def test_flag_is_a_chained_log_row_visible_in_the_audit_api_history_and_export(
         "outcome": None,
     }
     assert action["note"] == HOSTILE_NOTE  # stored verbatim; JSON carries it as a string, never as markup
-    assert b"<script>" not in first.content.split(b'"note":')[0]
+    # On the wire: a JSON string, its quotes escaped (the body is JSON, never HTML).
+    assert f'"note":{json.dumps(HOSTILE_NOTE, ensure_ascii=False)}' in first.content.decode("utf-8")
 
     # The action's own row in the audit API: route, status, reviewer, the action's fields as its inputs.
     own = _audit_row(client, stack, action["action_id"])["request"]
@@ -211,8 +212,8 @@ def test_flag_is_a_chained_log_row_visible_in_the_audit_api_history_and_export(
     others = _listed_ids(client, stack, {"flagged": "false", "dataset": "salary_band"})
     assert unflagged in others and target not in others
 
-    # The CSV export holds the action row (escaped form is the stored form; this note needs no escaping but U+241B
-    # makes it stored escaped: the marker first).
+    # The CSV and Parquet exports hold the action row (exports keep the stored form: this note, with U+241B inside
+    # but not first, is stored as it is).
     export = client.get(
         "/v1/audit/export", params={"format": "csv", "dataset": "salary_band"}, headers=_auth(stack.keys.audit)
     )
@@ -221,7 +222,18 @@ def test_flag_is_a_chained_log_row_visible_in_the_audit_api_history_and_export(
     exported = rows[action["action_id"]]
     assert exported["route"] == "/v1/predictions/{request_id}/flag"
     assert exported["client_key_id"] == stack.keys.review_id
-    assert json.loads(exported["inputs"])[0]["oversight"]["target_id"] == target
+    assert json.loads(exported["inputs"]) == own["inputs"]
+    parquet = client.get(
+        "/v1/audit/export", params={"format": "parquet", "dataset": "salary_band"}, headers=_auth(stack.keys.audit)
+    )
+    assert parquet.status_code == 200, parquet.text
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(parquet.content)).to_pylist()
+    in_parquet = {row["request_id"]: row for row in table}[action["action_id"]]
+    assert in_parquet["route"] == "/v1/predictions/{request_id}/flag"
+    assert in_parquet["client_key_id"] == stack.keys.review_id
+    assert json.loads(in_parquet["inputs"]) == own["inputs"]  # the note needs no escaping: exported verbatim
     _chain_ok(stack)
 
 
