@@ -63,8 +63,8 @@ CONTRIBUTIONS = {name: 0.0 for name in SPEC.feature_names} | {
 }
 MLFLOW_UI = "http://mlflow.example:5000"
 DAGSTER_UI = "http://dagster.example:3000"
-# The seeded requests: two days ago (inside the monitoring page's windows), on the hour.
-T0 = (dt.datetime.now(dt.UTC) - dt.timedelta(days=2)).replace(minute=0, second=0, microsecond=0)
+# The seeded requests: two days ago at 10:00 UTC (inside the monitoring page's windows, all on one day).
+T0 = (dt.datetime.now(dt.UTC) - dt.timedelta(days=2)).replace(hour=10, minute=0, second=0, microsecond=0)
 UNTIL = format_time(T0 + dt.timedelta(hours=1))  # excludes the hostile, the refused and the oversight rows
 
 
