@@ -2,13 +2,13 @@
 
 A scratch database on the machine's PostgreSQL (127.0.0.1:5432) gets the migrations, then ``--rows`` inference-log
 rows in one bulk ``COPY`` (salary_band requests over the last 30 days, each with its inputs, label, probabilities
-and full SHAP explanation, 2 % refused), 30 days of monitoring results and a few catalogued model versions. The
+and full SHAP explanation, 2 % refused, one reviewer's flag per 5,000 rows, indexed by migration 0010's trigger), 30 days of monitoring results and a few catalogued model versions. The
 rows are *not* hash-chained (random hashes; the chain head is moved past them): the console never verifies the
 chain, and ``riverbed audit verify`` is not part of what is timed. The gateway then runs as its own process
 (uvicorn, as ``riverbed serve`` starts it) and a logged-in console session fetches each page ``--repeats`` times:
 
 * the inference log's first page, a page half-way down the log (a cursor at row ``rows / 2``), and filtered
-  pages (label + model version; refused requests only);
+  pages (label + model version; refused requests only; flagged only; not overridden);
 * one request's page with its SHAP waterfall (the first one after start-up, which imports ``shap`` and
   ``matplotlib``, is reported on its own), the models page and the monitoring page (30-day window).
 
@@ -56,6 +56,8 @@ from tests.scratch_postgres import create_database, drop_database
 COMMAND = "uv run python -m benchmarks.console_benchmark"
 DATASET = "salary_band"
 DAYS = 30
+FLAG_EVERY = 5000  # one flag action row per this many rows
+FLAG_ROUTE = "/v1/predictions/{request_id}/flag"
 COPY_COLUMNS = (
     "request_id, seq, received_at, dataset, route, status, http_status, client_key_id, model_name, model_version, "
     "mlflow_run_id, training_set_commit_id, data_commit_ids, dagster_run_id, inputs, outputs, labels, error, "
@@ -123,7 +125,27 @@ def load_rows(dsn: str, spec: Any, rows: int, now: dt.datetime) -> dict[str, Any
                 received = start + step * n
                 request_id = f"bench-{n:08d}"
                 version = str(1 + n * 5 // rows)
-                if n % 50 == 7:  # refused: no outputs
+                if n % FLAG_EVERY == FLAG_EVERY - 1:  # a reviewer's flag of the prediction 1,000 rows earlier
+                    target = f"bench-{n - 1000:08d}"
+                    action = _copy_text(
+                        json.dumps(
+                            [
+                                {
+                                    "oversight": {
+                                        "action": "flag",
+                                        "target_kind": "prediction",
+                                        "target_id": target,
+                                        "note": "benchmark flag",
+                                        "outcome": None,
+                                    }
+                                }
+                            ]
+                        )
+                    )
+                    fields = [request_id, str(n + 1), received.isoformat(), DATASET, FLAG_ROUTE, "ok", "200",
+                              "reviewkey", "\\N", "\\N", "\\N", "\\N", "{}", "\\N", action, "[]", "{}", "\\N",
+                              "{}", fake_hash, fake_hash]  # fmt: skip
+                elif n % 50 == 7:  # refused: no outputs
                     fields = [request_id, str(n + 1), received.isoformat(), DATASET, PREDICT_ROUTE, "rejected", "422",
                               "benchkey", "riverbed-salary_band", version, "run-" + version, "c" * 12, commits,
                               "dagster-" + version, "[]", "[]", "{}", "age: must be at least 17", "{}", fake_hash,
@@ -301,7 +323,11 @@ def measure(rows: int, repeats: int) -> dict[str, Any]:
             pages: dict[str, Any] = {}
             with gateway_process(home, dsn) as url, httpx.Client(base_url=url, timeout=120) as http:
                 login(http, key)
-                ids = [f"bench-{n:08d}" for n in random.Random(5).sample(range(rows), repeats + 1) if n % 50 != 7]
+                ids = [
+                    f"bench-{n:08d}"
+                    for n in random.Random(5).sample(range(rows), repeats + 1)
+                    if n % 50 != 7 and n % FLAG_EVERY != FLAG_EVERY - 1
+                ]
                 pages["request_first_after_start"] = summary([timed(http, f"/console/predictions/{ids[0]}")])
                 scenarios: dict[str, tuple[str, dict[str, str] | None]] = {
                     "log_first_page": ("/console/log", None),
@@ -311,6 +337,8 @@ def measure(rows: int, repeats: int) -> dict[str, Any]:
                         {"dataset": DATASET, "label": spec.target.positive_class, "model_version": "3"},
                     ),
                     "log_filtered_refused": ("/console/log", {"status": "rejected"}),
+                    "log_filtered_flagged": ("/console/log", {"flagged": "true"}),
+                    "log_filtered_not_overridden": ("/console/log", {"dataset": DATASET, "overridden": "false"}),
                     "models": ("/console/models", None),
                     "monitoring_30_days": ("/console/monitoring", {"dataset": DATASET, "days": "30"}),
                 }
@@ -360,6 +388,8 @@ LABELS = {
     "log_deep_page": "Inference log, a page half-way down (cursor at row rows/2)",
     "log_filtered_label_version": "Inference log filtered: dataset + label + model version",
     "log_filtered_refused": "Inference log filtered: refused requests only (2 %)",
+    "log_filtered_flagged": "Inference log filtered: flagged requests only (1 in 5,000)",
+    "log_filtered_not_overridden": "Inference log filtered: dataset + not overridden",
     "request_first_after_start": "One request with its waterfall, first after start-up (imports shap)",
     "request_with_chart": "One request with its SHAP waterfall (SVG)",
     "models": "Models (10 versions, cards, fairness)",

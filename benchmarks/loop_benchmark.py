@@ -150,11 +150,13 @@ class UpProcess:
         self.record = json.loads((self.home / "stack.json").read_text())
         return self.record
 
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout: float = 120, extra_env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """A ``riverbed`` command against this stack's home."""
         return subprocess.run(
             [sys.executable, "-m", "riverbed.cli", *args],
-            env=self.env,
+            env={**self.env, **(extra_env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -158,6 +158,8 @@ def test_console_benchmark_quick_times_every_page_and_explains_its_queries(tmp_p
         "log_deep_page",
         "log_filtered_label_version",
         "log_filtered_refused",
+        "log_filtered_flagged",
+        "log_filtered_not_overridden",
         "models",
         "monitoring_30_days",
         "request_with_chart",

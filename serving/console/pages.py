@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import hmac
 import math
 import re
 import urllib.parse
@@ -42,6 +43,7 @@ from serving.console.sessions import (
     REFUSALS,
     SESSION_COOKIE,
     ConsoleSession,
+    csrf_token,
     issue_session,
     read_login_nonce,
 )
@@ -92,6 +94,7 @@ MAX_MONITORING_DAYS = 90
 MAX_RECORD_INDEX = 100_000
 STATUS_CHOICES = ("ok", "rejected", "failed")
 BOOL_CHOICES = ("true", "false")
+_ACTIONS = frozenset({"flag", "override", "suspend", "resume", "approve", "reject"})
 _ACTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _STATIC = {"console.css": "text/css; charset=utf-8"}
 
@@ -137,14 +140,21 @@ async def _record_read(
     )
 
 
-def _flash(request: Request) -> str | None:
-    """The confirmation of the action that redirected here (from ``done`` and ``action`` query parameters)."""
-    done = request.query_params.get("done")
+def _flash(request: Request, session: ConsoleSession) -> str | None:
+    """The confirmation of the action that redirected here: ``done`` and ``action`` in the query, tagged for this
+    session by :func:`_back_to` (a crafted link cannot make a page claim an action was recorded)."""
+    done = request.query_params.get("done", "")
     action = request.query_params.get("action", "")
-    if done not in {"flag", "override", "suspend", "resume", "approve", "reject"}:
+    if done not in _ACTIONS or not _ACTION_ID.fullmatch(action):
         return None
-    recorded = f" (action {action})" if _ACTION_ID.fullmatch(action) else ""
-    return f"{done.capitalize()} recorded in the inference log{recorded}."
+    expected = _flash_tag(request, session, done, action)
+    if not hmac.compare_digest(request.query_params.get("tag", "").encode(), expected.encode()):
+        return None
+    return f"{done.capitalize()} recorded in the inference log (action {action})."
+
+
+def _flash_tag(request: Request, session: ConsoleSession, done: str, action: str) -> str:
+    return csrf_token(session_key(gateway_of(request)), f"flash|{session.nonce}|{done}|{action}")
 
 
 def _mlflow_base(gateway: GatewayState) -> str | None:
@@ -481,15 +491,17 @@ async def prediction_page(request: Request, request_id: str) -> Response:
             "lineage": lineage_links(gateway, row),
             "history": history,
             "outcomes": list(spec.target.classes) if spec is not None else [],
-            "flash": _flash(request),
+            "flash": _flash(request, session),
             "served": row.get("status") == "ok",
         },
         session=session,
     )
 
 
-def _back_to(path: str, done: str, action_id: str) -> Response:
-    return redirect(f"{path}?{urllib.parse.urlencode({'done': done, 'action': action_id})}")
+def _back_to(request: Request, session: ConsoleSession, path: str, done: str, action_id: str) -> Response:
+    """Post/redirect/get: back to the page, which confirms the recorded action (see :func:`_flash`)."""
+    tag = _flash_tag(request, session, done, action_id)
+    return redirect(f"{path}?{urllib.parse.urlencode({'done': done, 'action': action_id, 'tag': tag})}")
 
 
 @router.post("/predictions/{request_id}/flag")
@@ -505,7 +517,7 @@ async def flag(request: Request, request_id: str) -> Response:
         target_request_id=request_id,
         note=form.get("note", ""),
     )
-    return _back_to(f"{CONSOLE_PATH}/predictions/{_quote(request_id)}", "flag", action.action_id)
+    return _back_to(request, session, f"{CONSOLE_PATH}/predictions/{_quote(request_id)}", "flag", action.action_id)
 
 
 @router.post("/predictions/{request_id}/override")
@@ -522,7 +534,8 @@ async def override(request: Request, request_id: str) -> Response:
         outcome=form.get("outcome", ""),
         reason=form.get("reason", ""),
     )
-    return _back_to(f"{CONSOLE_PATH}/predictions/{_quote(request_id)}", "override", action.action_id)
+    path = f"{CONSOLE_PATH}/predictions/{_quote(request_id)}"
+    return _back_to(request, session, path, "override", action.action_id)
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -554,7 +567,7 @@ async def models_page(request: Request) -> Response:
     return render(
         request,
         "models.html",
-        {"versions": shown, "dataset": dataset, "flash": _flash(request)},
+        {"versions": shown, "dataset": dataset, "flash": _flash(request, session)},
         session=session,
     )
 
@@ -578,7 +591,7 @@ async def _review_model(request: Request, dataset: str, version: str, decision: 
         decision=decision,
         reason=form.get("reason", ""),
     )
-    return _back_to(MODELS_ROUTE, decision, action_id)
+    return _back_to(request, session, MODELS_ROUTE, decision, action_id)
 
 
 @router.post("/models/{dataset}/versions/{version}/approve")
@@ -643,7 +656,7 @@ async def datasets_page(request: Request) -> Response:
     session = await require_session(request)
     gateway = gateway_of(request)
     rows = [{"name": name, "suspension": suspension_of(gateway, name)} for name in sorted(gateway.specs)]
-    return render(request, "datasets.html", {"rows": rows, "flash": _flash(request)}, session=session)
+    return render(request, "datasets.html", {"rows": rows, "flash": _flash(request, session)}, session=session)
 
 
 @router.post("/datasets/{dataset}/{action}")
@@ -661,7 +674,7 @@ async def dataset_action(request: Request, dataset: str, action: str) -> Respons
         dataset=dataset,
         reason=form.get("reason", ""),
     )
-    return _back_to(DATASETS_ROUTE, action, recorded.action_id)
+    return _back_to(request, session, DATASETS_ROUTE, action, recorded.action_id)
 
 
 @router.get("/{path:path}")

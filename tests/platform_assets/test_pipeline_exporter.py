@@ -580,8 +580,9 @@ def test_prometheus_scrapes_the_exporter_and_every_pipeline_panel_has_data(
     try:
         deadline = time.monotonic() + 90
         while True:  # two scrapes in which both sources answered: increase() in the panels needs two samples
-            try:
-                answered = query("min(sum_over_time(riverbed_pipeline_exporter_up[1m]))")
+            try:  # Prometheus answers 503 (not JSON) until it is ready
+                ready = httpx.get(f"http://127.0.0.1:{prometheus_port}/-/ready", timeout=5).status_code == 200
+                answered = query("min(sum_over_time(riverbed_pipeline_exporter_up[1m]))") if ready else []
                 if answered and float(answered[0]["value"][1]) >= 2:
                     break
             except httpx.TransportError:

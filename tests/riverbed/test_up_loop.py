@@ -13,7 +13,10 @@ Prometheus and Alertmanager are the ones `up` starts, on its generated configura
 every 2 s (``RIVERBED_PROMETHEUS_SCRAPE_INTERVAL``) and every rule's ``for:`` at 5 s in a generated copy of the
 committed rules (``RIVERBED_ALERT_RULES_FOR``); Alertmanager posts to a webhook this module serves
 (``RIVERBED_ALERT_WEBHOOK_URL``). Every panel of the committed dashboards (deploy/grafana/dashboards/*.json) is
-queried against that Prometheus.
+queried against that Prometheus. For the panels that show what went wrong to have something to show, one thing does
+go wrong, as an operator would meet it: a registry entry whose digests were changed, refused by `riverbed rollback`
+and counted in ``pipeline_failures``. The stack serves the committed ``machine_failure`` spec with one addition,
+``retraining.min_performance: 0.1`` (a floor these models never reach), so the threshold panel has its series.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import logging
 import queue
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -33,6 +37,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from benchmarks.loop_benchmark import (
     DATASET,
@@ -53,6 +58,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 DASHBOARDS = PROJECT_ROOT / "deploy" / "grafana" / "dashboards"
 DRIFT_ALERT = "RiverbedFeatureDriftPersisting"
 DRIFTED_FEATURES = {"torque_nm", "rotational_speed_rpm"}  # the drift demo's shifts
+MIN_PERFORMANCE = 0.1
 ALERT_SECONDS = 240.0  # from v2 serving: the drift alert fired long before; Alertmanager waits 30 s to group
 PANEL_SECONDS = 120.0  # for every panel to have data (rates need two scrapes in their window)
 
@@ -113,10 +119,41 @@ class Loop:
     scenario: LoopScenario
     background: BackgroundClient
     webhook: AlertWebhook
+    refused_rollback: subprocess.CompletedProcess[str] | None = None
 
     @property
     def record(self) -> dict[str, Any]:
         return self.scenario.record
+
+    def refuse_a_tampered_rollback(self) -> subprocess.CompletedProcess[str]:
+        """Change v1's recorded digests in the registry (MLflow's REST API), then `riverbed rollback` to it (once)."""
+        if self.refused_rollback is None:
+            mlflow, name = self.record["mlflow"], f"riverbed-{DATASET}"
+            version = httpx.get(
+                f"{mlflow}/api/2.0/mlflow/model-versions/get", params={"name": name, "version": "1"}, timeout=10
+            ).json()["model_version"]
+            tags = {tag["key"]: tag["value"] for tag in version.get("tags", [])}
+            digests = json.loads(tags["riverbed.artifact_sha256"])
+            first = sorted(digests)[0]
+            digests[first] = ("0" if digests[first][0] != "0" else "1") + digests[first][1:]
+            changed = httpx.post(
+                f"{mlflow}/api/2.0/mlflow/model-versions/set-tag",
+                json={"name": name, "version": "1", "key": "riverbed.artifact_sha256", "value": json.dumps(digests)},
+                timeout=10,
+            )
+            assert changed.status_code == 200, changed.text
+            self.refused_rollback = self.scenario.up.cli(
+                "rollback", DATASET, extra_env={"RIVERBED_MLFLOW_TRACKING_URI": mlflow}
+            )
+        return self.refused_rollback
+
+
+def _specs_with_a_performance_floor(directory: Path) -> Path:
+    spec = yaml.safe_load((PROJECT_ROOT / "datasets" / f"{DATASET}.yaml").read_text())
+    spec.setdefault("retraining", {})["min_performance"] = MIN_PERFORMANCE
+    directory.mkdir(parents=True)
+    (directory / f"{DATASET}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return directory
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +167,13 @@ def loop() -> Iterator[Loop]:
     try:
         with (
             AlertWebhook() as webhook,
-            running_loop(home, {"RIVERBED_ALERT_WEBHOOK_URL": webhook.url}) as scenario,
+            running_loop(
+                home,
+                {
+                    "RIVERBED_ALERT_WEBHOOK_URL": webhook.url,
+                    "RIVERBED_SPECS_DIRS": json.dumps([str(_specs_with_a_performance_floor(home / "specs"))]),
+                },
+            ) as scenario,
         ):
             began = time.monotonic()
             v1 = scenario.initial_champion()
@@ -219,6 +262,23 @@ def test_the_drift_alert_reaches_the_webhook(loop: Loop) -> None:
     assert features <= drifted, (features, drifted)
 
 
+def test_a_rollback_to_a_tampered_version_is_refused_counted_and_v2_keeps_serving(loop: Loop) -> None:
+    refused = loop.refuse_a_tampered_rollback()
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "refusing to deploy" in refused.stdout and "digests" in refused.stdout, refused.stdout
+    assert loop.scenario.served_version() == 2
+    # Counted where the pipeline's failures are: the gateway exports the stored count, Prometheus scrapes it.
+    series = f'riverbed_pipeline_failures_total{{component="deployment_{DATASET}",reason="model_integrity"}}'
+
+    def scraped() -> list[dict[str, Any]]:
+        return _query(loop.record["prometheus"], series)
+
+    deadline = time.monotonic() + PANEL_SECONDS
+    while not (found := scraped()) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert [point["value"][1] for point in found] == ["1"], found
+
+
 def _panel_queries() -> list[tuple[str, str, str]]:
     """(dashboard file, panel title, PromQL) of every target of every committed dashboard."""
     found = []
@@ -244,6 +304,7 @@ def _query(prometheus: str, expr: str) -> list[dict[str, Any]]:
 def test_every_dashboard_panel_returns_data_from_the_running_stack(loop: Loop) -> None:
     queries = _panel_queries()
     assert len(queries) >= 20, queries  # the three committed dashboards
+    loop.refuse_a_tampered_rollback()  # what the failure panels show (done by the test before, when it ran)
     prometheus = loop.record["prometheus"]
     deadline = time.monotonic() + PANEL_SECONDS
     while True:
