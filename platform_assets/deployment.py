@@ -49,7 +49,7 @@ from resources.mlserver_admin import MLServerAdmin
 from resources.mlserver_resource import MLServerResource
 from riverbed.errors import MLServerModelError, MLServerUnavailableError, ModelIntegrityError
 from riverbed.ml.integrity import ARTIFACT_FILES, MODEL_FILE, parse_digests, verified_bytes, verify_files
-from riverbed.model_catalog import CatalogError, approval_for
+from riverbed.model_catalog import CatalogError, approval_for, superseding_version
 from riverbed.model_repository import POINTER_POLL_SECONDS, DeployedModel, ModelRepository
 from riverbed.names import (
     CHAMPION_ALIAS,
@@ -574,7 +574,8 @@ def approved_target(
     """What a manual-approval dataset's deployment deploys: the version the run was requested for (the approvals
     sensor's tag) or else the upstream candidate, and only if a reviewer approved exactly that version (its MLflow
     run). None: the candidate is not approved (pending, or rejected): nothing is deployed and the champion keeps
-    serving. A requested version without an approval is a failure (:class:`dg.Failure`), as is a catalog that
+    serving. A requested version without an approval is a failure (:class:`dg.Failure`), as is an approved version
+    older than one already deployed (superseded: deploying it would roll the champion back) and a catalog that
     cannot be read (WARNING + ``pipeline_failures``)."""
     requested = approved_version_of(tags)
     version = requested if requested is not None else model.version
@@ -586,6 +587,7 @@ def approved_target(
                 "is configured to read approvals from: set RIVERBED_INFERENCE_LOG_DSN or start the local stack"
             )
         approval = approval_for(dsn, spec.name, version)
+        newer = superseding_version(dsn, spec.name, version) if approval is not None else None
     except (psycopg.Error, OSError, CatalogError, CatalogNotRecordedError) as error:
         message = f"{spec.name}: the approval of version {version} could not be read from the model catalog: {error}"
         report_failure(deployment_component(spec.name), "approval_unreadable", message, dsn=None, log=logger)
@@ -597,6 +599,14 @@ def approved_target(
                 "catalog (pending, rejected, or not a candidate): it is not deployed"
             )
         return None
+    if newer is not None:
+        # Defence in depth (the gateway refuses such an approval 409): an approval never rolls the champion back.
+        message = (
+            f"{spec.name} version {version} is superseded by v{newer}, a newer version already deployed: its approval "
+            "is not deployed (that would roll the champion back; use `riverbed rollback` to do so on purpose)"
+        )
+        report_failure(deployment_component(spec.name), "approval_superseded", message, dsn=dsn, log=logger)
+        raise dg.Failure(description=message, metadata={"version": version, "superseded_by": newer})
     target: ModelLineage = (
         model
         if version == model.version
@@ -616,6 +626,25 @@ def approved_target(
         approval.action_id,
     )
     return target
+
+
+def refuse_rollback_by_approval(
+    spec: DatasetSpec, target: ModelLineage, served: ModelLineage | None, failure_dsn: str | None
+) -> None:
+    """The served champion is the second check (after the catalog's, :func:`approved_target`): an approved version
+    of the same registered model older than the one MLServer serves is never deployed (:class:`dg.Failure`)."""
+    if (
+        served is None
+        or served.registered_model_name != target.registered_model_name
+        or served.version <= target.version
+    ):
+        return
+    message = (
+        f"{spec.name} version {target.version} is superseded by v{served.version}, the champion being served: its "
+        "approval is not deployed (that would roll the champion back; use `riverbed rollback` to do so on purpose)"
+    )
+    report_failure(deployment_component(spec.name), "approval_superseded", message, dsn=failure_dsn, log=logger)
+    raise dg.Failure(description=message, metadata={"version": target.version, "superseded_by": served.version})
 
 
 def build_deployment_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
@@ -661,6 +690,8 @@ def build_deployment_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         require_gate_passed(mlflow.tracking_uri, target)
         failure_dsn = failure_dsn_of(inference_log)
         repository = mlserver.repository()
+        if requires_approval(spec):
+            refuse_rollback_by_approval(spec, target, repository.read_deployment(name), failure_dsn)
         with mlserver.admin() as admin:
             try:
                 # Preflight and the reference (a verified load) come first: a refusal leaves everything as it was.

@@ -81,6 +81,22 @@ class NotPendingApprovalError(CatalogError):
         self.status = status
 
 
+class SupersededVersionError(NotPendingApprovalError):
+    """An approval of a candidate older than a version already deployed (the champion, or a newer version deployed
+    after the candidate was trained and since retired): deploying it would roll the champion back."""
+
+    def __init__(self, dataset: str, version: int, superseded_by: int) -> None:
+        CatalogError.__init__(
+            self,
+            f"{dataset} version {version} is superseded by v{superseded_by}, a newer version already deployed: "
+            "approving it would roll the champion back (roll back deliberately with `riverbed rollback`)",
+        )
+        self.dataset = dataset
+        self.version = version
+        self.superseded_by = superseded_by
+        self.status = f"superseded by v{superseded_by}"
+
+
 # ----------------------------------------------------------------------------------------------- records
 class ModelReview(BaseModel):
     """A reviewer's decision on a pending candidate (one per version and MLflow run)."""
@@ -347,6 +363,30 @@ select {_REVIEW_COLUMNS} from model_version_reviews where dataset = %s and versi
 """
 
 
+# A newer version of the dataset that holds (or held) the champion: deployed now, retired since, or aliased champion.
+_SUPERSEDING = """
+select max(version) as newer from model_versions
+where dataset = %s and version > %s and (status in ('deployed', 'retired') or 'champion' = any(aliases))
+"""
+
+
+def _superseded(dataset: str, version: int, found: Mapping[str, Any] | None) -> None:
+    if found is not None and found["newer"] is not None:
+        raise SupersededVersionError(dataset, version, int(found["newer"]))
+
+
+def superseding_version(
+    dsn: str, dataset: str, version: int, *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+) -> int | None:
+    """The newest version of ``dataset`` newer than ``version`` that is or was deployed (None: nothing newer was
+    ever the champion). The deployment asset's check that an approval never rolls the champion back."""
+    check_text("dataset", dataset, MAX_NAME_CHARS)
+    check_version(version)
+    with _connect(dsn, timeout_seconds) as conn:
+        found = conn.execute(_SUPERSEDING, (dataset, version)).fetchone()
+    return None if found is None or found[0] is None else int(found[0])
+
+
 def _review_params(
     dataset: str, version: int, decision: str, action_id: str, key_id: str, reason: str
 ) -> tuple[str, int, str, str, str, str]:
@@ -385,13 +425,18 @@ async def claim_review(
     The caller commits only after the oversight action was recorded, so a decision never exists without its
     chained record; a concurrent decision on the same version waits on the unique key and then finds it taken.
     Raises :class:`UnknownModelVersionError` (no such version), :class:`NotPendingApprovalError` (failed the gate,
-    not manual, deployed, or already decided), :class:`CatalogValueError` (a value the catalog cannot store).
+    not manual, deployed, or already decided), :class:`SupersededVersionError` (an approval of a candidate older
+    than a version already deployed: it would roll the champion back; a rejection is still taken),
+    :class:`CatalogValueError` (a value the catalog cannot store).
     """
     params = _review_params(dataset, version, decision, action_id, key_id, reason)
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(_VERSION_STATE, (dataset, version))
         found = await cur.fetchone()
         run_id = _pending_run(dataset, version, found, None)
+        if decision == "approve":
+            await cur.execute(_SUPERSEDING, (dataset, version))
+            _superseded(dataset, version, await cur.fetchone())
         await cur.execute(_INSERT_REVIEW, (*params[:2], run_id, *params[2:]))
         inserted = await cur.fetchone()
     if inserted is None:
@@ -416,6 +461,8 @@ def record_approval(
     with _connect(dsn, timeout_seconds) as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         found = cur.execute(_VERSION_STATE, (dataset, version)).fetchone()
         run_id = _pending_run(dataset, version, found, None)
+        if decision == "approve":
+            _superseded(dataset, version, cur.execute(_SUPERSEDING, (dataset, version)).fetchone())
         inserted = cur.execute(_INSERT_REVIEW, (*params[:2], run_id, *params[2:])).fetchone()
     if inserted is None:
         raise NotPendingApprovalError(dataset, version, "already decided")

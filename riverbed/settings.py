@@ -91,6 +91,11 @@ class RiverbedSettings(BaseSettings):
     audit_spool_dir: Path | None = Field(
         default=None, description="Fsynced spool used while PostgreSQL is unreachable (default: <home>/audit-spool)."
     )
+    oversight_state_file: Path | None = Field(
+        default=None,
+        description="The gateway's last known dataset suspensions (0600, rewritten atomically on every refresh), read "
+        "at start-up when PostgreSQL is unreachable (default: <home>/oversight/suspensions.json).",
+    )
 
     # Bounded input: checked before any work, answered 413 / 422 naming the limit.
     max_body_bytes: int = Field(
@@ -212,6 +217,10 @@ class RiverbedSettings(BaseSettings):
     @property
     def audit_spool_path(self) -> Path:
         return (self.audit_spool_dir or self.home / "audit-spool").expanduser().resolve()
+
+    @property
+    def oversight_state_path(self) -> Path:
+        return (self.oversight_state_file or self.home / "oversight" / "suspensions.json").expanduser().resolve()
 
     @property
     def audit_chain_key_path(self) -> Path:

@@ -6,8 +6,10 @@ the gateway (``POST /v1/models/{dataset}/versions/{version}/approve|reject``, th
 approve``). This sensor reads the decisions in order (``model_version_reviews.review_id`` is the cursor) and, for
 the newest approval among the new decisions, requests a run of ``deploy_<dataset>`` tagged with that version
 (:attr:`RunTag.APPROVED_VERSION`); the deployment asset deploys exactly that version and only if its approval is in
-the catalog. Rejections only move the cursor. Several approvals in one tick deploy only the last one decided
-(two concurrent deployments of one dataset would race for the champion alias); the others are named in the log.
+the catalog. Rejections only move the cursor. Several approvals in one tick deploy only the newest approved
+version (two concurrent deployments of one dataset would race for the champion alias, and an older one would roll
+the newer back); the others are superseded, each logged at WARNING. An approval of a version older than one already
+deployed is refused by the gateway (409 "superseded by vN") and, should one reach a run, by the deployment asset.
 The run key is the review id, so a cursor lost or reset never deploys a decision twice.
 
 The decision is a pure function of the decisions read and the cursor (:func:`decide_approvals`). A database that
@@ -43,6 +45,7 @@ class ApprovalsDecision:
     deploy: ModelReview | None
     cursor: int
     explanation: str
+    superseded: tuple[ModelReview, ...] = ()  # approvals not deployed because a newer version was approved too
 
 
 def cursor_position(cursor: str | None) -> int:
@@ -57,8 +60,8 @@ def cursor_position(cursor: str | None) -> int:
 
 
 def decide_approvals(reviews: Sequence[ModelReview], after: int) -> ApprovalsDecision:
-    """Of the decisions with ``review_id > after`` (oldest first), deploy the last approval; the cursor moves past
-    all of them."""
+    """Of the decisions with ``review_id > after`` (oldest first), deploy the approval of the newest version (the
+    others are ``superseded``); the cursor moves past all of them."""
     new = [review for review in reviews if review.review_id > after]
     if not new:
         return ApprovalsDecision(None, after, "no new review decisions")
@@ -70,12 +73,13 @@ def decide_approvals(reviews: Sequence[ModelReview], after: int) -> ApprovalsDec
         parts.append(f"rejected (never deployed): {', '.join(rejected)}")
     if not approvals:
         return ApprovalsDecision(None, cursor, "; ".join(parts))
-    chosen = approvals[-1]
-    superseded = [f"v{review.version}" for review in approvals[:-1]]
+    chosen = max(approvals, key=lambda review: (review.version, review.review_id))
+    superseded = tuple(review for review in approvals if review is not chosen)
     if superseded:
-        parts.append(f"approvals superseded by the later approval of v{chosen.version}: {', '.join(superseded)}")
+        names_ = ", ".join(f"v{review.version} (review {review.review_id})" for review in superseded)
+        parts.append(f"approvals superseded by the approval of the newest version v{chosen.version}: {names_}")
     parts.insert(0, f"deploy v{chosen.version}, approved by key {chosen.key_id} (review {chosen.review_id})")
-    return ApprovalsDecision(chosen, cursor, "; ".join(parts))
+    return ApprovalsDecision(chosen, cursor, "; ".join(parts), superseded)
 
 
 def deployment_run_request(dataset: str, review: ModelReview) -> dg.RunRequest:
@@ -123,6 +127,15 @@ def build_approvals_sensor(
         if decision.deploy is None and decision.cursor == after:
             return dg.SkipReason(decision.explanation)
         context.log.info(f"{sensor_name}: {decision.explanation}")
+        for review in decision.superseded:
+            logger.warning(
+                "%s: the approval of v%d (review %d, key %s) is superseded by the approval of v%d: not deployed",
+                sensor_name,
+                review.version,
+                review.review_id,
+                review.key_id,
+                decision.deploy.version if decision.deploy is not None else 0,
+            )
         requests = [deployment_run_request(name, decision.deploy)] if decision.deploy is not None else []
         return dg.SensorResult(run_requests=requests, cursor=str(decision.cursor))
 

@@ -46,19 +46,21 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import random
 import re
 import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from serving.audit_queries import AuditQueryError, check_request_id
 from serving.gateway.prediction import PREDICT_ROUTE
@@ -104,6 +106,8 @@ MAX_NOTE_LENGTH = 4000  # characters of a note or reason
 MAX_TARGET_ID_LENGTH = 300
 MAX_LIST_LIMIT = 1000
 DATASET_SUSPENDED = "dataset_suspended"  # the reason label of a predict request refused for a suspension
+OVERSIGHT_STATE_UNKNOWN = "oversight_state_unknown"  # refused: suspensions neither read nor known from the file
+STATE_FILE_FORMAT = 1
 LOCK_WAIT_SECONDS = 5.0  # how long a suspend/resume tries for the dataset's lock before it is refused 409
 _ADVISORY_LOCK_CLASS = 0x6F76  # "ov": the advisory-lock class of suspend/resume, keyed by hashtext(dataset)
 NOTIFY_CHANNEL = "riverbed_oversight"  # NOTIFY'd by migration 0010's trigger with the dataset of a suspend/resume
@@ -114,11 +118,15 @@ class OversightError(ValueError):
 
     status = 422
 
-    def __init__(self, field: str, rule: str, *, row_attempted: bool = False) -> None:
+    def __init__(self, field: str, rule: str, *, row_attempted: bool = False, spooled: bool = False) -> None:
         super().__init__(f"{field}: {rule}")
         self.field = field
         self.rule = rule
         self.row_attempted = row_attempted  # the action's own row was offered to the log (its id is taken)
+        # The action's row was spooled: it enters the chain once the log is back. An action that takes effect from
+        # its row (flag, override, suspend, resume) must not be repeated; a caller that also holds a transaction
+        # of its own (approve/reject) rolls that back and says so instead.
+        self.spooled = spooled
 
 
 class InvalidActionError(OversightError):
@@ -330,6 +338,7 @@ async def record_action(
             "the inference log became unreachable: the action was spooled and takes effect once it is committed "
             f"(action {request_id}; do not repeat it)",
             row_attempted=True,
+            spooled=True,
         )
     if durability is Durability.QUARANTINED:
         raise ActionNotRecordedError(
@@ -628,6 +637,21 @@ def suspension_of(gateway: GatewayState, dataset: str) -> OversightAction | None
     return None if monitor is None else monitor.suspension(dataset)
 
 
+def oversight_state_unknown(gateway: GatewayState) -> bool:
+    """True while this gateway knows neither the database's suspensions nor its last known ones (the state file):
+    predictions are then refused 503 (fail closed) until the database is read."""
+    monitor = gateway.oversight
+    return monitor is not None and monitor.state_unknown
+
+
+def state_unknown_message(dataset: str) -> str:
+    """What a predict request refused because the suspensions are unknown is told."""
+    return (
+        f"oversight state unknown: dataset {dataset!r} is not served until this gateway can read the reviewers' "
+        "suspensions (the inference log is unreachable and no last known state was saved); retry shortly"
+    )
+
+
 def suspension_message(dataset: str, suspension: OversightAction) -> str:
     """What a refused predict request is told: who suspended the dataset, when, why, and the action's id."""
     return (
@@ -648,10 +672,17 @@ class SuspensionMonitor:
     """The suspension of every dataset, in memory, kept fresh by LISTEN ``riverbed_oversight`` (one per gateway).
 
     :meth:`start` loads every dataset's latest suspend/resume (waiting up to ``start_timeout`` seconds) and starts
-    the listener; each notification and each (re)connect re-read every dataset's state. If the log is
-    unreachable at start the gateway still starts (it may serve from the spool): the monitor logs a WARNING,
-    counts ``riverbed_oversight_listener_failures_total`` and ``riverbed_oversight_state_known`` stays 0 until it
-    has read the state; meanwhile no dataset is known to be suspended.
+    the listener; each notification and each (re)connect re-read every dataset's state.
+
+    **Fail closed.** After every read of the database the monitor saves the suspensions to ``state_file`` (0600,
+    written to a temporary file, fsynced and renamed over the old one). If the log is unreachable at start the
+    gateway still starts (it may serve from the spool) with the suspensions of that file: a suspended dataset stays
+    suspended through a restart during an outage. With neither the database nor a readable file the state is
+    unknown (:attr:`state_unknown`, gauge ``riverbed_oversight_state_unknown``): every prediction is refused 503
+    "oversight state unknown" (a recorded row, ``riverbed_oversight_state_unknown_refusals_total``) until the
+    database is read. Failures are WARNINGs counted in ``riverbed_oversight_listener_failures_total`` and
+    ``riverbed_oversight_state_file_failures_total``; ``riverbed_oversight_state_known`` is 1 once the database
+    was read.
     """
 
     def __init__(
@@ -662,8 +693,13 @@ class SuspensionMonitor:
         ping_interval: float = 2.0,
         reconnect_delay: tuple[float, float] = (0.2, 5.0),
         start_timeout: float = 5.0,
+        state_file: Path | None = None,
     ) -> None:
         self._pool = pool
+        self._state_file = state_file
+        self._save_lock = asyncio.Lock()
+        self._unknown = False  # set at start when neither the database nor the state file could be read
+        self._from_file = False
         self._ping_interval = ping_interval
         self._reconnect_delay = reconnect_delay
         self._start_timeout = start_timeout
@@ -692,6 +728,22 @@ class SuspensionMonitor:
             ["dataset"],
             registry=registry,
         )
+        self.state_unknown_gauge = Gauge(
+            "riverbed_oversight_state_unknown",
+            "1 while the gateway knows neither the database's suspensions nor its last known ones: it serves nothing.",
+            registry=registry,
+        )
+        self.unknown_refusals = Counter(
+            "riverbed_oversight_state_unknown_refusals_total",
+            "Predict requests refused 503 because the datasets' suspensions were unknown.",
+            ["dataset"],
+            registry=registry,
+        )
+        self.state_file_failures = Counter(
+            "riverbed_oversight_state_file_failures_total",
+            "Failures to save or read the file of the last known suspensions.",
+            registry=registry,
+        )
 
     @property
     def listening(self) -> bool:
@@ -700,6 +752,16 @@ class SuspensionMonitor:
     @property
     def loaded(self) -> bool:
         return self._loaded.is_set()
+
+    @property
+    def state_unknown(self) -> bool:
+        """True while neither the database nor the state file told this gateway which datasets are suspended."""
+        return self._unknown
+
+    @property
+    def from_file(self) -> bool:
+        """True while the suspensions in force are the state file's (the database not read since start)."""
+        return self._from_file
 
     def suspension(self, dataset: str) -> OversightAction | None:
         return self._suspensions.get(dataset)
@@ -712,18 +774,91 @@ class SuspensionMonitor:
         state (a gateway that knows PostgreSQL is down does not wait: the listener keeps trying)."""
         if self._task is not None:
             return
-        self._task = asyncio.create_task(self._listen_forever(), name="oversight-listener")
         if not wait:
             logger.warning("oversight: the inference log is unreachable; suspensions are read once it is back")
+            self._fall_back_to_file()
+            self._task = asyncio.create_task(self._listen_forever(), name="oversight-listener")
             return
+        self._task = asyncio.create_task(self._listen_forever(), name="oversight-listener")
         try:
             await asyncio.wait_for(self._loaded.wait(), timeout=self._start_timeout)
         except TimeoutError:
             logger.warning(
-                "oversight: dataset suspensions not read within %.0f s (the inference log is unreachable?); "
-                "serving every dataset until they are",
+                "oversight: dataset suspensions not read within %.0f s (the inference log is unreachable?)",
                 self._start_timeout,
             )
+            self._fall_back_to_file()
+
+    def _fall_back_to_file(self) -> None:
+        """The database could not be read at start: use the last known suspensions, or refuse everything (fail
+        closed). Synchronous (a small file), so a database read that completes meanwhile is never overwritten."""
+        if self._loaded.is_set():
+            return
+        saved = self._load_file()
+        if saved is None:
+            self._unknown = True
+            self.state_unknown_gauge.set(1)
+            logger.warning(
+                "oversight: suspensions unknown (no database, no readable state file %s): every prediction is "
+                "refused 503 until the inference log is read",
+                self._state_file,
+            )
+            return
+        self._from_file = True
+        for dataset, suspension in saved.items():
+            self._apply(dataset, suspension)
+        logger.warning(
+            "oversight: using the last known suspensions from %s until the inference log is read: %s",
+            self._state_file,
+            ", ".join(sorted(saved)) or "none",
+        )
+
+    def _load_file(self) -> dict[str, OversightAction] | None:
+        """The state file's suspensions; None (WARNING, counted) if there is none or it cannot be trusted."""
+        if self._state_file is None:
+            return None
+        try:
+            info = self._state_file.stat()
+            if info.st_mode & 0o022 or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
+                raise ValueError(f"writable by others or not owned by this user (mode {info.st_mode & 0o777:o})")
+            document = json.loads(self._state_file.read_bytes())
+            if not isinstance(document, dict) or document.get("format") != STATE_FILE_FORMAT:
+                raise ValueError(f"not a format-{STATE_FILE_FORMAT} suspensions file")
+            listed = document.get("suspensions")
+            if not isinstance(listed, dict):
+                raise ValueError("no 'suspensions' object")
+            return {str(name): OversightAction.model_validate(action) for name, action in listed.items()}
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, ValidationError) as error:  # json.JSONDecodeError is a ValueError
+            self.state_file_failures.inc()
+            logger.warning("oversight: ignoring the state file %s: %s", self._state_file, error)
+            return None
+
+    async def _save(self) -> None:
+        """Write the current suspensions to the state file (atomically, 0600); a failure is a counted WARNING."""
+        if self._state_file is None or not self._loaded.is_set():
+            return  # only a state read from the database is saved (never a partial or file-derived one)
+        async with self._save_lock:
+            document = {
+                "format": STATE_FILE_FORMAT,
+                "written_at": format_time(dt.datetime.now(dt.UTC)),
+                "suspensions": {name: a.model_dump(mode="json") for name, a in sorted(self._suspensions.items())},
+            }
+            data = json.dumps(document, indent=1, sort_keys=True).encode("utf-8")
+            try:
+                await asyncio.to_thread(_write_private_file, self._state_file, data)
+            except OSError as error:
+                self.state_file_failures.inc()
+                logger.warning("oversight: could not save the suspensions to %s: %s", self._state_file, error)
+
+    def _read_from_database(self) -> None:
+        self._loaded.set()
+        self.state_known.set(1)
+        if self._unknown or self._from_file:
+            logger.warning("oversight: suspensions read from the inference log; the gateway serves as they say")
+        self._unknown = self._from_file = False
+        self.state_unknown_gauge.set(0)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -741,6 +876,8 @@ class SuspensionMonitor:
         except (psycopg.Error, OSError, PoolTimeout) as error:
             self.failures.inc()
             logger.warning("oversight: could not re-read dataset %s (the listener will): %s", dataset, error)
+            return
+        await self._save()
 
     async def _read(self, conn: psycopg.AsyncConnection[Any], dataset: str | None) -> None:
         """Re-read one dataset's latest suspend/resume (``None``: every dataset's) and apply it."""
@@ -814,8 +951,8 @@ class SuspensionMonitor:
                 continue
             try:
                 await self._read(conn, None)  # LISTEN is active: nothing committed from now on is missed
-                self._loaded.set()
-                self.state_known.set(1)
+                self._read_from_database()
+                await self._save()
                 self._set_listening(True)
                 if failures:
                     logger.info("oversight listener connected again; suspensions re-read")
@@ -830,6 +967,8 @@ class SuspensionMonitor:
                             await self._read(conn, None)
                         else:
                             await conn.execute("select 1")
+                    if heard:
+                        await self._save()
             except (psycopg.Error, OSError, TimeoutError) as error:
                 self.failures.inc()
                 logger.warning(
@@ -844,3 +983,26 @@ class SuspensionMonitor:
                     async with asyncio.timeout(2.0):
                         await conn.close()
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+
+
+def _write_private_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically: a 0600 temporary file in the same folder, fsynced, renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+    with contextlib.suppress(OSError):  # make the rename durable
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)

@@ -1,6 +1,9 @@
 """``riverbed models``: registered versions, and the reviewers' side of manual promotion.
 
-``riverbed models [DATASET] [--json]`` (also ``models list``) lists the registry as before. ``models pending
+``riverbed models [DATASET] [--json]`` (also ``models list``) lists the versions from the model catalog
+(:mod:`riverbed.model_catalog`: status, gate verdict and reasons, why each was trained, aliases, a reviewer's
+decision) when the inference-log database is reachable, and else from the MLflow registry as before, with a WARNING
+saying why. ``models pending
 [DATASET]`` lists the candidates waiting for a reviewer (``promotion.approval: manual``) from the model catalog;
 ``models approve DATASET VERSION --reason`` and ``models reject ...`` decide on one. The three go over HTTP to the
 running gateway (``GET /v1/models/versions``, ``POST /v1/models/{dataset}/versions/{version}/approve|reject``),
@@ -13,9 +16,11 @@ exit 1; an unreachable gateway exits 2.
 from __future__ import annotations
 
 import json
+import logging
 import urllib.parse
 from typing import Annotated, Any
 
+import psycopg
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -24,8 +29,14 @@ from typer.core import TyperGroup
 
 from riverbed.cli.review import ApiKeyOpt, GatewayOpt, JsonOpt, _call, gateway_url
 from riverbed.cli.serving import models as list_registered_versions
+from riverbed.model_catalog import MAX_LIST_LIMIT, CatalogError, ModelVersionRecord, list_model_versions
+from riverbed.settings import get_settings
+from riverbed.specs import load_specs
+from riverbed.stack_file import configured_inference_log_dsn
 
 console = Console()
+logger = logging.getLogger(__name__)
+CATALOG_TIMEOUT_SECONDS = 3.0
 
 
 class _ListByDefault(TyperGroup):
@@ -41,7 +52,68 @@ models_app = typer.Typer(
     cls=_ListByDefault,
     help="Registered model versions; the candidates waiting for a reviewer, and approving or rejecting them.",
 )
-models_app.command("list")(list_registered_versions)
+
+
+def _catalog_versions(dataset: str | None, known: list[str]) -> list[ModelVersionRecord] | None:
+    """The catalog's versions (of ``dataset``, else of every known dataset), or None (WARNING: why) when the
+    database is not configured, unreachable or has no versions to show."""
+    settings = get_settings()
+    dsn = configured_inference_log_dsn(settings)
+    if dsn is None:
+        logger.warning("models: no inference-log database configured or running; listing the MLflow registry")
+        return None
+    try:
+        versions = list_model_versions(dsn, dataset, MAX_LIST_LIMIT, timeout_seconds=CATALOG_TIMEOUT_SECONDS)
+    except (psycopg.Error, OSError, CatalogError) as error:
+        logger.warning(
+            "models: the model catalog cannot be read (%s: %s); listing the MLflow registry",
+            type(error).__name__,
+            str(error).strip().splitlines()[0] if str(error).strip() else "",
+        )
+        return None
+    shown = [v for v in versions if v.dataset in known]
+    if not shown:
+        logger.warning("models: the model catalog has no versions of %s; listing the MLflow registry", ", ".join(known))
+        return None
+    return sorted(shown, key=lambda v: (v.dataset, -v.version))
+
+
+def _gate(version: ModelVersionRecord) -> str:
+    verdict = "pending" if version.gate_passed is None else "passed" if version.gate_passed else "failed"
+    return f"{verdict}: {'; '.join(version.gate_reasons)}" if version.gate_reasons else verdict
+
+
+@models_app.command("list")
+def list_versions(
+    dataset: Annotated[str | None, typer.Argument(help="Only this dataset (default: every spec).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Model versions: status, gate verdict, why trained, aliases, key metrics (the model catalog; else MLflow)."""
+    specs = load_specs(get_settings().specs_dirs)
+    if dataset is not None and dataset not in specs:
+        console.print(f"[red]unknown dataset {escape(dataset)!r}; known: {', '.join(sorted(specs))}[/red]")
+        raise typer.Exit(2)
+    versions = _catalog_versions(dataset, [dataset] if dataset else sorted(specs))
+    if versions is None:
+        list_registered_versions(dataset, as_json)
+        return
+    if as_json:
+        typer.echo(json.dumps([v.model_dump(mode="json", exclude={"model_card_markdown"}) for v in versions], indent=2))
+        return
+    table = Table("dataset", "version", "status", "aliases", "reason", "gate", "roc_auc", "f1", "reviewer")
+    for v in versions:
+        table.add_row(
+            escape(v.dataset),
+            str(v.version),
+            v.status,
+            ", ".join(v.aliases) or "-",
+            escape(v.trained_reason),
+            escape(_gate(v))[:120],
+            *(f"{v.metrics[m]:.4f}" if m in v.metrics else "-" for m in ("roc_auc", "f1")),
+            escape(f"{v.review.decision} by {v.review.key_id}") if v.review else "-",
+        )
+    console.print(table)
+
 
 
 def _segment(text: str) -> str:

@@ -108,7 +108,8 @@ async def lifespan(
         metrics = GatewayMetrics(
             writer, key_listener=lambda: authenticator.listening, specs={name: s.spec for name, s in schemas.items()}
         )
-        oversight = SuspensionMonitor(writer.pool, metrics.registry)  # reviewers' suspensions, from the log
+        # Reviewers' suspensions, from the log; the last known ones kept in a private file for a start-up in an outage
+        oversight = SuspensionMonitor(writer.pool, metrics.registry, state_file=settings.oversight_state_path)
         await oversight.start(wait=not writer.unavailable)  # PostgreSQL down: no start-up wait (see its doc)
         stack.push_async_callback(oversight.stop)
         events = await start_event_publisher(settings, metrics)

@@ -14,6 +14,7 @@ from psycopg import errors
 from riverbed.model_catalog import (
     CatalogValueError,
     NotPendingApprovalError,
+    SupersededVersionError,
     UnknownModelVersionError,
     approval_for,
     claim_review,
@@ -24,6 +25,7 @@ from riverbed.model_catalog import (
     record_gate_decision,
     record_trained,
     reviews_after,
+    superseding_version,
 )
 from serving.database_roles import provision_login_roles
 
@@ -272,3 +274,39 @@ def test_grants_the_platform_writes_the_gateway_appends_decisions_the_auditor_re
     for statement in ("update model_versions set status = 'deployed'", "delete from model_version_reviews"):
         with psycopg.connect(dsns["auditor"], autocommit=True) as conn, pytest.raises(errors.InsufficientPrivilege):
             conn.execute(statement)
+
+
+def test_an_approval_of_a_candidate_older_than_a_deployed_version_is_refused(migrated_dsn: str) -> None:
+    # v1 and v2 wait for a reviewer; v3 (automatic, or approved and deployed) becomes the champion meanwhile.
+    for version in (1, 2):
+        train(migrated_dsn, version, manual=True)
+        record_gate_decision(
+            migrated_dsn, dataset="loans", version=version, passed=True, reasons=["ok"], manual_approval=True
+        )
+    train(migrated_dsn, 3)
+    record_gate_decision(migrated_dsn, dataset="loans", version=3, passed=True, reasons=["ok"])
+    record_deployment(migrated_dsn, dataset="loans", version=3, previous_version=None)
+    assert superseding_version(migrated_dsn, "loans", 1) == 3
+    assert superseding_version(migrated_dsn, "loans", 3) is None
+    with pytest.raises(SupersededVersionError, match="loans version 1 is superseded by v3") as refused:
+        record_approval(
+            migrated_dsn, dataset="loans", version=1, decision="approve", action_id="a1", key_id="k", reason="r"
+        )
+    assert (refused.value.superseded_by, refused.value.status) == (3, "superseded by v3")
+
+    async def claim() -> None:
+        async with await psycopg.AsyncConnection.connect(migrated_dsn) as conn, conn.transaction():
+            await claim_review(conn, dataset="loans", version=2, decision="approve", action_id="a2", key_id="k", reason="r")
+
+    with pytest.raises(SupersededVersionError, match="loans version 2 is superseded by v3"):
+        asyncio.run(claim())
+    assert reviews_after(migrated_dsn, 0) == []
+    # A rollback to an older version does not make the newer one's candidates fresh: v3 was deployed after them.
+    record_deployment(migrated_dsn, dataset="loans", version=1, previous_version=3)  # (v1 unapproved: test only)
+    assert superseding_version(migrated_dsn, "loans", 2) == 3
+    # A rejection of a stale candidate is still taken (it is never deployed either way).
+    rejected = record_approval(
+        migrated_dsn, dataset="loans", version=2, decision="reject", action_id="r2", key_id="k", reason="stale"
+    )
+    assert rejected.decision == "reject"
+    assert get_model_version(migrated_dsn, "loans", 2).status == "rejected_by_reviewer"  # type: ignore[union-attr]

@@ -67,10 +67,20 @@ def test_an_approval_and_a_rejection_deploy_only_the_approved_version() -> None:
         assert decision.deploy is not None and decision.deploy.version == 2 and decision.cursor == 2
 
 
-def test_of_two_new_approvals_the_later_decision_is_deployed() -> None:
+def test_of_several_new_approvals_only_the_newest_version_is_deployed() -> None:
+    # Decided in any order, the newest approved version wins: deploying an older one would roll the newer back.
+    for ordering in (
+        [review(1, 4, "approve"), review(2, 3, "approve"), review(3, 2, "approve")],
+        [review(1, 2, "approve"), review(2, 4, "approve"), review(3, 3, "approve")],
+    ):
+        decision = decide_approvals(ordering, 0)
+        assert decision.deploy is not None and (decision.deploy.version, decision.cursor) == (4, 3)
+        assert sorted(r.version for r in decision.superseded) == [2, 3]
     decision = decide_approvals([review(1, 4, "approve"), review(2, 3, "approve")], 0)
-    assert decision.deploy is not None and (decision.deploy.version, decision.cursor) == (3, 2)
-    assert "approvals superseded by the later approval of v3: v4" in decision.explanation
+    assert decision.explanation == (
+        "deploy v4, approved by key rev (review 1); approvals superseded by the approval of the newest version v4: "
+        "v3 (review 2)"
+    )
 
 
 def test_cursor_parsing(caplog: pytest.LogCaptureFixture) -> None:
@@ -154,6 +164,26 @@ def test_sensor_requests_a_deploy_run_per_approval_and_moves_its_cursor(migrated
     restarted = tick(migrated_dsn, "not-a-cursor")
     assert isinstance(restarted, dg.SensorResult) and restarted.cursor == str(later.review_id)
     assert [r.run_key for r in restarted.run_requests or []] == [f"approval:tiny:{later.review_id}"]
+
+
+def test_approvals_arriving_in_one_tick_deploy_the_newest_and_warn_about_the_others(
+    migrated_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    for version in (1, 2, 3):
+        pending(migrated_dsn, "tiny", version)
+    newest = decide(migrated_dsn, "tiny", 3, "approve")
+    older = [decide(migrated_dsn, "tiny", version, "approve") for version in (2, 1)]  # decided after v3
+    caplog.set_level(logging.WARNING, logger="sensors.approvals")
+    result = tick(migrated_dsn, None)
+    assert isinstance(result, dg.SensorResult) and result.cursor == str(older[-1].review_id)
+    assert [r.tags["riverbed/approved_version"] for r in result.run_requests or []] == ["3"]
+    assert [r.run_key for r in result.run_requests or []] == [f"approval:tiny:{newest.review_id}"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        f"approvals_tiny: the approval of v{review.version} (review {review.review_id}, key rev) is superseded by "
+        "the approval of v3: not deployed"
+        for review in older
+    ]
 
 
 def test_an_unreachable_catalog_is_reported_and_the_cursor_kept(

@@ -15,6 +15,7 @@ import html
 import re
 import subprocess
 import sys
+import urllib.parse
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -525,8 +526,6 @@ def test_a_cursor_from_other_filters_is_refused(console: Console, auditor: httpx
 
 
 def urllib_cursor(page: str) -> str:
-    import urllib.parse
-
     url = html.unescape(re.search(r'<a id="next-page" href="([^"]+)"', page).group(1))
     return urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["cursor"][0]
 
@@ -851,3 +850,39 @@ def test_hostile_filter_values_are_echoed_escaped_in_the_form(auditor: httpx.Cli
     for params in ({"done": "approve", "action": "<x>"}, {"done": "approve", "action": "a1", "tag": "forged"}):
         page = auditor.get("/console/models", params=params)  # a crafted link cannot claim a recorded action
         assert page.status_code == 200 and 'id="flash-message"' not in page.text
+
+
+def test_fuzzed_console_requests_never_get_a_5xx(console: Console, reviewer: httpx.Client) -> None:
+    """Random query parameters, path ids and form fields (valid CSRF token, so the handlers run): 4xx or 200."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    text = st.text(st.characters(codec="utf-8"), max_size=300)
+    names = st.sampled_from(
+        ["dataset", "since", "until", "model_version", "label", "status", "flagged", "overridden", "limit", "cursor",
+         "days", "record", "format", "done", "action", "tag"]
+    )  # fmt: skip
+    token = _csrf(reviewer.get("/console/datasets").text)
+    failures: list[str] = []
+
+    def check(response: httpx.Response, what: str) -> None:
+        if response.status_code >= 500 or b"Traceback" in response.content:
+            failures.append(f"{what} -> {response.status_code}: {response.text[:300]}")
+
+    @settings(max_examples=80, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(
+        page=st.sampled_from(["/console/log", "/console/monitoring", "/console/models", "/console/datasets"]),
+        params=st.dictionaries(names, text, max_size=5),
+        request_id=text,
+        form=st.dictionaries(st.sampled_from(["note", "reason", "outcome", "api_key", "x"]), text, max_size=4),
+        target=st.sampled_from(["flag", "override"]),
+    )
+    def run(page: str, params: dict[str, str], request_id: str, form: dict[str, str], target: str) -> None:
+        check(reviewer.get(page, params=params), f"GET {page} {params!r}")
+        quoted = urllib.parse.quote(request_id, safe="")
+        check(reviewer.get(f"/console/predictions/{quoted}", params=params), f"GET prediction {request_id!r}")
+        posted = reviewer.post(f"/console/predictions/{quoted}/{target}", data={**form, "csrf_token": token})
+        check(posted, f"POST {target} {request_id!r} {form!r}")
+
+    run()
+    assert failures == []

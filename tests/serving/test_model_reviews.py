@@ -11,8 +11,11 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import json
+import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,10 +23,18 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
+from riverbed.cli import models as models_cli
 from riverbed.cli.main import app as riverbed_app
-from riverbed.model_catalog import get_model_version, record_gate_decision, record_trained, reviews_after
+from riverbed.cli.mlserver_process import free_port
+from riverbed.model_catalog import (
+    get_model_version,
+    record_deployment,
+    record_gate_decision,
+    record_trained,
+    reviews_after,
+)
 from riverbed.model_repository import ModelRepository
-from riverbed.settings import RiverbedSettings
+from riverbed.settings import RiverbedSettings, get_settings
 from serving.api_keys import create_api_key
 from serving.inference_log import verify_chain_from_settings
 from tests.scratch_postgres import create_database, drop_database
@@ -339,3 +350,166 @@ def test_cli_lists_pending_and_approves_and_rejects_over_http(stack: Stack) -> N
     assert "refused (409)" in again.output and "already decided" in again.output
     assert get_model_version(stack.dsn, DATASET, to_approve).status == "approved"  # type: ignore[union-attr]
     assert get_model_version(stack.dsn, DATASET, to_reject).status == "rejected_by_reviewer"  # type: ignore[union-attr]
+
+
+def test_approving_a_candidate_older_than_the_champion_is_409_superseded(client: httpx.Client, stack: Stack) -> None:
+    stale = candidate(stack)
+    newer = candidate(stack, manual=False)
+    record_deployment(stack.dsn, dataset=DATASET, version=newer, previous_version=None)  # the champion moved on
+    response = decide(client, stack, stale, "approve", {"reason": "looks fine"})
+    assert response.status_code == 409, response.text
+    assert problems(response) == [
+        ("version", f"superseded by v{newer}: a newer version is or was deployed (no rollback by approval)")
+    ]
+    assert f"salary_band version {stale} is superseded by v{newer}" in response.json()["error"]
+    assert get_model_version(stack.dsn, DATASET, stale).status == "pending_approval"  # type: ignore[union-attr]
+    with psycopg.connect(stack.dsn) as conn:
+        actions = conn.execute(
+            "select count(*) from oversight_actions where target_id = %s", (f"{DATASET}:{stale}",)
+        ).fetchone()
+    assert actions == (0,)  # refused before its action was recorded
+    # Rejecting it is still possible (and recorded).
+    rejected = decide(client, stack, stale, "reject", {"reason": "superseded"})
+    assert rejected.status_code == 200, rejected.text
+    assert get_model_version(stack.dsn, DATASET, stale).status == "rejected_by_reviewer"  # type: ignore[union-attr]
+
+
+def test_a_catalog_read_is_recorded_in_the_audit_access_log(client: httpx.Client, stack: Stack) -> None:
+    auditor = create_api_key(stack.dsn, ["audit"], "catalog-auditor")
+    waiting = [candidate(stack), candidate(stack)]
+    response = client.get(
+        "/v1/models/versions",
+        params={"dataset": DATASET, "status": "pending_approval", "limit": 1000},
+        headers=_auth(auditor.key),
+    )
+    assert response.status_code == 200, response.text
+    count = response.json()["count"]
+    assert set(waiting) <= {v["version"] for v in response.json()["versions"]} and count >= 2
+    request_id = response.headers["X-Request-ID"]
+    unfiltered = client.get("/v1/models/versions", headers=_auth(stack.keys["review"]))
+    assert unfiltered.status_code == 200, unfiltered.text
+    with psycopg.connect(stack.dsn) as conn:
+        rows = conn.execute(
+            "select key_id, route, filters, row_count, request_id from audit_access_log where request_id in (%s, %s) "
+            "order by id",
+            (request_id, unfiltered.headers["X-Request-ID"]),
+        ).fetchall()
+    assert rows == [
+        (
+            auditor.key_id,
+            "/v1/models/versions",
+            {"dataset": DATASET, "status": "pending_approval", "limit": 1000},
+            count,
+            request_id,
+        ),
+        (
+            stack.review_key_id,
+            "/v1/models/versions",
+            {"limit": 100},
+            unfiltered.json()["count"],
+            unfiltered.headers["X-Request-ID"],
+        ),
+    ]
+
+
+def test_a_decision_whose_action_is_spooled_is_rolled_back_and_must_be_taken_again(
+    client: httpx.Client, stack: Stack
+) -> None:
+    version = candidate(stack)
+    # PostgreSQL refuses the approval's log row as if its disk were full: the writer spools it (the log is
+    # "unavailable") while the gateway's other connection, holding the decision's transaction, still works.
+    with psycopg.connect(stack.dsn, autocommit=True) as conn:
+        conn.execute(
+            "create function test_disk_full() returns trigger language plpgsql as $$ begin "
+            "raise exception 'could not extend file (test)' using errcode = '53100'; end $$"
+        )
+        conn.execute(
+            "create trigger test_disk_full before insert on inference_log for each row "
+            "when (new.route like '%/approve') execute function test_disk_full()"
+        )
+    try:
+        response = decide(client, stack, version, "approve", {"reason": "good enough"})
+    finally:
+        with psycopg.connect(stack.dsn, autocommit=True) as conn:
+            conn.execute("drop trigger test_disk_full on inference_log")
+            conn.execute("drop function test_disk_full()")
+    assert response.status_code == 503, response.text
+    action_id = response.headers["X-Request-ID"]
+    rule = (
+        f"the inference log became unreachable while the approve was being recorded: it was not taken and "
+        f"salary_band version {version} is still pending_approval; decide again once the inference log is back "
+        f"(the attempt's row {action_id} was spooled and will appear in the log, but the model catalog holds no "
+        "decision)"
+    )
+    assert problems(response) == [("inference_log", rule)]
+    assert response.json()["error"] == f"the approve was not taken: {rule}"
+    assert "do not repeat" not in response.text
+    assert get_model_version(stack.dsn, DATASET, version).status == "pending_approval"  # type: ignore[union-attr]
+    assert [r for r in reviews_after(stack.dsn, 0) if r.version == version] == []
+    # The log comes back (the spool is replayed): the attempt's row is there, as the message said.
+    deadline = time.monotonic() + 30
+    while (ready := client.get("/readyz")).status_code != 200:
+        assert time.monotonic() < deadline, ready.text
+        time.sleep(0.2)
+    with psycopg.connect(stack.dsn) as conn:
+        replayed = conn.execute("select route from inference_log where request_id = %s", (action_id,)).fetchall()
+    assert replayed == [("/v1/models/{dataset}/versions/{version}/approve",)]
+    # Deciding again, as told, takes the decision.
+    again = decide(client, stack, version, "approve", {"reason": "good enough"})
+    assert again.status_code == 200, again.text
+    assert get_model_version(stack.dsn, DATASET, version).status == "approved"  # type: ignore[union-attr]
+    report = verify_chain_from_settings(stack.dsn, stack.settings)
+    assert report.ok, report.problems
+
+
+def test_models_list_shows_the_catalog_and_falls_back_to_mlflow_with_a_warning(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    waiting = candidate(stack)
+    failed = candidate(stack, passed=False)
+    monkeypatch.setenv("RIVERBED_HOME", str(tmp_path / "home"))  # an empty MLflow registry: nothing listed there
+    monkeypatch.setenv("RIVERBED_INFERENCE_LOG_DSN", stack.dsn)
+    get_settings.cache_clear()
+    runner = CliRunner()
+    try:
+        listed = runner.invoke(riverbed_app, ["models", "list", DATASET, "--json"])
+        assert listed.exit_code == 0, listed.output
+        found = {v["version"]: v for v in json.loads(listed.stdout)}
+        assert {k: found[waiting][k] for k in ("status", "trained_reason", "gate_passed", "gate_reasons")} == {
+            "status": "pending_approval",
+            "trained_reason": "drift",
+            "gate_passed": True,
+            "gate_reasons": ["beats the champion", "largest demographic parity difference 0.1"],
+        }
+        assert (found[failed]["status"], found[failed]["gate_passed"], found[failed]["gate_reasons"]) == (
+            "rejected",
+            False,
+            ["worse"],
+        )
+        assert "model_card_markdown" not in found[waiting]
+        monkeypatch.setattr(models_cli.console, "width", 300)  # one line per version
+        table = runner.invoke(riverbed_app, ["models", DATASET])  # `models DATASET` is `models list DATASET`
+        assert table.exit_code == 0, table.output
+        [row] = [line for line in table.stdout.splitlines() if f"│ {waiting} " in line]
+        cells = [cell.strip() for cell in row.strip("│ ").split("│")]
+        assert cells[:6] == [
+            DATASET,
+            str(waiting),
+            "pending_approval",
+            "-",
+            "drift",
+            "passed: beats the champion; largest demographic parity difference 0.1",
+        ]
+
+        # The database unreachable: the MLflow registry is listed instead, with a WARNING saying why.
+        monkeypatch.setenv("RIVERBED_INFERENCE_LOG_DSN", stack.dsn.replace("port=5432", f"port={free_port()}"))
+        get_settings.cache_clear()
+        caplog.set_level(logging.WARNING, logger="riverbed.cli.models")
+        fallback = runner.invoke(riverbed_app, ["models", "list", DATASET, "--json"])
+        assert fallback.exit_code == 0, fallback.output
+        assert json.loads(fallback.stdout) == []  # the (empty) registry's versions, not the catalog's
+        warnings = [r.getMessage() for r in caplog.records if r.name == "riverbed.cli.models"]
+        assert len(warnings) == 1 and warnings[0].startswith("models: the model catalog cannot be read (OperationalError")
+        assert warnings[0].endswith("; listing the MLflow registry")
+    finally:
+        get_settings.cache_clear()

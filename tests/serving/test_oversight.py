@@ -30,6 +30,7 @@ from serving.api_keys import create_api_key
 from serving.inference_log import verify_chain_from_settings
 from serving.oversight import MAX_NOTE_LENGTH
 from tests.scratch_postgres import create_database, drop_database
+from tests.serving.tcp_proxy import CuttableProxy
 from tests.serving.gateway_fixtures import (
     ScriptedMLServer,
     api_records,
@@ -619,3 +620,125 @@ def test_concurrent_resumes_resume_once(client: httpx.Client, stack: Stack) -> N
     ).json()["actions"]
     assert [a["action"] for a in history][-2:] == ["suspend", "resume"]
     assert _wait_status(stack.url, stack, 200, 0.0)[0].status_code == 200
+
+
+# ------------------------------------------------------------------------------------- suspensions fail closed
+@contextlib.contextmanager
+def _proxied_gateway(stack: Stack, home: Path, proxy: CuttableProxy) -> Iterator[str]:
+    """A gateway whose database connections go through ``proxy`` (cut to make the database unreachable). It may
+    start during an outage: no wait for /readyz here."""
+    settings = RiverbedSettings(
+        home=home,
+        inference_log_dsn=proxy.dsn(stack.dsn),
+        mlserver_url=stack.mlserver_url,
+        model_repository=stack.settings.model_repository_dir,
+        audit_chain_key_file=stack.settings.audit_chain_key_path,
+    )
+    with in_process_gateway(settings) as url:
+        yield url
+
+
+def _post_predict(url: str, stack: Stack) -> httpx.Response:
+    record = api_records(salary_band_features(5), SPEC)[0]
+    return httpx.post(f"{url}{PREDICT}", json=record, headers=_auth(stack.keys.predict), timeout=30)
+
+
+def _once_keys_verify(url: str, stack: Stack) -> httpx.Response:
+    """The first predict answer that is not the key store's 503 (a restarted gateway reconnects with a backoff)."""
+    deadline = time.monotonic() + 30
+    while (response := _post_predict(url, stack)).json().get("reason") == "key_store_unavailable":
+        assert time.monotonic() < deadline, response.text
+        time.sleep(0.2)
+    return response
+
+
+def _eventually(check: Any, within: float = 20.0) -> Any:
+    deadline = time.monotonic() + within
+    while not (result := check()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+    return result
+
+
+@contextlib.contextmanager
+def _suspensions_unreadable(stack: Stack) -> Iterator[None]:
+    """The database is reachable, but the suspensions cannot be read (their index locked): the window right after an
+    outage, before a gateway has re-read them, held open. API keys are still verified."""
+    with psycopg.connect(stack.dsn) as locker:
+        locker.execute("lock table oversight_actions in access exclusive mode")
+        yield
+
+
+def test_a_suspension_holds_through_a_restart_during_an_outage_and_unknown_state_fails_closed(
+    client: httpx.Client, stack: Stack, tmp_path: Path
+) -> None:
+    review = _auth(stack.keys.review)
+    reason = "selection rate gap on <b>sex</b>"
+    home = tmp_path / "gateway"
+    state_file = home / "oversight" / "suspensions.json"
+    proxy = CuttableProxy()
+    proxy.up()
+    try:
+        # 1. A gateway sees the suspension and keeps it in its private state file.
+        with _proxied_gateway(stack, home, proxy) as url:
+            _wait_ready(url)
+            suspended = client.post("/v1/datasets/salary_band/suspend", json={"reason": reason}, headers=review)
+            assert suspended.status_code == 200, suspended.text
+            action_id = suspended.json()["action_id"]
+            _eventually(lambda: state_file.exists() and action_id in state_file.read_text())
+            assert state_file.stat().st_mode & 0o777 == 0o600
+            saved = json.loads(state_file.read_text())
+            assert saved["format"] == 1 and list(saved["suspensions"]) == ["salary_band"]
+            assert {k: saved["suspensions"]["salary_band"][k] for k in ("action_id", "actor_key_id", "note")} == {
+                "action_id": action_id,
+                "actor_key_id": stack.keys.review_id,
+                "note": reason,
+            }
+            assert [p.name for p in state_file.parent.iterdir()] == ["suspensions.json"]  # no temporary left
+        # 2. The database becomes unreachable and the gateway starts again: it uses the saved suspensions.
+        proxy.down()
+        with _proxied_gateway(stack, home, proxy) as url:
+            during = _post_predict(url, stack)  # a fresh process cannot verify the key during the outage
+            assert during.status_code == 503 and "cannot verify keys" in during.json()["error"], during.text
+            with _suspensions_unreadable(stack):
+                proxy.up()
+                refused = _once_keys_verify(url, stack)
+                assert refused.status_code == 503, refused.text
+                body = refused.json()
+                assert body["reason"] == "dataset_suspended"
+                assert action_id in body["error"] and reason in body["error"]
+                assert stack.keys.review_id in body["error"]
+                metrics = httpx.get(f"{url}/metrics", timeout=10).text
+                assert "riverbed_oversight_state_known 0.0" in metrics
+                assert 'riverbed_dataset_suspended{dataset="salary_band"} 1.0' in metrics
+            # 3. The database is back and readable: still suspended (it says so), until a reviewer resumes it.
+            _eventually(lambda: "riverbed_oversight_state_known 1.0" in httpx.get(f"{url}/metrics", timeout=10).text)
+            assert _post_predict(url, stack).json()["reason"] == "dataset_suspended"
+            resumed = httpx.post(
+                f"{url}/v1/datasets/salary_band/resume", json={"reason": "fixed"}, headers=review, timeout=30
+            )
+            assert resumed.status_code == 200, resumed.text
+            assert _post_predict(url, stack).status_code == 200
+            assert json.loads(state_file.read_text())["suspensions"] == {}
+        # 4. Neither the database nor a state file (a new home): nothing is served until the state is read.
+        proxy.down()
+        with _proxied_gateway(stack, tmp_path / "fresh", proxy) as url:
+            with _suspensions_unreadable(stack):
+                proxy.up()
+                unknown = _once_keys_verify(url, stack)
+                assert unknown.status_code == 503, unknown.text
+                assert unknown.json()["reason"] == "oversight_state_unknown"
+                assert unknown.json()["error"].startswith("oversight state unknown: dataset 'salary_band' is not served")
+                metrics = httpx.get(f"{url}/metrics", timeout=10).text
+                assert "riverbed_oversight_state_unknown 1.0" in metrics
+                assert 'riverbed_oversight_state_unknown_refusals_total{dataset="salary_band"} 1.0' in metrics
+            served, _ = _wait_status(url, stack, 200, 20.0)
+            assert served.status_code == 200, served.text
+            assert "riverbed_oversight_state_unknown 0.0" in httpx.get(f"{url}/metrics", timeout=10).text
+            # The refusal's row (spooled while the log was away) is in the log once the spool is replayed.
+            row = _eventually(lambda: _rows(stack.dsn, "request_id = %s", (unknown.headers["X-Request-ID"],)), 30)
+            assert row[0][:2] == ("rejected", 503) and "oversight state unknown" in row[0][2]
+            _wait_ready(url)
+    finally:
+        proxy.down()
+    _chain_ok(stack)

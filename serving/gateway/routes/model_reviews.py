@@ -2,7 +2,9 @@
 
 ``GET /v1/models/versions`` (role ``audit`` or ``review``) lists the catalogued versions
 (:mod:`riverbed.model_catalog`): aliases, status, why each was trained, the gate's decision and reasons, fairness
-per protected attribute, the model card, a reviewer's decision. ``POST
+per protected attribute, the model card, a reviewer's decision. It is an audit read: recorded in
+``audit_access_log`` (key id, route, filters, row count, request id) before it is served, as the audit routes are;
+a read that cannot be recorded is refused 503. ``POST
 /v1/models/{dataset}/versions/{version}/approve`` and ``.../reject`` (role ``review``, body ``{"reason": "..."}``)
 decide on a candidate that passed the promotion gate of a ``promotion.approval: manual`` dataset and waits as
 ``pending_approval``.
@@ -11,11 +13,15 @@ A decision is taken in one database transaction: the decision row is claimed (th
 undecided; a concurrent decision waits on the unique key and then finds it taken), the oversight action is
 appended to the chained inference log (:func:`serving.oversight.record_action`, target ``<dataset>:<version>``,
 committed before this answers), and only then is the decision committed. A decision whose action could not be
-committed is rolled back: the candidate stays pending. The approvals sensor (``sensors/approvals.py``) then asks
+committed is rolled back: the candidate stays pending. If the log became unreachable just then, the action's row is
+spooled (it enters the chain later, as every accepted row does) while the decision is still rolled back: the 503
+says that nothing was decided and that the reviewer must decide again once the log is back. The approvals sensor (``sensors/approvals.py``) then asks
 the platform to deploy exactly the approved version; a rejected one is never deployed.
 
 Refusals: unknown dataset or version 404; a version that is not pending (failed the gate, automatic promotion,
-already decided, a replay of the same request) 409; a malformed body (not a JSON object, an unknown field, a
+already decided, a replay of the same request) 409; an approval of a stale candidate (a newer version of the dataset
+is the champion, or was deployed after the candidate was trained) 409 "superseded by vN", since deploying it would
+roll the champion back (a rejection of it is still taken); a malformed body (not a JSON object, an unknown field, a
 missing, empty, over-long, NUL or non-Unicode reason) 422 naming the field; a body over 16 KiB 413; the database
 unreachable 503.
 """
@@ -41,12 +47,14 @@ from riverbed.model_catalog import (
     ModelStatus,
     NotPendingApprovalError,
     ReviewDecision,
+    SupersededVersionError,
     UnknownModelVersionError,
     claim_review,
     list_model_versions_async,
 )
 from serving.gateway.body import read_body
-from serving.gateway.deps import GatewayDep, KeyCheck, RequestId, authenticate
+from serving.audit_access import AuditAccessNotRecorded, record_audit_access
+from serving.gateway.deps import Clock, GatewayDep, KeyCheck, RequestId, authenticate
 from serving.gateway.responses import ORJSONResponse
 from serving.gateway.schemas import ErrorResponse, RecordProblem, RequestRejected
 from serving.oversight import OversightError, check_note, record_action
@@ -137,16 +145,36 @@ def _invalid(field: str, value: Any, rule: str) -> RequestRejected:
 async def model_versions(
     gateway: GatewayDep,
     key: CatalogReaderKey,
+    own_request_id: RequestId,
+    clock: Clock,
     dataset: Annotated[str | None, Query(max_length=MAX_NAME_CHARS, description="Only this dataset.")] = None,
     status: Annotated[ModelStatus | None, Query(description="Only versions in this status.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 100,
 ) -> Response:
-    key.require()
+    caller = key.require()
     try:
         async with _database(), gateway.writer.pool.connection() as conn:
             versions = await list_model_versions_async(conn, dataset, limit, status=status)
     except CatalogValueError as error:
         raise _invalid(error.field, None, error.rule) from None
+    # An audit read like the audit routes' (serving/gateway/routes/audit.py): recorded before it is served.
+    filters: dict[str, Any] = {
+        **({"dataset": dataset} if dataset is not None else {}),
+        **({"status": status} if status is not None else {}),
+        "limit": limit,
+    }
+    try:
+        await record_audit_access(
+            gateway.writer.pool,
+            key_id=caller.key_id,
+            route=VERSIONS_ROUTE,
+            filters=filters,
+            row_count=len(versions),
+            request_id=own_request_id,
+            received_at=clock.received_at,
+        )
+    except AuditAccessNotRecorded:
+        raise RequestRejected(503, "the catalog read was not served because it could not be recorded") from None
     return ORJSONResponse({"versions": [v.model_dump(mode="json") for v in versions], "count": len(versions)})
 
 
@@ -206,6 +234,9 @@ async def _decide(
             )
     except UnknownModelVersionError as error:
         raise RequestRejected(404, str(error), [RecordProblem(None, "version", version, "unknown")]) from None
+    except SupersededVersionError as error:
+        rule = f"superseded by v{error.superseded_by}: a newer version is or was deployed (no rollback by approval)"
+        raise RequestRejected(409, str(error), [RecordProblem(None, "version", version, rule)]) from None
     except NotPendingApprovalError as error:
         raise RequestRejected(
             409, str(error), [RecordProblem(None, "version", version, f"is {error.status}, not pending_approval")]
@@ -213,6 +244,17 @@ async def _decide(
     except CatalogValueError as error:
         raise _invalid(error.field, None, error.rule) from None
     except OversightError as error:
+        if error.spooled:
+            # The action's row is spooled (it enters the log later), but the decision's transaction was rolled back:
+            # nothing was decided, and the reviewer must decide again (the generic "do not repeat it" would be wrong).
+            rule = (
+                f"the inference log became unreachable while the {decision} was being recorded: it was not taken "
+                f"and {dataset} version {version} is still pending_approval; decide again once the inference log "
+                f"is back (the attempt's row {request_id} was spooled and will appear in the log, but the model "
+                "catalog holds no decision)"
+            )
+            problem = [RecordProblem(None, error.field, None, rule)]
+            raise RequestRejected(503, f"the {decision} was not taken: {rule}", problem) from None
         problem = [RecordProblem(None, error.field, None, error.rule)]
         raise RequestRejected(error.status, f"the {decision} was not recorded: {error.rule}", problem) from None
     except CatalogError as error:

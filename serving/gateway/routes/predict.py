@@ -38,7 +38,14 @@ from serving.gateway.schemas import (
 )
 from serving.gateway.state import GatewayState
 from serving.inference_log import RequestStatus
-from serving.oversight import DATASET_SUSPENDED, suspension_message, suspension_of
+from serving.oversight import (
+    DATASET_SUSPENDED,
+    OVERSIGHT_STATE_UNKNOWN,
+    oversight_state_unknown,
+    state_unknown_message,
+    suspension_message,
+    suspension_of,
+)
 
 _EXPLAIN_HELP = "Override the body's 'explain' (default true)."
 _TOP_K_HELP = "Override the body's 'top_k' (default 5)."
@@ -166,6 +173,16 @@ async def _parse(
     call.client_key_id = key.require().key_id
     if dataset not in gateway.schemas:
         raise RequestRejected(404, f"unknown dataset {dataset!r}; known: {sorted(gateway.schemas)}")
+    if oversight_state_unknown(gateway):  # fail closed: a suspended dataset must not serve because it is not known
+        await _read_refused_body(request, gateway, call, dataset)
+        if gateway.oversight is not None:
+            gateway.oversight.unknown_refusals.labels(dataset).inc()
+        raise RequestRejected(
+            503,
+            state_unknown_message(dataset),
+            [RecordProblem(None, "dataset", dataset, "oversight state unknown: suspensions not read yet")],
+            reason=OVERSIGHT_STATE_UNKNOWN,
+        )
     suspension = suspension_of(gateway, dataset)
     if suspension is not None:  # a reviewer stopped this dataset's serving: refused (and recorded) with who and why
         await _read_refused_body(request, gateway, call, dataset)
@@ -244,7 +261,8 @@ async def _reject(gateway: GatewayState, call: PredictCall, rejection: RequestRe
         and not gateway.refusal_log.admit(rejection.reason or "unauthenticated")
     ):
         return error_response(call.request_id, 401, rejection.message, rejection.problems, reason=rejection.reason)
-    failed = rejection.status >= 500 and rejection.reason != DATASET_SUSPENDED  # a suspension refuses
+    # A suspension (or suspensions not known yet) refuses the request: it did not fail.
+    failed = rejection.status >= 500 and rejection.reason not in (DATASET_SUSPENDED, OVERSIGHT_STATE_UNKNOWN)
     status = RequestStatus.FAILED if failed else RequestStatus.REJECTED
     reason = rejection.detail or describe(rejection.message, rejection.problems)
     await record(gateway, call, status, rejection.status, reason)  # whatever became of its row: still refused
