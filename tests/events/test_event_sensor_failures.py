@@ -90,11 +90,14 @@ def test_labels_sensor_failures_name_the_part_that_is_down(
 
 
 def test_migration_0009_gives_stored_labels_an_identity_and_keeps_them(postgres_dsn: str, tmp_path: Path) -> None:
-    before = tmp_path / "before-0009"
+    before, through = tmp_path / "before-0009", tmp_path / "through-0009"
     before.mkdir()
+    through.mkdir()
     for path in MIGRATIONS_DIR.glob("*.sql"):
         if path.name < "0009":
             shutil.copy(path, before / path.name)
+        if path.name < "0010":
+            shutil.copy(path, through / path.name)
     apply_migrations(postgres_dsn, directory=before)
     insert = (
         'insert into prediction_labels (topic, partition, "offset", dataset, sample_id, label, labelled_at) '
@@ -105,7 +108,7 @@ def test_migration_0009_gives_stored_labels_an_identity_and_keeps_them(postgres_
         for offset, sample in ((0, "a"), (1, "a"), (2, "b")):  # "a" twice: a retry under the old identity
             conn.execute(insert, ("t.labels", 0, offset, sample, at))
 
-    assert apply_migrations(postgres_dsn) == ["0009_label_identity"]
+    assert apply_migrations(postgres_dsn, directory=through) == ["0009_label_identity"]
 
     with psycopg.connect(postgres_dsn) as conn:
         rows = conn.execute(

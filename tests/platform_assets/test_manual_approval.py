@@ -7,6 +7,7 @@ approved version; a rejected candidate is never deployed; a candidate that faile
 The catalog rows are checked value by value against what training, the gate and MLflow recorded.
 """
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 
 from platform_assets.catalog_records import catalogue_registry
 from platform_assets.definitions import build_definitions
-from platform_assets.deployment import rollback_deployment
+from platform_assets.deployment import approved_target, refuse_rollback_by_approval, rollback_deployment
 from platform_assets.runner import local_instance, train_run_config
 from resources.inference_log_resource import InferenceLogResource
 from riverbed import names
@@ -26,10 +27,15 @@ from riverbed.model_catalog import (
     get_model_version,
     list_model_versions,
     record_approval,
+    record_deployment,
+    record_gate_decision,
+    record_trained,
 )
 from riverbed.model_repository import ModelRepository
 from riverbed.names import CHAMPION_ALIAS, PREVIOUS_ALIAS, RunTag
+from riverbed.records import ModelRecord
 from riverbed.settings import RiverbedSettings
+from riverbed.specs import load_specs
 from tests.platform_assets.loan_dataset import LOAN_DATASET, LOAN_PARTITIONS, write_loan_dataset
 from tests.serving.conftest import migrated_dsn, postgres_dsn  # noqa: F401 - the machine's PostgreSQL
 
@@ -338,3 +344,64 @@ def test_versions_trained_without_a_catalog_are_backfilled_from_the_registry(
     v2 = get_model_version(migrated_dsn, DATASET, 2)
     assert v2 is not None and v2.trained_reason == "drift" and "does not beat the champion" in v2.gate_reasons[0]
     assert catalogue_registry(settings, migrated_dsn, [DATASET]) == []  # nothing left to add
+
+
+def test_an_approval_never_moves_the_champion_to_an_older_version(
+    specs: Path,
+    migrated_dsn: str,  # noqa: F811
+) -> None:
+    # Defence in depth behind the gateway's 409: an approval of v1 taken while v2 was not yet deployed, then v2
+    # approved and deployed. A deploy run for v1 (a late sensor tick, a person) must not roll v2 back.
+    (specs / f"{DATASET}.yaml").write_text((specs / f"{DATASET}.yaml").read_text().replace(AUTO, MANUAL))
+    spec = load_specs([specs])[DATASET]
+    for version in (1, 2):
+        record_trained(
+            migrated_dsn,
+            dataset=DATASET,
+            registered_model=NAME,
+            version=version,
+            trained_reason="drift",
+            mlflow_run_id=f"run{version}",
+            dagster_run_id=f"dagster{version}",
+            data_commit_ids={},
+            metrics={},
+            fairness={},
+            model_card_markdown="",
+            manual_approval=True,
+        )
+        record_gate_decision(
+            migrated_dsn, dataset=DATASET, version=version, passed=True, reasons=["ok"], manual_approval=True
+        )
+        record_approval(
+            migrated_dsn, dataset=DATASET, version=version, decision="approve", action_id=f"a{version}", key_id="k",
+            reason="ok",
+        )  # fmt: skip
+    record_deployment(migrated_dsn, dataset=DATASET, version=2, previous_version=None)
+    model = ModelRecord(
+        dataset=DATASET,
+        registered_model_name=NAME,
+        version=1,
+        mlflow_run_id="run1",
+        model_uri=f"models:/{NAME}/1",
+        training_set_commit_id="c1",
+        dagster_run_id="dagster1",
+        training_set_uri="local://c1/training",
+        trained_at=dt.datetime(2026, 12, 1, tzinfo=dt.UTC),
+    )
+    inference_log = InferenceLogResource(dsn=migrated_dsn)
+    with pytest.raises(dg.Failure, match=f"{DATASET} version 1 is superseded by v2, a newer version already deployed"):
+        approved_target(spec, model, {RunTag.APPROVED_VERSION.value: "1"}, inference_log, "unused://")
+    with pytest.raises(dg.Failure, match=f"{DATASET} version 1 is superseded by v2"):
+        approved_target(spec, model, {}, inference_log, "unused://")  # the upstream candidate: the same rule
+    # The second check, against the champion MLServer serves (whatever the catalog says).
+    served = model.model_copy(update={"version": 2, "mlflow_run_id": "run2"})
+    with pytest.raises(dg.Failure, match=f"{DATASET} version 1 is superseded by v2, the champion being served"):
+        refuse_rollback_by_approval(spec, model, served, migrated_dsn)
+    refuse_rollback_by_approval(spec, served, served, migrated_dsn)  # redeploying the champion itself is no rollback
+    refuse_rollback_by_approval(spec, model, None, migrated_dsn)  # nothing served yet
+    with psycopg.connect(migrated_dsn) as conn:
+        counted = conn.execute(
+            "select failures from pipeline_failures where component = %s and reason = 'approval_superseded'",
+            (f"deployment_{DATASET}",),
+        ).fetchone()
+    assert counted == (3,)
