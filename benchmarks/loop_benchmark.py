@@ -211,7 +211,8 @@ class Dagster:
         body: dict[str, Any] = answer.json()
         if body.get("errors"):
             raise RuntimeError(f"Dagster GraphQL errors: {body['errors']}")
-        return body["data"]
+        data: dict[str, Any] = body["data"]
+        return data
 
     def runs(self, job: str) -> list[DagsterRun]:
         """Runs of ``job``, oldest first."""

@@ -12,7 +12,9 @@ Two tables in the inference-log database (migration ``0011_model_catalog.sql``):
   same transaction that checks the candidate is pending, with the id of the oversight action that records it in
   the chained inference log. The platform reads it (:func:`reviews_after` for the approvals sensor,
   :func:`approval_for` for the deployment asset). A review names the MLflow run of the version it decided, so a
-  version number reused by a fresh registry is never approved by a decision about another model.
+  version number reused by a fresh registry is never approved by a decision about another model. An approval of a
+  candidate older than a version that is or was deployed is refused (:class:`SupersededVersionError`: it would roll
+  the champion back); the deployment asset checks the same rule again (:func:`superseding_version`).
 
 The status a reader sees (:data:`ModelStatus`) is the stored one, except that a ``pending_approval`` version with
 a review reads ``approved`` or ``rejected_by_reviewer``: the gateway never updates ``model_versions``.

@@ -140,6 +140,11 @@ class RiverbedSettings(BaseSettings):
     console_dagster_url: str | None = Field(
         default=None, description="Dagster UI base URL for the console's lineage links (unset: run ids as text)."
     )
+    console_lakefs_url: str | None = Field(
+        default=None,
+        description="lakeFS UI base URL: the console links data commit ids to <url>/repositories/<data_repository>/"
+        "commits/<id> (unset: commit ids as text).",
+    )
 
     # Kafka (events): unset bootstrap servers means the local dev broker recorded in <home>/kafka.json.
     kafka_bootstrap_servers: str | None = Field(

@@ -115,7 +115,6 @@ def list_versions(
     console.print(table)
 
 
-
 def _segment(text: str) -> str:
     return urllib.parse.quote(text, safe="")
 

@@ -35,7 +35,8 @@ from serving.audit_queries import (
     fetch_predictions,
     get_prediction,
 )
-from serving.console import charts, queries, reviews
+from serving.console import charts, login_refusals, queries, reviews
+from serving.console.lineage import dagster_run_link, data_commit_link, lineage_links, mlflow_run_link, version_slug
 from serving.console.markdown import render_markdown
 from serving.console.sessions import (
     CONSOLE_ROLES,
@@ -67,7 +68,6 @@ from serving.console.web import (
     set_cookie,
 )
 from serving.gateway.deps import MAX_TOKEN_LENGTH, KeyCheck, gateway_of
-from serving.gateway.lineage import lineage_of
 from serving.gateway.middleware import clock_of, request_id_of
 from serving.gateway.routes import audit
 from serving.gateway.state import GatewayState
@@ -157,50 +157,8 @@ def _flash_tag(request: Request, session: ConsoleSession, done: str, action: str
     return csrf_token(session_key(gateway_of(request)), f"flash|{session.nonce}|{done}|{action}")
 
 
-def _mlflow_base(gateway: GatewayState) -> str | None:
-    settings = gateway.settings
-    base = settings.console_mlflow_url or settings.mlflow_tracking_uri
-    return _http_base(base)
-
-
-def _http_base(url: str | None) -> str | None:
-    """A base URL for links, only if it is plain http(s) (never javascript: or anything else)."""
-    if not url:
-        return None
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        return None
-    return url.rstrip("/")
-
-
 def _quote(text: Any) -> str:
     return urllib.parse.quote(str(text), safe="")
-
-
-def lineage_links(gateway: GatewayState, row: Mapping[str, Any]) -> dict[str, Any]:
-    """The lineage chain with a link per part whose UI is known (None: shown as text)."""
-    lineage = lineage_of(dict(row))
-    mlflow = _mlflow_base(gateway)
-    dagster = _http_base(gateway.settings.console_dagster_url)
-    model = lineage["model"]
-    links: dict[str, Any] = {
-        "model_name": model["name"],
-        "model_version": model["version"],
-        "model_url": None,
-        "mlflow_run_id": lineage["mlflow_run_id"],
-        "mlflow_run_url": None,
-        "training_set_commit_id": lineage["training_set_commit_id"],
-        "data_commit_ids": sorted((lineage["data_commit_ids"] or {}).items()),
-        "dagster_run_id": lineage["dagster_run_id"],
-        "dagster_run_url": None,
-    }
-    if mlflow and model["name"] and model["version"]:
-        links["model_url"] = f"{mlflow}/#/models/{_quote(model['name'])}/versions/{_quote(model['version'])}"
-    if mlflow and lineage["mlflow_run_id"]:
-        links["mlflow_run_url"] = f"{mlflow}/#/runs/{_quote(lineage['mlflow_run_id'])}"
-    if dagster and lineage["dagster_run_id"]:
-        links["dagster_run_url"] = f"{dagster}/runs/{_quote(lineage['dagster_run_id'])}"
-    return links
 
 
 def _svg_data_uri(svg: str) -> str:
@@ -239,29 +197,63 @@ def _login_again(code: str) -> Response:
     return redirect(f"{CONSOLE_PATH}/login?reason={code}")
 
 
+async def _refuse_login(
+    gateway: GatewayState, request: Request, code: str, http_status: int, key_id: str | None = None
+) -> Response:
+    """Record the refused login (:mod:`serving.console.login_refusals`), then send the browser back to the form."""
+    await login_refusals.record_login_refusal(
+        gateway,
+        request,
+        code=code,
+        http_status=http_status,
+        message=REFUSALS[code],
+        answered=f"303 to {CONSOLE_PATH}/login?reason={code}",
+        key_id=key_id,
+    )
+    return _login_again(code)
+
+
 @router.post("/login")
 async def login(request: Request) -> Response:
     gateway = gateway_of(request)
     key = session_key(gateway)
     nonce = read_login_nonce(key, request.cookies.get(LOGIN_COOKIE))
     if nonce is None:
-        return _login_again("form_expired")
-    form = await read_form(request, None, csrf_nonce=nonce)
+        return await _refuse_login(gateway, request, "form_expired", 403)
+    try:
+        form = await read_form(request, None, csrf_nonce=nonce)
+    except ConsolePageError as refused:  # no CSRF token, a wrong one, or a malformed form: shown as an error page
+        code = login_refusals.CSRF_REFUSED if refused.status == 403 else login_refusals.FORM_REFUSED
+        message = f"{refused.field}: {refused.message}" if refused.field else refused.message
+        await login_refusals.record_login_refusal(
+            gateway, request, code=code, http_status=refused.status, message=message, answered=f"{refused.status}"
+        )
+        raise
     token = form.get("api_key", "").strip()
     if not token:
-        return _login_again("empty_key")
+        return await _refuse_login(gateway, request, "empty_key", 401)
+    key_id = login_refusals.key_id_of(token)
     if len(token) > MAX_TOKEN_LENGTH or not token.isprintable() or not token.isascii():
-        return _login_again("invalid_key")
+        return await _refuse_login(gateway, request, "invalid_key", 401, key_id)
     try:
         api_key = await gateway.authenticator.verify(token)
     except KeyStoreUnavailableError as unavailable:
+        await login_refusals.record_login_refusal(
+            gateway,
+            request,
+            code=login_refusals.KEY_STORE_UNAVAILABLE,
+            http_status=503,
+            message=unavailable.message,
+            answered="503",
+            key_id=key_id,
+        )
         raise ConsolePageError(503, unavailable.message) from None
     except KeyExpiredError:
-        return _login_again("key_expired")
+        return await _refuse_login(gateway, request, "key_expired", 401, key_id)
     except ApiKeyRefused:
-        return _login_again("invalid_key")
+        return await _refuse_login(gateway, request, "invalid_key", 401, key_id)
     if api_key.roles.isdisjoint(CONSOLE_ROLES):
-        return _login_again("no_role")
+        return await _refuse_login(gateway, request, "no_role", 403, api_key.key_id)
     charts.warm_up()  # import shap / matplotlib in the background before the first chart is asked for
     lifetime = gateway.settings.console_session_seconds
     response = redirect(LOG_ROUTE)
@@ -488,7 +480,7 @@ async def prediction_page(request: Request, request_id: str) -> Response:
             "chosen": chosen,
             "chart": chart,
             "chart_error": chart_error,
-            "lineage": lineage_links(gateway, row),
+            "lineage": lineage_links(gateway.settings, row),
             "history": history,
             "outcomes": list(spec.target.classes) if spec is not None else [],
             "flash": _flash(request, session),
@@ -552,15 +544,12 @@ async def models_page(request: Request) -> Response:
             "record": version,
             "card": render_markdown(version.model_card_markdown),
             "slug": _slug(version),
-            "links": lineage_links(
-                gateway,
-                {
-                    "model_name": version.registered_model,
-                    "model_version": str(version.version),
-                    "mlflow_run_id": version.mlflow_run_id,
-                    "dagster_run_id": version.dagster_run_id,
-                },
-            ),
+            "mlflow_run": mlflow_run_link(gateway.settings, version.mlflow_run_id),
+            "dagster_run": dagster_run_link(gateway.settings, version.dagster_run_id),
+            "data_commits": [
+                (partition, data_commit_link(gateway.settings, commit))
+                for partition, commit in sorted(version.data_commit_ids.items())
+            ],
         }
         for version in versions
     ]
@@ -573,7 +562,7 @@ async def models_page(request: Request) -> Response:
 
 
 def _slug(version: Any) -> str:
-    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', version.dataset)}-{version.version}"
+    return version_slug(version.dataset, version.version)
 
 
 async def _review_model(request: Request, dataset: str, version: str, decision: ReviewDecision) -> Response:

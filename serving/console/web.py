@@ -44,6 +44,7 @@ from serving.console.sessions import (
 from serving.gateway.deps import gateway_of
 from serving.gateway.schemas import RequestRejected
 from serving.gateway.state import GatewayState
+from serving.inference_log import format_time
 from serving.oversight import OversightError
 
 logger = logging.getLogger(__name__)
@@ -251,6 +252,14 @@ def number(value: Any, digits: int = 4) -> str:
 
 
 _environment.filters["number"] = number
+
+
+def utc(value: Any) -> str:
+    """A timestamp as the log shows them (microsecond ISO UTC); other values as text."""
+    return format_time(value) if isinstance(value, dt.datetime) else ("" if value is None else str(value))
+
+
+_environment.filters["utc"] = utc
 
 
 @dataclass(frozen=True)

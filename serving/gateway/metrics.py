@@ -124,8 +124,16 @@ class GatewayMetrics:
         )
         self.unlogged_refusals = Counter(
             "riverbed_gateway_unlogged_refusals",
-            "Unauthenticated (401) predict refusals beyond unauthenticated_log_per_second: answered, not logged.",
+            "Unauthenticated (401) predict refusals and refused console logins (reason console_<code>) beyond "
+            "unauthenticated_log_per_second: answered, not logged.",
             ["reason"],
+            registry=self.registry,
+        )
+        self.console_login_refusals = Counter(
+            "riverbed_console_login_refusals",
+            "Refused console logins (POST /console/login) by reason, and what became of each one's inference-log row: "
+            "logged, sampled_out (beyond unauthenticated_log_per_second) or not_recorded (the log refused the write).",
+            ["reason", "row"],
             registry=self.registry,
         )
         gauges: list[tuple[str, str, Callable[[], float]]] = [

@@ -296,7 +296,9 @@ def test_an_approval_of_a_candidate_older_than_a_deployed_version_is_refused(mig
 
     async def claim() -> None:
         async with await psycopg.AsyncConnection.connect(migrated_dsn) as conn, conn.transaction():
-            await claim_review(conn, dataset="loans", version=2, decision="approve", action_id="a2", key_id="k", reason="r")
+            await claim_review(
+                conn, dataset="loans", version=2, decision="approve", action_id="a2", key_id="k", reason="r"
+            )
 
     with pytest.raises(SupersededVersionError, match="loans version 2 is superseded by v3"):
         asyncio.run(claim())

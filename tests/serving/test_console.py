@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import functools
 import html
 import re
 import subprocess
@@ -28,13 +29,14 @@ import psycopg
 import pytest
 
 from riverbed.inference_log_schema import apply_migrations
-from riverbed.model_catalog import record_gate_decision, record_trained
+from riverbed.model_catalog import get_model_version, record_gate_decision, record_trained
 from riverbed.model_repository import ModelRepository
 from riverbed.settings import RiverbedSettings
 from riverbed.specs import load_specs
 from serving.api_keys import create_api_key, revoke_api_key
 from serving.audit_access import list_audit_access
 from serving.audit_queries import cursor_key_for
+from serving.console.lineage import NO_CATALOG_VERSION
 from serving.console.queries import MONITORING_SQL, PREDICT_ROUTE, SAMPLE_SQL
 from serving.console.sessions import REFUSALS, SESSION_COOKIE, issue_session, session_key_for
 from serving.database_roles import provision_login_roles
@@ -64,6 +66,11 @@ CONTRIBUTIONS = {name: 0.0 for name in SPEC.feature_names} | {
 }
 MLFLOW_UI = "http://mlflow.example:5000"
 DAGSTER_UI = "http://dagster.example:3000"
+LAKEFS_UI = "https://lakefs.example"
+DATA_REPOSITORY = "riverbed-data"
+# Lineage ids a compromised pipeline could have logged: each must stay inside its link's path segment.
+HOSTILE_COMMITS = {"p<1>": JS_URL, "p2": ATTR, "p3": '"><script>alert(3)</script>'}
+HOSTILE_DAGSTER_RUN = f"{JS_URL}/{ATTR}"
 # The seeded requests: two days ago at 10:00 UTC (inside the monitoring page's windows, all on one day).
 T0 = (dt.datetime.now(dt.UTC) - dt.timedelta(days=2)).replace(hour=10, minute=0, second=0, microsecond=0)
 UNTIL = format_time(T0 + dt.timedelta(hours=1))  # excludes the hostile, the refused and the oversight rows
@@ -216,6 +223,8 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
                 model_repository=home / "repository",
                 console_mlflow_url=MLFLOW_UI,
                 console_dagster_url=DAGSTER_UI,
+                console_lakefs_url=LAKEFS_UI,
+                data_repository=DATA_REPOSITORY,
             )
             repository = ModelRepository(settings.model_repository_dir)
             for spec in load_specs(settings.specs_dirs).values():
@@ -247,6 +256,9 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
                         sample_id=IMG,
                         mlflow_run_id=f"run-{XSS}",
                         model_version=ATTR,
+                        training_set_commit_id=IMG,
+                        data_commit_ids=HOSTILE_COMMITS,
+                        dagster_run_id=HOSTILE_DAGSTER_RUN,
                     )
                 )
                 rows.append(
@@ -345,6 +357,23 @@ def _svg_of(page: str, element_id: str) -> ET.Element:
 
 def _texts(svg: ET.Element) -> list[str]:
     return ["".join(node.itertext()).strip() for node in svg.iter("{http://www.w3.org/2000/svg}text")]
+
+
+def _lineage_links(page: str) -> dict[str, tuple[str, str]]:
+    """The lineage list's links: element id (data commits: ``data-commit-<i>``) -> (href as the browser reads it,
+    text). Asserts each href is quoted once and its attribute is not broken out of."""
+    section = re.search(r'<ul id="lineage">(.*?)<h2>Outputs</h2>', page, re.S)
+    assert section, "no lineage list"
+    links: dict[str, tuple[str, str]] = {}
+    commits = 0
+    for attributes, text in re.findall(r"<a ([^>]*)>(.*?)</a>", section.group(1), re.S):
+        parsed = re.fullmatch(r'(?:id="([^"]+)" )?href="([^"<>]*)" title="([^"<>]*)"', attributes)
+        assert parsed, attributes  # exactly these attributes: nothing broke out of a quoted value
+        element_id = parsed.group(1)
+        if element_id is None:
+            element_id, commits = f"data-commit-{commits}", commits + 1
+        links[element_id] = (html.unescape(parsed.group(2)), html.unescape(text))
+    return links
 
 
 def _table_rows(page: str, table_id: str) -> list[list[str]]:
@@ -480,20 +509,26 @@ def test_log_page_lists_the_newest_rows_with_exact_values_and_pages_by_cursor(
 def test_log_filters_select_exactly(console: Console, auditor: httpx.Client) -> None:
     positive = auditor.get("/console/log", params={"label": ">50K", "until": UNTIL})
     assert re.findall(r'data-request-id="([^"]+)"', positive.text) == [console.plain_ids[11 - i] for i in (9, 6, 3, 0)]
-    rejected = auditor.get("/console/log", params={"status": "rejected"})
+    rejected = auditor.get("/console/log", params={"status": "rejected", "dataset": "salary_band"})
     assert re.findall(r'data-request-id="([^"]+)"', rejected.text) == [console.rejected_id]
     none = auditor.get("/console/log", params={"model_version": "999"})
     assert 'id="log-empty"' in none.text
     export = re.search(r'<a id="export-csv" href="([^"]+)"', rejected.text).group(1)
-    assert html.unescape(export) == "/console/export?status=rejected&format=csv"
+    assert html.unescape(export) == "/console/export?dataset=salary_band&status=rejected&format=csv"
 
 
 def test_console_export_is_the_audit_export(console: Console, auditor: httpx.Client) -> None:
-    answer = auditor.get("/console/export", params={"status": "rejected", "format": "csv"})
+    answer = auditor.get("/console/export", params={"status": "rejected", "dataset": "salary_band", "format": "csv"})
     assert answer.status_code == 200 and answer.headers["x-export-rows"] == "1"
     assert console.rejected_id in answer.text and "age: must be at least 17" in answer.text
     reads = list_audit_access(console.dsn, key_id=console.key_ids["audit"], route="/v1/audit/export")
-    assert reads[0].filters == {"status": "rejected", "format": "csv", "limit": 1_000_000} and reads[0].row_count == 1
+    assert reads[0].filters == {
+        "dataset": "salary_band",
+        "status": "rejected",
+        "format": "csv",
+        "limit": 1_000_000,
+    }
+    assert reads[0].row_count == 1
 
 
 @pytest.mark.parametrize(
@@ -548,10 +583,23 @@ def test_request_page_shows_inputs_outputs_lineage_and_the_waterfall_from_logged
         ["capital_gain", "2174", "0.330000"],
         ["hours_per_week", "40", "0.120000"],
     ]
-    assert f'href="{MLFLOW_UI}/#/models/riverbed-salary_band/versions/7"' in page.text
-    assert f'href="{MLFLOW_UI}/#/runs/run0123456789abcdef"' in page.text
-    assert f'href="{DAGSTER_UI}/runs/dagster-run-42"' in page.text
-    assert "beef0001" in page.text and "beef0002" in page.text
+    links = _lineage_links(page.text)
+    assert links == {
+        "lineage-model-version": (
+            "/console/models?dataset=salary_band#version-salary_band-7",
+            "riverbed-salary_band version 7",
+        ),
+        "lineage-mlflow-run": (f"{MLFLOW_UI}/#/runs/run0123456789abcdef", "run0123456789abcdef"),
+        "lineage-training-commit": (f"{LAKEFS_UI}/repositories/{DATA_REPOSITORY}/commits/c0ffee0123", "c0ffee0123"),
+        "data-commit-0": (f"{LAKEFS_UI}/repositories/{DATA_REPOSITORY}/commits/beef0001", "beef0001"),
+        "data-commit-1": (f"{LAKEFS_UI}/repositories/{DATA_REPOSITORY}/commits/beef0002", "beef0002"),
+        "lineage-dagster-run": (f"{DAGSTER_UI}/runs/dagster-run-42", "dagster-run-42"),
+    }
+    partitions = re.findall(r'<li class="data-commit"><span class="partition">([^<]*)</span>', page.text)
+    assert partitions == ["2026-10-01", "2026-10-02"]
+    # the model version's link lands on its row of the Models page
+    models = auditor.get("/console/models", params={"dataset": "salary_band"})
+    assert '<tr class="model-version-row" id="version-salary_band-7">' in models.text
     texts = _texts(_svg_of(page.text, "waterfall-chart"))
     for shown in ("+0.81", "\u22120.46", "+0.33", "+0.12"):
         assert shown in texts, (shown, texts)
@@ -619,6 +667,35 @@ def test_hostile_values_are_escaped_everywhere_and_the_csp_forbids_inline_script
     history = _table_rows(after.text, "oversight-history")
     assert history[-1][1] == "flag" and history[-1][4] == note
     assert XSS not in after.text and 'href="javascript:' not in after.text
+
+
+def test_hostile_lineage_ids_stay_inside_their_links_path_segment(console: Console, auditor: httpx.Client) -> None:
+    page = auditor.get(f"/console/predictions/{console.hostile_id}")
+    assert page.status_code == 200
+    links = _lineage_links(page.text)
+    commits = f"{LAKEFS_UI}/repositories/{DATA_REPOSITORY}/commits/"
+    quote = functools.partial(urllib.parse.quote, safe="")
+    assert links == {
+        "lineage-mlflow-run": (f"{MLFLOW_UI}/#/runs/{quote(f'run-{XSS}')}", f"run-{XSS}"),
+        "lineage-training-commit": (commits + quote(IMG), IMG),
+        # sorted by partition: "p2" < "p3" < "p<1>"
+        "data-commit-0": (commits + quote(ATTR), ATTR),
+        "data-commit-1": (commits + quote(HOSTILE_COMMITS["p3"]), HOSTILE_COMMITS["p3"]),
+        "data-commit-2": (commits + quote(JS_URL), JS_URL),
+        "lineage-dagster-run": (f"{DAGSTER_UI}/runs/{quote(HOSTILE_DAGSTER_RUN)}", HOSTILE_DAGSTER_RUN),
+    }
+    for href, _ in links.values():
+        parts = urllib.parse.urlsplit(href)
+        assert parts.scheme in ("http", "https") and parts.netloc in ("mlflow.example:5000", "dagster.example:3000",
+                                                                        "lakefs.example"), href  # fmt: skip
+    assert "javascript:" not in "".join(re.findall(r'href="([^"]*)"', page.text))
+    assert "<script" not in page.text.lower()
+    # a logged model version that is not a catalog version number: text, with a title saying why
+    model = re.search(
+        r'<span id="lineage-model-version" class="lineage-text" title="([^"]*)">([^<]*)</span>', page.text
+    )
+    assert model and html.unescape(model.group(1)) == NO_CATALOG_VERSION
+    assert html.unescape(model.group(2)) == f"riverbed-salary_band version {ATTR}"
 
 
 def test_model_card_markdown_is_rendered_without_raw_html(console: Console, auditor: httpx.Client) -> None:
@@ -732,6 +809,10 @@ def test_models_page_and_approval_of_a_pending_candidate(console: Console, revie
         and "roc_auc 0.9234 > 0.9123" in rows["riverbed-salary_band v8"][5]
     )
     assert rows["riverbed-salary_band v8"][6] == "roc_auc 0.9234"
+    seven, eight = (get_model_version(console.dsn, "salary_band", v) for v in (7, 8))
+    assert seven is not None and eight is not None
+    assert rows["riverbed-salary_band v7"][7:] == [format_time(seven.created_at), "not needed (automatic promotion)"]
+    assert rows["riverbed-salary_band v8"][7:] == [format_time(eight.created_at), "awaiting a reviewer"]
     fairness = _table_rows(page.text, "fairness-salary_band-7-1")
     assert fairness[1:] == [["selection_rate[Female]", "0.1100"], ["selection_rate[Male]", "0.3100"]]
     assert 'id="approve-salary_band-8"' in page.text and 'id="approve-salary_band-7"' not in page.text
@@ -746,6 +827,12 @@ def test_models_page_and_approval_of_a_pending_candidate(console: Console, revie
     after = reviewer.get(done.headers["location"])
     rows = {row[1]: row for row in _table_rows(after.text, "models-table")[1:]}
     assert rows["riverbed-salary_band v8"][3] == "approved"
+    decided = get_model_version(console.dsn, "salary_band", 8)
+    assert decided is not None and decided.review is not None
+    assert rows["riverbed-salary_band v8"][7:] == [
+        format_time(eight.created_at),
+        f"approved by key {console.key_ids['review']} at {format_time(decided.review.decided_at)}: looks right",
+    ]
     assert "Approve recorded in the inference log" in after.text
     text = html.unescape(re.sub(r"<[^>]+>", "", after.text))
     assert f"approved by key {console.key_ids['review']}: looks right" in text
@@ -759,6 +846,166 @@ def test_models_page_and_approval_of_a_pending_candidate(console: Console, revie
         reviewer.post("/console/models/salary_band/versions/abc/approve", data={"reason": "x", "csrf_token": token}),
         422,
     )
+
+
+def test_a_rejection_shows_the_reviewers_key_time_and_hostile_reason_escaped(
+    console: Console, reviewer: httpx.Client
+) -> None:
+    record_trained(
+        console.dsn,
+        dataset="salary_band",
+        version=9,
+        trained_reason="performance",
+        mlflow_run_id="run-nine",
+        metrics={"roc_auc": 0.8801},
+        fairness={},
+        model_card_markdown="# Candidate 9",
+        manual_approval=True,
+        registered_model="riverbed-salary_band",
+        dagster_run_id=None,
+        data_commit_ids={"2026-11-01": JS_URL},
+    )
+    record_gate_decision(
+        console.dsn,
+        dataset="salary_band",
+        version=9,
+        passed=True,
+        reasons=["roc_auc 0.8801 >= 0.85"],
+        manual_approval=True,
+    )
+    page = reviewer.get("/console/models", params={"dataset": "salary_band"})
+    reason = f"worse on a subgroup {XSS} {ATTR}"
+    done = reviewer.post(
+        "/console/models/salary_band/versions/9/reject", data={"reason": reason, "csrf_token": _csrf(page.text)}
+    )
+    assert done.status_code == 303, done.text
+    after = reviewer.get(done.headers["location"])
+    recorded = get_model_version(console.dsn, "salary_band", 9)
+    assert recorded is not None and recorded.review is not None
+    rows = {row[1]: row for row in _table_rows(after.text, "models-table")[1:]}
+    assert rows["riverbed-salary_band v9"][3:5] == ["rejected_by_reviewer", "performance"]
+    assert rows["riverbed-salary_band v9"][7:] == [
+        format_time(recorded.created_at),
+        f"rejected by key {console.key_ids['review']} at {format_time(recorded.review.decided_at)}: {reason}",
+    ]
+    assert XSS not in after.text and ATTR not in after.text
+    card = re.search(r'id="card-salary_band-9".*?</section>', after.text, re.S).group(0)
+    quoted = urllib.parse.quote(JS_URL, safe="")
+    assert f'href="{LAKEFS_UI}/repositories/{DATA_REPOSITORY}/commits/{quoted}"' in card
+    assert 'href="javascript:' not in after.text
+
+
+# ------------------------------------------------------------------------------------------------ failed logins
+def _rows_of(dsn: str, request_id: str) -> list[dict[str, object]]:
+    with psycopg.connect(dsn) as conn:
+        found = conn.execute(
+            "select route, status, http_status, client_key_id, dataset, error, inputs, outputs, "
+            "row_to_json(l)::text as whole from inference_log l where request_id = %s",
+            (request_id,),
+        ).fetchall()
+    columns = ("route", "status", "http_status", "client_key_id", "dataset", "error", "inputs", "outputs", "whole")
+    return [dict(zip(columns, row, strict=True)) for row in found]
+
+
+def test_every_failed_login_leaves_one_rejected_row_without_key_material(console: Console) -> None:
+    revoked = create_api_key(console.dsn, ["audit"], "revoked for login")
+    revoke_api_key(console.dsn, revoked.key_id)
+    expired = create_api_key(console.dsn, ["review"], "expired for login")
+    with psycopg.connect(console.dsn) as conn:
+        conn.execute(
+            "update api_keys set expires_at = now() - interval '1 second' where key_id = %s", (expired.key_id,)
+        )
+    wrong_secret = "Wr0ngSecretThatMustNotBeStored"
+    wrong = f"rb_0123456789abcdef_{wrong_secret}"
+    cases = [  # (api_key, with CSRF token, expected http_status, code, key id kept, what must not be stored)
+        (wrong, True, 401, "invalid_key", "0123456789abcdef", wrong_secret),
+        ("not-a-key-at-all", True, 401, "invalid_key", None, "not-a-key-at-all"),
+        (revoked.key, True, 401, "invalid_key", revoked.key_id, revoked.key.rsplit("_", 1)[1]),
+        (expired.key, True, 401, "key_expired", expired.key_id, expired.key.rsplit("_", 1)[1]),
+        (console.keys["predict"], True, 403, "no_role", console.key_ids["predict"], console.keys["predict"]),
+        (console.keys["review"], False, 403, "csrf", None, console.keys["review"].rsplit("_", 1)[1]),
+    ]
+    with _client(console) as http:
+        for api_key, with_token, status, code, key_id, secret in cases:
+            form = http.get("/console/login")
+            data = {"api_key": api_key, **({"csrf_token": _csrf(form.text)} if with_token else {})}
+            answer = http.post("/console/login", data=data)
+            if code == "csrf":
+                assert "CSRF" in _error(answer, 403)
+                answered = "answered 403"
+            else:
+                assert answer.headers["location"] == f"/console/login?reason={code}"
+                answered = f"answered 303 to /console/login?reason={code}"
+            (row,) = _rows_of(console.dsn, answer.headers["x-request-id"])
+            assert row["route"] == "/console/login" and row["status"] == "rejected" and row["http_status"] == status
+            assert row["client_key_id"] == key_id and row["dataset"] is None
+            assert row["inputs"] == [] and row["outputs"] == []
+            message = REFUSALS.get(code, "missing or wrong CSRF token: reload the page and submit the form again")
+            assert row["error"] == f"console login refused ({code}): {message}; {answered}"
+            assert secret not in str(row["whole"]), code
+        token = _csrf(http.get("/console/login").text)
+        repeated = http.post(
+            "/console/login",
+            content=f"api_key={wrong_secret}&api_key=x&csrf_token={token}".encode(),
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert _error(repeated, 400) == "api_key: field 'api_key' is repeated"
+        (row,) = _rows_of(console.dsn, repeated.headers["x-request-id"])
+        assert (row["route"], row["status"], row["http_status"], row["client_key_id"]) == (
+            "/console/login",
+            "rejected",
+            400,
+            None,
+        )
+        assert row["error"] == "console login refused (bad_form): api_key: field 'api_key' is repeated; answered 400"
+        assert wrong_secret not in str(row["whole"])
+        metrics = http.get("/metrics").text
+    for code, count in (("invalid_key", 3), ("key_expired", 1), ("no_role", 1), ("csrf", 1), ("bad_form", 1)):
+        # at least: other tests of this module refuse logins too
+        assert _metric(metrics, "riverbed_console_login_refusals_total", reason=code, row="logged") >= count
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    for line in text.splitlines():
+        metric, _, value = line.rpartition(" ")
+        if metric.startswith(name + "{"):
+            shown = ",".join(sorted(metric[len(name) + 1 : -1].split(",")))
+            if shown == wanted:
+                return float(value)
+    return 0.0
+
+
+def test_a_login_flood_is_sampled_by_the_refusal_limiter(tmp_path: Path) -> None:
+    """One row per ``unauthenticated_log_per_second`` (burst of one): the rest are refused, counted, not logged."""
+    name, dsn = create_database()
+    try:
+        apply_migrations(dsn)
+        with ScriptedMLServer() as mlserver:
+            settings = RiverbedSettings(
+                home=tmp_path, inference_log_dsn=dsn, mlserver_url=mlserver.url, unauthenticated_log_per_second=0.001
+            )
+            repository = ModelRepository(settings.model_repository_dir)
+            for spec in load_specs(settings.specs_dirs).values():
+                point_at_scripted_model(repository, spec)
+            with in_process_gateway(settings) as url, httpx.Client(base_url=url, timeout=60) as http:
+                token = _csrf(http.get("/console/login").text)
+                answers = [
+                    http.post("/console/login", data={"api_key": f"rb_{i:016x}_guess{i}", "csrf_token": token})
+                    for i in range(8)
+                ]
+                assert [a.headers["location"] for a in answers] == ["/console/login?reason=invalid_key"] * 8
+                metrics = http.get("/metrics").text
+        with psycopg.connect(dsn) as conn:
+            rows = conn.execute(
+                "select request_id, client_key_id from inference_log where route = '/console/login'"
+            ).fetchall()
+        assert rows == [(answers[0].headers["x-request-id"], f"{0:016x}")]
+        assert _metric(metrics, "riverbed_console_login_refusals_total", reason="invalid_key", row="logged") == 1
+        assert _metric(metrics, "riverbed_console_login_refusals_total", reason="invalid_key", row="sampled_out") == 7
+        assert _metric(metrics, "riverbed_gateway_unlogged_refusals_total", reason="console_invalid_key") == 7
+    finally:
+        drop_database(name)
 
 
 # ------------------------------------------------------------------------------------------------ monitoring
@@ -794,13 +1041,13 @@ def test_console_reads_are_recorded_like_audit_reads(console: Console) -> None:
     created = create_api_key(console.dsn, ["audit"], "recorded")
     console.keys["recorded"] = created.key
     with contextlib.closing(_login(console, "recorded")) as http:
-        http.get("/console/log", params={"status": "rejected", "limit": "10"})
+        http.get("/console/log", params={"status": "rejected", "dataset": "salary_band", "limit": "10"})
         page = http.get(f"/console/predictions/{console.rejected_id}")
         request_id = page.headers["x-request-id"]
         http.get("/console/monitoring", params={"dataset": "salary_band", "days": "3"})
     reads = list(reversed(list_audit_access(console.dsn, key_id=created.key_id)))
     assert [(r.route, r.filters, r.row_count) for r in reads] == [
-        ("/console/log", {"status": "rejected", "limit": 10}, 1),
+        ("/console/log", {"dataset": "salary_band", "status": "rejected", "limit": 10}, 1),
         ("/console/predictions/{request_id}", {"request_id": console.rejected_id}, 1),
         ("/console/monitoring", {"dataset": "salary_band", "days": 3}, 13 + 8),  # sampled requests + results
     ]

@@ -6,7 +6,9 @@ import time
 
 import pytest
 
-from serving.console import charts
+from riverbed.settings import RiverbedSettings
+from serving.console import charts, lineage
+from serving.console.login_refusals import key_id_of
 from serving.console.markdown import render_markdown
 from serving.console.sessions import (
     SessionRefused,
@@ -99,3 +101,81 @@ def test_charts_refuse_numbers_that_are_not_finite() -> None:
         charts.waterfall_svg(0.0, {}, {})
     with pytest.raises(charts.ChartError, match="same features"):
         charts.mean_abs_bar_svg(["a", "b"], [[1.0]])
+
+
+# ------------------------------------------------------------------------------------------------ lineage links
+LOGGED = {
+    "dataset": "salary band",
+    "model_name": "riverbed-salary_band",
+    "model_version": "12",
+    "mlflow_run_id": "run/1",
+    "training_set_commit_id": "t0",
+    "data_commit_ids": {"b": "javascript:alert(1)", "a": 'x"><script>'},
+    "dagster_run_id": "d 1",
+}
+
+
+def test_lineage_without_ui_urls_is_text_whose_title_names_the_setting() -> None:
+    settings = RiverbedSettings(  # a file: tracking URI is no MLflow UI
+        mlflow_tracking_uri="file:///tmp/mlruns",
+        console_mlflow_url=None,
+        console_dagster_url=None,
+        console_lakefs_url=None,
+    )
+    links = lineage.lineage_links(settings, LOGGED)
+    assert links["model"] == lineage.Link(
+        "riverbed-salary_band version 12",
+        "/console/models?dataset=salary+band#version-salary_band-12",
+        "this version on the Models page",
+    )
+    assert links["mlflow_run"] == lineage.Link("run/1", None, lineage.NO_MLFLOW_UI)
+    assert links["dagster_run"] == lineage.Link("d 1", None, lineage.NO_DAGSTER_UI)
+    assert links["training_set_commit"] == lineage.Link("t0", None, lineage.NO_LAKEFS_UI)
+    assert links["data_commits"] == [
+        ("a", lineage.Link('x"><script>', None, lineage.NO_LAKEFS_UI)),
+        ("b", lineage.Link("javascript:alert(1)", None, lineage.NO_LAKEFS_UI)),
+    ]
+    assert "RIVERBED_CONSOLE_LAKEFS_URL" in lineage.NO_LAKEFS_UI
+
+
+def test_lineage_links_quote_every_id_as_one_path_segment() -> None:
+    settings = RiverbedSettings(
+        mlflow_tracking_uri="http://mlflow:5000/",  # used when no console MLflow URL is set
+        console_dagster_url="https://dagster.example/",
+        console_lakefs_url="https://lakefs.example/ui",
+        data_repository="repo one",
+    )
+    links = lineage.lineage_links(settings, LOGGED)
+    assert links["mlflow_run"].url == "http://mlflow:5000/#/runs/run%2F1"
+    assert links["dagster_run"].url == "https://dagster.example/runs/d%201"
+    assert [(partition, link.url) for partition, link in links["data_commits"]] == [
+        ("a", "https://lakefs.example/ui/repositories/repo%20one/commits/x%22%3E%3Cscript%3E"),
+        ("b", "https://lakefs.example/ui/repositories/repo%20one/commits/javascript%3Aalert%281%29"),
+    ]
+    assert links["training_set_commit"].url == "https://lakefs.example/ui/repositories/repo%20one/commits/t0"
+    preferred = RiverbedSettings(mlflow_tracking_uri="http://mlflow:5000", console_mlflow_url="https://ui.example")
+    assert lineage.lineage_links(preferred, LOGGED)["mlflow_run"].url == "https://ui.example/#/runs/run%2F1"
+
+
+@pytest.mark.parametrize("base", ["javascript:alert(1)//", "data:text/html,x", "//evil.example", "ftp://x", ""])
+def test_only_http_base_urls_make_links(base: str) -> None:
+    settings = RiverbedSettings(console_dagster_url=base, console_lakefs_url=base, console_mlflow_url=base)
+    links = lineage.lineage_links(settings, LOGGED)
+    assert links["dagster_run"].url is None and links["mlflow_run"].url is None
+    assert all(link.url is None for _, link in links["data_commits"])
+
+
+def test_a_logged_version_that_is_no_catalog_number_is_not_linked() -> None:
+    settings = RiverbedSettings()
+    for row in ({**LOGGED, "model_version": '7" onclick="x'}, {**LOGGED, "dataset": None}):
+        model = lineage.lineage_links(settings, row)["model"]
+        assert model is not None and model.url is None and model.title == lineage.NO_CATALOG_VERSION
+    empty = lineage.lineage_links(settings, {"dataset": "d"})
+    assert empty["model"] is None and empty["mlflow_run"] is None and empty["data_commits"] == []
+
+
+def test_only_a_well_formed_keys_id_is_kept_from_a_refused_login() -> None:
+    assert key_id_of("rb_0123456789abcdef_secret") == "0123456789abcdef"
+    assert key_id_of("  rb_0123456789abcdef_s_e_c  ") == "0123456789abcdef"
+    for refused in ("rb_0123456789abcdef_", "rb_<script>_secret", "xx_0123456789abcdef_s", "secret", "rb_ABC_s", ""):
+        assert key_id_of(refused) is None, refused

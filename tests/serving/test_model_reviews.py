@@ -509,7 +509,9 @@ def test_models_list_shows_the_catalog_and_falls_back_to_mlflow_with_a_warning(
         assert fallback.exit_code == 0, fallback.output
         assert json.loads(fallback.stdout) == []  # the (empty) registry's versions, not the catalog's
         warnings = [r.getMessage() for r in caplog.records if r.name == "riverbed.cli.models"]
-        assert len(warnings) == 1 and warnings[0].startswith("models: the model catalog cannot be read (OperationalError")
+        assert len(warnings) == 1 and warnings[0].startswith(
+            "models: the model catalog cannot be read (OperationalError"
+        )
         assert warnings[0].endswith("; listing the MLflow registry")
     finally:
         get_settings.cache_clear()

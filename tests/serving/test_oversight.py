@@ -30,7 +30,6 @@ from serving.api_keys import create_api_key
 from serving.inference_log import verify_chain_from_settings
 from serving.oversight import MAX_NOTE_LENGTH
 from tests.scratch_postgres import create_database, drop_database
-from tests.serving.tcp_proxy import CuttableProxy
 from tests.serving.gateway_fixtures import (
     ScriptedMLServer,
     api_records,
@@ -39,6 +38,7 @@ from tests.serving.gateway_fixtures import (
     salary_band_features,
     salary_band_spec,
 )
+from tests.serving.tcp_proxy import CuttableProxy
 
 pytestmark = pytest.mark.slow
 
@@ -714,6 +714,7 @@ def test_a_suspension_holds_through_a_restart_during_an_outage_and_unknown_state
             # 3. The database is back and readable: still suspended (it says so), until a reviewer resumes it.
             _eventually(lambda: "riverbed_oversight_state_known 1.0" in httpx.get(f"{url}/metrics", timeout=10).text)
             assert _post_predict(url, stack).json()["reason"] == "dataset_suspended"
+            _wait_ready(url)  # the spool of the outage replayed: actions can be committed again
             resumed = httpx.post(
                 f"{url}/v1/datasets/salary_band/resume", json={"reason": "fixed"}, headers=review, timeout=30
             )
@@ -728,7 +729,9 @@ def test_a_suspension_holds_through_a_restart_during_an_outage_and_unknown_state
                 unknown = _once_keys_verify(url, stack)
                 assert unknown.status_code == 503, unknown.text
                 assert unknown.json()["reason"] == "oversight_state_unknown"
-                assert unknown.json()["error"].startswith("oversight state unknown: dataset 'salary_band' is not served")
+                assert unknown.json()["error"].startswith(
+                    "oversight state unknown: dataset 'salary_band' is not served"
+                )
                 metrics = httpx.get(f"{url}/metrics", timeout=10).text
                 assert "riverbed_oversight_state_unknown 1.0" in metrics
                 assert 'riverbed_oversight_state_unknown_refusals_total{dataset="salary_band"} 1.0' in metrics

@@ -15,8 +15,9 @@ appended to the chained inference log (:func:`serving.oversight.record_action`, 
 committed before this answers), and only then is the decision committed. A decision whose action could not be
 committed is rolled back: the candidate stays pending. If the log became unreachable just then, the action's row is
 spooled (it enters the chain later, as every accepted row does) while the decision is still rolled back: the 503
-says that nothing was decided and that the reviewer must decide again once the log is back. The approvals sensor (``sensors/approvals.py``) then asks
-the platform to deploy exactly the approved version; a rejected one is never deployed.
+says that nothing was decided and that the reviewer must decide again once the log is back. The approvals sensor
+(``sensors/approvals.py``) then asks the platform to deploy exactly the approved version; a rejected one is never
+deployed.
 
 Refusals: unknown dataset or version 404; a version that is not pending (failed the gate, automatic promotion,
 already decided, a replay of the same request) 409; an approval of a stale candidate (a newer version of the dataset
@@ -52,8 +53,8 @@ from riverbed.model_catalog import (
     claim_review,
     list_model_versions_async,
 )
-from serving.gateway.body import read_body
 from serving.audit_access import AuditAccessNotRecorded, record_audit_access
+from serving.gateway.body import read_body
 from serving.gateway.deps import Clock, GatewayDep, KeyCheck, RequestId, authenticate
 from serving.gateway.responses import ORJSONResponse
 from serving.gateway.schemas import ErrorResponse, RecordProblem, RequestRejected
