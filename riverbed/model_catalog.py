@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from typing import Any, Final, Literal, get_args
 
 import psycopg
@@ -208,6 +208,12 @@ def _connect(dsn: str, timeout_seconds: float) -> psycopg.Connection[Any]:
     return conn
 
 
+def _read_rows(dsn: str, timeout_seconds: float, query: bytes, params: Sequence[Any]) -> list[dict[str, Any]]:
+    """The rows of one read, as dicts, on a connection of its own (see :func:`_connect`)."""
+    with _connect(dsn, timeout_seconds) as conn, conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query, params).fetchall()
+
+
 # ----------------------------------------------------------------------------------------------- reading
 _REVIEW_COLUMNS = "review_id, dataset, version, mlflow_run_id, decision, action_id, key_id, reason, decided_at"
 
@@ -306,9 +312,7 @@ def list_model_versions(
     """Catalogued versions, newest first (at most ``limit``, 1..1000), of one dataset or all, optionally of one
     effective status (``pending_approval`` lists only those without a decision)."""
     query, params = _list_query(dataset, status, limit)
-    with _connect(dsn, timeout_seconds) as conn, conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(query.encode(), params).fetchall()
-    return [_record(row) for row in rows]
+    return [_record(row) for row in _read_rows(dsn, timeout_seconds, query.encode(), params)]
 
 
 def get_model_version(
@@ -317,10 +321,9 @@ def get_model_version(
     """One catalogued version, or None."""
     check_text("dataset", dataset, MAX_NAME_CHARS)
     check_version(version)
-    with _connect(dsn, timeout_seconds) as conn, conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(f"{_SELECT_VERSIONS} where v.dataset = %s and v.version = %s".encode(), (dataset, version))
-        found = row.fetchone()
-    return _record(found) if found else None
+    query = f"{_SELECT_VERSIONS} where v.dataset = %s and v.version = %s".encode()
+    found = _read_rows(dsn, timeout_seconds, query, (dataset, version))
+    return _record(found[0]) if found else None
 
 
 async def list_model_versions_async(
@@ -389,9 +392,14 @@ def superseding_version(
     return None if found is None or found[0] is None else int(found[0])
 
 
-def _review_params(
+# One claim, two drivers: the steps yield each statement and receive its row, so the async route and the sync
+# helper take the same decision the same way (no rule written twice).
+_Statement = tuple[str, tuple[Any, ...]]
+
+
+def _claim_steps(
     dataset: str, version: int, decision: str, action_id: str, key_id: str, reason: str
-) -> tuple[str, int, str, str, str, str]:
+) -> Generator[_Statement, Mapping[str, Any] | None, ModelReview]:
     check_text("dataset", dataset, MAX_NAME_CHARS)
     check_version(version)
     if decision not in REVIEW_DECISIONS:
@@ -399,17 +407,20 @@ def _review_params(
     check_text("action_id", action_id, MAX_NAME_CHARS)
     check_text("key_id", key_id, MAX_NAME_CHARS)
     check_text("reason", reason, MAX_REVIEW_REASON_CHARS)
-    return dataset, version, decision, action_id, key_id, reason
-
-
-def _pending_run(dataset: str, version: int, found: Mapping[str, Any] | None, existing: Any) -> str:
+    found = yield _VERSION_STATE, (dataset, version)
     if found is None:
         raise UnknownModelVersionError(f"the model catalog has no {dataset} version {version}")
     if found["status"] != "pending_approval":
         raise NotPendingApprovalError(dataset, version, str(found["status"]))
-    if existing is not None:
+    if decision == "approve":
+        _superseded(dataset, version, (yield _SUPERSEDING, (dataset, version)))
+    inserted = yield (
+        _INSERT_REVIEW,
+        (dataset, version, str(found["mlflow_run_id"]), decision, action_id, key_id, reason),
+    )
+    if inserted is None:
         raise NotPendingApprovalError(dataset, version, "already decided")
-    return str(found["mlflow_run_id"])
+    return ModelReview.model_validate(inserted)
 
 
 async def claim_review(
@@ -431,19 +442,17 @@ async def claim_review(
     than a version already deployed: it would roll the champion back; a rejection is still taken),
     :class:`CatalogValueError` (a value the catalog cannot store).
     """
-    params = _review_params(dataset, version, decision, action_id, key_id, reason)
+    steps = _claim_steps(dataset, version, decision, action_id, key_id, reason)
+    row: Mapping[str, Any] | None = None
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(_VERSION_STATE, (dataset, version))
-        found = await cur.fetchone()
-        run_id = _pending_run(dataset, version, found, None)
-        if decision == "approve":
-            await cur.execute(_SUPERSEDING, (dataset, version))
-            _superseded(dataset, version, await cur.fetchone())
-        await cur.execute(_INSERT_REVIEW, (*params[:2], run_id, *params[2:]))
-        inserted = await cur.fetchone()
-    if inserted is None:
-        raise NotPendingApprovalError(dataset, version, "already decided")
-    return ModelReview.model_validate(inserted)
+        while True:
+            try:
+                query, args = steps.send(row)
+            except StopIteration as claimed:
+                review: ModelReview = claimed.value
+                return review
+            await cur.execute(query, args)
+            row = await cur.fetchone()
 
 
 def record_approval(
@@ -459,16 +468,17 @@ def record_approval(
 ) -> ModelReview:
     """The synchronous :func:`claim_review`, committed at once (tests, maintenance). The gateway's routes are the
     way reviewers decide: they also record the decision as an oversight action in the chained log."""
-    params = _review_params(dataset, version, decision, action_id, key_id, reason)
+    steps = _claim_steps(dataset, version, decision, action_id, key_id, reason)
+    row: Mapping[str, Any] | None = None
+    query, args = next(steps)  # the values are checked before a connection is opened
     with _connect(dsn, timeout_seconds) as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        found = cur.execute(_VERSION_STATE, (dataset, version)).fetchone()
-        run_id = _pending_run(dataset, version, found, None)
-        if decision == "approve":
-            _superseded(dataset, version, cur.execute(_SUPERSEDING, (dataset, version)).fetchone())
-        inserted = cur.execute(_INSERT_REVIEW, (*params[:2], run_id, *params[2:])).fetchone()
-    if inserted is None:
-        raise NotPendingApprovalError(dataset, version, "already decided")
-    return ModelReview.model_validate(inserted)
+        while True:
+            row = cur.execute(query, args).fetchone()
+            try:
+                query, args = steps.send(row)
+            except StopIteration as claimed:
+                review: ModelReview = claimed.value
+                return review
 
 
 # ------------------------------------------------------------------------------------- reviews (platform)
@@ -484,12 +494,8 @@ def reviews_after(
     sensor's cursor."""
     where = "review_id > %s" + (" and dataset = %s" if dataset is not None else "")
     params: list[Any] = [after_review_id, *([dataset] if dataset is not None else []), limit]
-    with _connect(dsn, timeout_seconds) as conn, conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(
-            f"select {_REVIEW_COLUMNS} from model_version_reviews where {where} order by review_id limit %s".encode(),
-            params,
-        ).fetchall()
-    return [ModelReview.model_validate(row) for row in rows]
+    query = f"select {_REVIEW_COLUMNS} from model_version_reviews where {where} order by review_id limit %s"
+    return [ModelReview.model_validate(row) for row in _read_rows(dsn, timeout_seconds, query.encode(), params)]
 
 
 def approval_for(
@@ -498,15 +504,14 @@ def approval_for(
     """The approval of exactly this catalogued version (its MLflow run), or None (not decided, or rejected)."""
     check_text("dataset", dataset, MAX_NAME_CHARS)
     check_version(version)
-    with _connect(dsn, timeout_seconds) as conn, conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(
-            f"select {', '.join('r.' + c.strip() for c in _REVIEW_COLUMNS.split(','))} "
-            "from model_version_reviews r join model_versions v on v.dataset = r.dataset and v.version = r.version "
-            "and r.mlflow_run_id = coalesce(v.mlflow_run_id, '') "
-            "where r.dataset = %s and r.version = %s and r.decision = 'approve'",
-            (dataset, version),
-        ).fetchone()
-    return ModelReview.model_validate(row) if row else None
+    query = (
+        f"select {', '.join('r.' + c.strip() for c in _REVIEW_COLUMNS.split(','))} "
+        "from model_version_reviews r join model_versions v on v.dataset = r.dataset and v.version = r.version "
+        "and r.mlflow_run_id = coalesce(v.mlflow_run_id, '') "
+        "where r.dataset = %s and r.version = %s and r.decision = 'approve'"
+    )
+    rows = _read_rows(dsn, timeout_seconds, query.encode(), (dataset, version))
+    return ModelReview.model_validate(rows[0]) if rows else None
 
 
 # --------------------------------------------------------------------------------------- writes (platform)

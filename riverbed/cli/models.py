@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import urllib.parse
 from typing import Annotated, Any
 
 import psycopg
@@ -27,7 +26,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
-from riverbed.cli.review import ApiKeyOpt, GatewayOpt, JsonOpt, _call, gateway_url
+from riverbed.cli.review import ApiKeyOpt, GatewayOpt, JsonOpt, call_gateway, gateway_url, path_segment, post_to_gateway
 from riverbed.cli.serving import models as list_registered_versions
 from riverbed.model_catalog import MAX_LIST_LIMIT, CatalogError, ModelVersionRecord, list_model_versions
 from riverbed.settings import get_settings
@@ -37,6 +36,8 @@ from riverbed.stack_file import configured_inference_log_dsn
 console = Console()
 logger = logging.getLogger(__name__)
 CATALOG_TIMEOUT_SECONDS = 3.0
+DatasetArg = Annotated[str, typer.Argument(help="The dataset.")]
+PendingVersionArg = Annotated[int, typer.Argument(help="The pending version.", min=1)]
 
 
 class _ListByDefault(TyperGroup):
@@ -115,10 +116,6 @@ def list_versions(
     console.print(table)
 
 
-def _segment(text: str) -> str:
-    return urllib.parse.quote(text, safe="")
-
-
 @models_app.command("pending")
 def pending(
     dataset: Annotated[str | None, typer.Argument(help="Only this dataset.")] = None,
@@ -130,7 +127,7 @@ def pending(
     params: dict[str, Any] = {"status": "pending_approval"}
     if dataset is not None:
         params["dataset"] = dataset
-    body = _call("GET", f"{gateway_url(gateway)}/v1/models/versions", api_key, params=params)
+    body = call_gateway("GET", f"{gateway_url(gateway)}/v1/models/versions", api_key, params=params)
     versions = body.get("versions", [])
     if as_json:
         typer.echo(json.dumps(versions, indent=2))
@@ -155,8 +152,8 @@ def pending(
 def _decide(
     decision: str, dataset: str, version: int, reason: str, gateway: str | None, api_key: str | None
 ) -> dict[str, Any]:
-    url = f"{gateway_url(gateway)}/v1/models/{_segment(dataset)}/versions/{version}/{decision}"
-    return _call("POST", url, api_key, json={"reason": reason})
+    path = f"/v1/models/{path_segment(dataset)}/versions/{version}/{decision}"
+    return post_to_gateway(gateway, path, api_key, {"reason": reason})
 
 
 def _print_decision(body: dict[str, Any], as_json: bool) -> None:
@@ -173,8 +170,8 @@ def _print_decision(body: dict[str, Any], as_json: bool) -> None:
 
 @models_app.command("approve")
 def approve(
-    dataset: Annotated[str, typer.Argument(help="The dataset.")],
-    version: Annotated[int, typer.Argument(help="The pending version.", min=1)],
+    dataset: DatasetArg,
+    version: PendingVersionArg,
     reason: Annotated[str, typer.Option("--reason", help="Why it may be deployed (recorded).")],
     gateway: GatewayOpt = None,
     api_key: ApiKeyOpt = None,
@@ -186,8 +183,8 @@ def approve(
 
 @models_app.command("reject")
 def reject(
-    dataset: Annotated[str, typer.Argument(help="The dataset.")],
-    version: Annotated[int, typer.Argument(help="The pending version.", min=1)],
+    dataset: DatasetArg,
+    version: PendingVersionArg,
     reason: Annotated[str, typer.Option("--reason", help="Why it must not be deployed (recorded).")],
     gateway: GatewayOpt = None,
     api_key: ApiKeyOpt = None,

@@ -36,6 +36,7 @@ ApiKeyOpt = Annotated[
     typer.Option("--api-key", envvar="RIVERBED_API_KEY", show_envvar=True, help="An API key with the review role."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the gateway's JSON answer.")]
+RequestIdArg = Annotated[str, typer.Argument(help="The X-Request-ID of the prediction.")]
 
 
 def gateway_url(explicit: str | None) -> str:
@@ -58,7 +59,7 @@ def gateway_url(explicit: str | None) -> str:
     return str(record["gateway"]).rstrip("/")
 
 
-def _call(method: str, url: str, api_key: str | None, **options: Any) -> dict[str, Any]:
+def call_gateway(method: str, url: str, api_key: str | None, **options: Any) -> dict[str, Any]:
     """One request to the gateway; prints the refusal (message, field and rule) and exits 1, or 2 if unreachable."""
     if not api_key:
         err_console.print("[red]no API key: pass --api-key or set RIVERBED_API_KEY (a key with the review role)[/red]")
@@ -89,6 +90,11 @@ def _call(method: str, url: str, api_key: str | None, **options: Any) -> dict[st
     return body
 
 
+def post_to_gateway(gateway: str | None, path: str, api_key: str | None, body: dict[str, Any]) -> dict[str, Any]:
+    """POST ``body`` to ``path`` of the gateway (``--gateway`` or the running stack's): see :func:`call_gateway`."""
+    return call_gateway("POST", f"{gateway_url(gateway)}{path}", api_key, json=body)
+
+
 def _done(action: dict[str, Any], as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(action))
@@ -102,20 +108,20 @@ def _done(action: dict[str, Any], as_json: bool) -> None:
 
 @review_app.command("flag")
 def flag(
-    request_id: Annotated[str, typer.Argument(help="The X-Request-ID of the prediction.")],
+    request_id: RequestIdArg,
     note: Annotated[str, typer.Option("--note", help="Why it is flagged.")],
     gateway: GatewayOpt = None,
     api_key: ApiKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Flag a logged prediction with a note."""
-    url = f"{gateway_url(gateway)}/v1/predictions/{_segment(request_id)}/flag"
-    _done(_call("POST", url, api_key, json={"note": note}), as_json)
+    path = f"/v1/predictions/{path_segment(request_id)}/flag"
+    _done(post_to_gateway(gateway, path, api_key, {"note": note}), as_json)
 
 
 @review_app.command("override")
 def override(
-    request_id: Annotated[str, typer.Argument(help="The X-Request-ID of the prediction.")],
+    request_id: RequestIdArg,
     outcome: Annotated[str, typer.Option("--outcome", help="The reviewer's outcome (a target class).")],
     reason: Annotated[str, typer.Option("--reason", help="Why.")],
     gateway: GatewayOpt = None,
@@ -123,8 +129,8 @@ def override(
     as_json: JsonOpt = False,
 ) -> None:
     """Record a reviewer's outcome for a served prediction."""
-    url = f"{gateway_url(gateway)}/v1/predictions/{_segment(request_id)}/override"
-    _done(_call("POST", url, api_key, json={"outcome": outcome, "reason": reason}), as_json)
+    path = f"/v1/predictions/{path_segment(request_id)}/override"
+    _done(post_to_gateway(gateway, path, api_key, {"outcome": outcome, "reason": reason}), as_json)
 
 
 @review_app.command("suspend")
@@ -136,8 +142,9 @@ def suspend(
     as_json: JsonOpt = False,
 ) -> None:
     """Suspend a dataset's serving: its predict route answers 503 naming who and why until resumed."""
-    url = f"{gateway_url(gateway)}/v1/datasets/{_segment(dataset)}/suspend"
-    _done(_call("POST", url, api_key, json={"reason": reason}), as_json)
+    _done(
+        post_to_gateway(gateway, f"/v1/datasets/{path_segment(dataset)}/suspend", api_key, {"reason": reason}), as_json
+    )
 
 
 @review_app.command("resume")
@@ -149,8 +156,9 @@ def resume(
     as_json: JsonOpt = False,
 ) -> None:
     """Resume a suspended dataset's serving."""
-    url = f"{gateway_url(gateway)}/v1/datasets/{_segment(dataset)}/resume"
-    _done(_call("POST", url, api_key, json={"reason": reason}), as_json)
+    _done(
+        post_to_gateway(gateway, f"/v1/datasets/{path_segment(dataset)}/resume", api_key, {"reason": reason}), as_json
+    )
 
 
 @review_app.command("history")
@@ -172,7 +180,9 @@ def history(
     actions: list[dict[str, Any]] = []
     cursor: str | None = None
     while True:
-        page = _call("GET", url, api_key, params={**params, "limit": 1000, **({"cursor": cursor} if cursor else {})})
+        page = call_gateway(
+            "GET", url, api_key, params={**params, "limit": 1000, **({"cursor": cursor} if cursor else {})}
+        )
         actions.extend(page.get("actions", []))
         cursor = page.get("next_cursor")
         if not cursor:
@@ -194,7 +204,7 @@ def history(
     console.print(f"{len(actions)} actions")
 
 
-def _segment(value: str) -> str:
+def path_segment(value: str) -> str:
     """A path segment, percent-encoded (the gateway checks what it is)."""
     return urllib.parse.quote(value, safe="")
 

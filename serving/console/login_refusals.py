@@ -63,7 +63,7 @@ async def record_login_refusal(
     """Record one refused login (see the module docstring); never raises for the log's sake."""
     row_outcome = "logged"
     limiter = gateway.refusal_log
-    if limiter is not None and not limiter.admit(f"console_{code}"):
+    if limiter is not None and not limiter.admit(f"console_{code}", answered=f"{answered} on POST {LOGIN_ROUTE}"):
         row_outcome = "sampled_out"
     else:
         row = InferenceRecord(

@@ -17,7 +17,7 @@ import math
 import re
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -35,7 +35,7 @@ from serving.audit_queries import (
     fetch_predictions,
     get_prediction,
 )
-from serving.console import charts, login_refusals, queries, reviews
+from serving.console import charts, login_refusals, queries
 from serving.console.lineage import dagster_run_link, data_commit_link, lineage_links, mlflow_run_link, version_slug
 from serving.console.markdown import render_markdown
 from serving.console.sessions import (
@@ -72,7 +72,9 @@ from serving.gateway.middleware import clock_of, request_id_of
 from serving.gateway.routes import audit
 from serving.gateway.state import GatewayState
 from serving.inference_log import RequestStatus
+from serving.model_decisions import decide_model_version
 from serving.oversight import (
+    OversightAction,
     actions_for,
     flag_prediction,
     override_prediction,
@@ -496,38 +498,50 @@ def _back_to(request: Request, session: ConsoleSession, path: str, done: str, ac
     return redirect(f"{path}?{urllib.parse.urlencode({'done': done, 'action': action_id, 'tag': tag})}")
 
 
-@router.post("/predictions/{request_id}/flag")
-async def flag(request: Request, request_id: str) -> Response:
+async def _reviewer_form(request: Request) -> tuple[ConsoleSession, dict[str, str]]:
+    """An action's session and form: a session, then its CSRF token, then the review role (403 without it)."""
     session = await require_session(request)
     form = await read_form(request, session)
     require_review(session)
+    return session, form
+
+
+async def _act_on_prediction(
+    request: Request,
+    request_id: str,
+    done: str,
+    perform: Callable[[GatewayState, str, str, dict[str, str]], Awaitable[OversightAction]],
+) -> Response:
+    """Flag or override: ``perform(gateway, own request id, key id, form)``, then back to the request's page."""
+    session, form = await _reviewer_form(request)
     check_request_id(request_id)
-    action = await flag_prediction(
-        gateway_of(request),
-        request_id=request_id_of(request),
-        key_id=session.key_id,
-        target_request_id=request_id,
-        note=form.get("note", ""),
-    )
-    return _back_to(request, session, f"{CONSOLE_PATH}/predictions/{_quote(request_id)}", "flag", action.action_id)
+    action = await perform(gateway_of(request), request_id_of(request), session.key_id, form)
+    return _back_to(request, session, f"{CONSOLE_PATH}/predictions/{_quote(request_id)}", done, action.action_id)
+
+
+@router.post("/predictions/{request_id}/flag")
+async def flag(request: Request, request_id: str) -> Response:
+    def perform(gateway: GatewayState, own_id: str, key_id: str, form: dict[str, str]) -> Awaitable[OversightAction]:
+        return flag_prediction(
+            gateway, request_id=own_id, key_id=key_id, target_request_id=request_id, note=form.get("note", "")
+        )
+
+    return await _act_on_prediction(request, request_id, "flag", perform)
 
 
 @router.post("/predictions/{request_id}/override")
 async def override(request: Request, request_id: str) -> Response:
-    session = await require_session(request)
-    form = await read_form(request, session)
-    require_review(session)
-    check_request_id(request_id)
-    action = await override_prediction(
-        gateway_of(request),
-        request_id=request_id_of(request),
-        key_id=session.key_id,
-        target_request_id=request_id,
-        outcome=form.get("outcome", ""),
-        reason=form.get("reason", ""),
-    )
-    path = f"{CONSOLE_PATH}/predictions/{_quote(request_id)}"
-    return _back_to(request, session, path, "override", action.action_id)
+    def perform(gateway: GatewayState, own_id: str, key_id: str, form: dict[str, str]) -> Awaitable[OversightAction]:
+        return override_prediction(
+            gateway,
+            request_id=own_id,
+            key_id=key_id,
+            target_request_id=request_id,
+            outcome=form.get("outcome", ""),
+            reason=form.get("reason", ""),
+        )
+
+    return await _act_on_prediction(request, request_id, "override", perform)
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -566,12 +580,10 @@ def _slug(version: Any) -> str:
 
 
 async def _review_model(request: Request, dataset: str, version: str, decision: ReviewDecision) -> Response:
-    session = await require_session(request)
-    form = await read_form(request, session)
-    require_review(session)
+    session, form = await _reviewer_form(request)
     if not version.isascii() or not version.isdigit() or not 1 <= int(version) <= 2**31 - 1:
         raise ConsolePageError(422, "must be a whole number from 1 to 2147483647", field="version")
-    action_id = await reviews.review_model_version(
+    _, action = await decide_model_version(
         gateway_of(request),
         request_id=request_id_of(request),
         key_id=session.key_id,
@@ -580,7 +592,7 @@ async def _review_model(request: Request, dataset: str, version: str, decision: 
         decision=decision,
         reason=form.get("reason", ""),
     )
-    return _back_to(request, session, MODELS_ROUTE, decision, action_id)
+    return _back_to(request, session, MODELS_ROUTE, decision, action.action_id)
 
 
 @router.post("/models/{dataset}/versions/{version}/approve")
@@ -650,9 +662,7 @@ async def datasets_page(request: Request) -> Response:
 
 @router.post("/datasets/{dataset}/{action}")
 async def dataset_action(request: Request, dataset: str, action: str) -> Response:
-    session = await require_session(request)
-    form = await read_form(request, session)
-    require_review(session)
+    session, form = await _reviewer_form(request)
     if action not in ("suspend", "resume"):
         raise ConsolePageError(404, "no such action: use suspend or resume", field="action")
     perform = suspend_dataset if action == "suspend" else resume_dataset

@@ -142,6 +142,7 @@ class Loop:
                 timeout=10,
             )
             assert changed.status_code == 200, changed.text
+            # The CLI does not read MLflow's address from stack.json (it defaults to the demo's SQLite store): told.
             self.refused_rollback = self.scenario.up.cli(
                 "rollback", DATASET, extra_env={"RIVERBED_MLFLOW_TRACKING_URI": mlflow}
             )

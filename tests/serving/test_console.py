@@ -13,9 +13,11 @@ import contextlib
 import datetime as dt
 import functools
 import html
+import logging
 import re
 import subprocess
 import sys
+import time
 import urllib.parse
 import uuid
 import xml.etree.ElementTree as ET
@@ -895,6 +897,67 @@ def test_a_rejection_shows_the_reviewers_key_time_and_hostile_reason_escaped(
     assert 'href="javascript:' not in after.text
 
 
+def test_a_decision_whose_action_is_spooled_says_it_was_not_taken_and_must_be_made_again(
+    console: Console, reviewer: httpx.Client
+) -> None:
+    record_trained(
+        console.dsn,
+        dataset="salary_band",
+        version=10,
+        trained_reason="schedule",
+        mlflow_run_id="run-ten",
+        metrics={"roc_auc": 0.93},
+        fairness={},
+        model_card_markdown="# Candidate 10",
+        manual_approval=True,
+        registered_model="riverbed-salary_band",
+        dagster_run_id=None,
+        data_commit_ids={},
+    )
+    record_gate_decision(
+        console.dsn, dataset="salary_band", version=10, passed=True, reasons=["roc_auc 0.93"], manual_approval=True
+    )
+    token = _csrf(reviewer.get("/console/models", params={"dataset": "salary_band"}).text)
+    # PostgreSQL refuses the approval's log row as if its disk were full: the writer spools it, while the
+    # connection holding the decision's transaction still works (as in tests/serving/test_model_reviews.py).
+    with psycopg.connect(console.dsn, autocommit=True) as conn:
+        conn.execute(
+            "create function test_console_disk_full() returns trigger language plpgsql as $$ begin "
+            "raise exception 'could not extend file (test)' using errcode = '53100'; end $$"
+        )
+        conn.execute(
+            "create trigger test_console_disk_full before insert on inference_log for each row "
+            "when (new.route like '%/approve') execute function test_console_disk_full()"
+        )
+    try:
+        refused = reviewer.post(
+            "/console/models/salary_band/versions/10/approve", data={"reason": "fine", "csrf_token": token}
+        )
+    finally:
+        with psycopg.connect(console.dsn, autocommit=True) as conn:
+            conn.execute("drop trigger test_console_disk_full on inference_log")
+            conn.execute("drop function test_console_disk_full()")
+    message = _error(refused, 503)
+    attempt = refused.headers["X-Request-ID"]
+    assert message == (
+        "inference_log: the inference log became unreachable while the approve was being recorded: it was not taken and "
+        "salary_band version 10 is still pending_approval; decide again once the inference log is back "
+        f"(the attempt's row {attempt} was spooled and will appear in the log, but the model catalog holds no "
+        "decision)"
+    )
+    assert "do not repeat" not in refused.text
+    assert get_model_version(console.dsn, "salary_band", 10).status == "pending_approval"  # type: ignore[union-attr]
+    deadline = time.monotonic() + 30
+    while (ready := reviewer.get("/readyz")).status_code != 200:  # the spool is replayed
+        assert time.monotonic() < deadline, ready.text
+        time.sleep(0.2)
+    again = reviewer.post(
+        "/console/models/salary_band/versions/10/approve", data={"reason": "fine", "csrf_token": token}
+    )
+    assert again.status_code == 303, again.text
+    assert get_model_version(console.dsn, "salary_band", 10).status == "approved"  # type: ignore[union-attr]
+
+
 # ------------------------------------------------------------------------------------------------ failed logins
 def _rows_of(dsn: str, request_id: str) -> list[dict[str, object]]:
     with psycopg.connect(dsn) as conn:
@@ -976,7 +1039,7 @@ def _metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-def test_a_login_flood_is_sampled_by_the_refusal_limiter(tmp_path: Path) -> None:
+def test_a_login_flood_is_sampled_by_the_refusal_limiter(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """One row per ``unauthenticated_log_per_second`` (burst of one): the rest are refused, counted, not logged."""
     name, dsn = create_database()
     try:
@@ -988,7 +1051,11 @@ def test_a_login_flood_is_sampled_by_the_refusal_limiter(tmp_path: Path) -> None
             repository = ModelRepository(settings.model_repository_dir)
             for spec in load_specs(settings.specs_dirs).values():
                 point_at_scripted_model(repository, spec)
-            with in_process_gateway(settings) as url, httpx.Client(base_url=url, timeout=60) as http:
+            with (
+                caplog.at_level(logging.WARNING, logger="serving.gateway.refusals"),
+                in_process_gateway(settings) as url,
+                httpx.Client(base_url=url, timeout=60) as http,
+            ):
                 token = _csrf(http.get("/console/login").text)
                 answers = [
                     http.post("/console/login", data={"api_key": f"rb_{i:016x}_guess{i}", "csrf_token": token})
@@ -1004,6 +1071,14 @@ def test_a_login_flood_is_sampled_by_the_refusal_limiter(tmp_path: Path) -> None
         assert _metric(metrics, "riverbed_console_login_refusals_total", reason="invalid_key", row="logged") == 1
         assert _metric(metrics, "riverbed_console_login_refusals_total", reason="invalid_key", row="sampled_out") == 7
         assert _metric(metrics, "riverbed_gateway_unlogged_refusals_total", reason="console_invalid_key") == 7
+        # The WARNING names the answer the refused logins got, not a predict route's 401.
+        warned = [r.getMessage() for r in caplog.records if r.name == "serving.gateway.refusals"]
+        assert warned and warned[0].startswith("unauthenticated requests beyond 0.001 per second: ")
+        assert all("answered 401" not in message for message in warned)
+        assert (
+            "console_invalid_key (answered 303 to /console/login?reason=invalid_key on POST /console/login)"
+            in warned[0]
+        )
     finally:
         drop_database(name)
 

@@ -695,6 +695,10 @@ def test_a_suspension_holds_through_a_restart_during_an_outage_and_unknown_state
                 "note": reason,
             }
             assert [p.name for p in state_file.parent.iterdir()] == ["suspensions.json"]  # no temporary left
+            # A suspension is a decision, not a fault: /readyz stays 200 and lists it.
+            ready = httpx.get(f"{url}/readyz", timeout=10)
+            assert ready.status_code == 200, ready.text
+            assert (ready.json()["oversight"], ready.json()["suspended"]) == ("known", ["salary_band"])
         # 2. The database becomes unreachable and the gateway starts again: it uses the saved suspensions.
         proxy.down()
         with _proxied_gateway(stack, home, proxy) as url:
@@ -711,6 +715,8 @@ def test_a_suspension_holds_through_a_restart_during_an_outage_and_unknown_state
                 metrics = httpx.get(f"{url}/metrics", timeout=10).text
                 assert "riverbed_oversight_state_known 0.0" in metrics
                 assert 'riverbed_dataset_suspended{dataset="salary_band"} 1.0' in metrics
+                last_known = httpx.get(f"{url}/readyz", timeout=10).json()
+                assert (last_known["oversight"], last_known["suspended"]) == ("last_known", ["salary_band"])
             # 3. The database is back and readable: still suspended (it says so), until a reviewer resumes it.
             _eventually(lambda: "riverbed_oversight_state_known 1.0" in httpx.get(f"{url}/metrics", timeout=10).text)
             assert _post_predict(url, stack).json()["reason"] == "dataset_suspended"
@@ -735,9 +741,19 @@ def test_a_suspension_holds_through_a_restart_during_an_outage_and_unknown_state
                 metrics = httpx.get(f"{url}/metrics", timeout=10).text
                 assert "riverbed_oversight_state_unknown 1.0" in metrics
                 assert 'riverbed_oversight_state_unknown_refusals_total{dataset="salary_band"} 1.0' in metrics
+                # /readyz says so, as it says a log that is not ready: 503 and degraded (MLServer is live).
+                not_ready = httpx.get(f"{url}/readyz", timeout=10)
+                assert not_ready.status_code == 503, not_ready.text
+                body = not_ready.json()
+                assert (body["status"], body["oversight"], body["suspended"]) == ("degraded", "unknown", [])
+                assert body["detail"].startswith(
+                    "oversight state unknown: every prediction is refused 503 (oversight_state_unknown) until this "
+                    "gateway reads the reviewers' suspensions from the inference log"
+                ), body
             served, _ = _wait_status(url, stack, 200, 20.0)
             assert served.status_code == 200, served.text
             assert "riverbed_oversight_state_unknown 0.0" in httpx.get(f"{url}/metrics", timeout=10).text
+            assert httpx.get(f"{url}/readyz", timeout=10).json()["oversight"] == "known"
             # The refusal's row (spooled while the log was away) is in the log once the spool is replayed.
             row = _eventually(lambda: _rows(stack.dsn, "request_id = %s", (unknown.headers["X-Request-ID"],)), 30)
             assert row[0][:2] == ("rejected", 503) and "oversight state unknown" in row[0][2]

@@ -11,6 +11,12 @@
   ``audit_spool_depth``, ``audit_quarantined`` (rows this process kept outside the chain since it started).
 * ``database``: whether PostgreSQL answers now; ``key_listener``: whether the API-key revocation listener is
   connected (without it revocations are polled: keys are re-read on every use); ``models``: each deployment.
+* ``oversight``: where this gateway's knowledge of the reviewers' suspensions (:mod:`serving.oversight`) comes
+  from: ``known`` (read from the inference log, kept fresh by LISTEN), ``last_known`` (the saved state file: the
+  log not read since start), ``unknown`` (neither: every prediction is refused 503 ``oversight_state_unknown``)
+  or ``not_enforced`` (no suspension monitor); ``suspended``: the datasets suspended now. An ``unknown`` state is
+  treated as a log that is not ready is: 503, ``degraded`` when MLServer is live (audit reads are still served),
+  with the reason in ``detail``. A suspended dataset does not make the gateway unready (it is a decision).
 * ``detail`` when not ready: why, in words.
 """
 
@@ -27,6 +33,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from serving.gateway.deps import GatewayDep
 from serving.gateway.responses import ORJSONResponse
+from serving.gateway.state import GatewayState
+from serving.oversight import OVERSIGHT_STATE_UNKNOWN, oversight_state_unknown
 
 router = APIRouter()
 
@@ -50,7 +58,8 @@ async def readyz(gateway: GatewayDep) -> Response:
     writer = gateway.writer
     audit = writer.status
     audit_ready = database and writer.ready
-    ready = mlserver_live and audit_ready
+    oversight = _oversight_state(gateway)
+    ready = mlserver_live and audit_ready and oversight != "unknown"
     body: dict[str, Any] = {
         "status": "ready" if ready else ("degraded" if mlserver_live else "unavailable"),
         "mlserver": "reachable" if mlserver_live else "unreachable",
@@ -60,16 +69,32 @@ async def readyz(gateway: GatewayDep) -> Response:
         "audit_spool_depth": writer.spool_depth,
         "audit_quarantined": writer.quarantined,
         "key_listener": gateway.authenticator.listening,
+        "oversight": oversight,
+        "suspended": sorted(gateway.oversight.suspended()) if gateway.oversight is not None else [],
         "models": models,
     }
     if not ready:
-        body["detail"] = _not_ready(mlserver_live, database, audit, writer.spool_depth)
+        body["detail"] = _not_ready(mlserver_live, database, audit, writer.spool_depth, oversight)
     return ORJSONResponse(body, status_code=200 if ready else 503)
 
 
-def _not_ready(mlserver_live: bool, database: bool, audit: str, spool_depth: int) -> str:
+def _oversight_state(gateway: GatewayState) -> str:
+    monitor = gateway.oversight
+    if monitor is None:
+        return "not_enforced"
+    if oversight_state_unknown(gateway):
+        return "unknown"
+    return "last_known" if monitor.from_file else "known"
+
+
+def _not_ready(mlserver_live: bool, database: bool, audit: str, spool_depth: int, oversight: str) -> str:
     """Why /readyz is not 200, in words (a log catching up is never called unreachable)."""
     reasons = [] if mlserver_live else ["MLServer is unreachable: predictions are answered 503"]
+    if oversight == "unknown":
+        reasons.append(
+            f"oversight state unknown: every prediction is refused 503 ({OVERSIGHT_STATE_UNKNOWN}) until this "
+            "gateway reads the reviewers' suspensions from the inference log"
+        )
     if audit == "replaying":
         reasons.append(
             f"the inference log is catching up: replaying the local spool ({spool_depth} records left); "

@@ -9,7 +9,8 @@ a read that cannot be recorded is refused 503. ``POST
 decide on a candidate that passed the promotion gate of a ``promotion.approval: manual`` dataset and waits as
 ``pending_approval``.
 
-A decision is taken in one database transaction: the decision row is claimed (the version must be pending and
+A decision is taken in one database transaction (:func:`serving.model_decisions.decide_model_version`, which the
+console uses too): the decision row is claimed (the version must be pending and
 undecided; a concurrent decision waits on the unique key and then finds it taken), the oversight action is
 appended to the chained inference log (:func:`serving.oversight.record_action`, target ``<dataset>:<version>``,
 committed before this answers), and only then is the decision committed. A decision whose action could not be
@@ -50,15 +51,16 @@ from riverbed.model_catalog import (
     ReviewDecision,
     SupersededVersionError,
     UnknownModelVersionError,
-    claim_review,
     list_model_versions_async,
 )
 from serving.audit_access import AuditAccessNotRecorded, record_audit_access
 from serving.gateway.body import read_body
-from serving.gateway.deps import Clock, GatewayDep, KeyCheck, RequestId, authenticate
+from serving.gateway.deps import Clock, GatewayDep, KeyCheck, RequestId
 from serving.gateway.responses import ORJSONResponse
+from serving.gateway.routes.oversight import ReviewKey, check_key
 from serving.gateway.schemas import ErrorResponse, RecordProblem, RequestRejected
-from serving.oversight import OversightError, check_note, record_action
+from serving.model_decisions import DecisionNotTakenError, decide_model_version
+from serving.oversight import OversightError, check_note
 
 router = APIRouter()
 
@@ -104,21 +106,10 @@ REVIEW_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def check_review_key(request: Request) -> KeyCheck:
-    try:
-        return KeyCheck(await authenticate(request, (ROLE_REVIEW,)))
-    except RequestRejected as refusal:
-        return KeyCheck(refusal)
-
-
 async def check_catalog_reader_key(request: Request) -> KeyCheck:
-    try:
-        return KeyCheck(await authenticate(request, (ROLE_AUDIT, ROLE_REVIEW)))
-    except RequestRejected as refusal:
-        return KeyCheck(refusal)
+    return await check_key(request, (ROLE_AUDIT, ROLE_REVIEW))
 
 
-ReviewKey = Annotated[KeyCheck, Depends(check_review_key)]
 CatalogReaderKey = Annotated[KeyCheck, Depends(check_catalog_reader_key)]
 DatasetPath = Annotated[str, PathParam(max_length=MAX_NAME_CHARS, description="The dataset's name.")]
 VersionPath = Annotated[int, PathParam(ge=1, le=MAX_VERSION, description="The registered model version.")]
@@ -212,26 +203,15 @@ async def _decide(
         raise RequestRejected(404, f"unknown dataset {dataset!r}", [RecordProblem(None, "dataset", dataset, "unknown")])
     reason = await _reason_of(request)
     try:
-        async with _database(), gateway.writer.pool.connection() as conn, conn.transaction():
-            review = await claim_review(
-                conn,
-                dataset=dataset,
-                version=version,
-                decision=decision,
-                action_id=request_id,
-                key_id=caller.key_id,
-                reason=reason,
-            )
-            # Committed to the chained log before the decision commits: no decision without its record.
-            action = await record_action(
+        async with _database():
+            review, action = await decide_model_version(
                 gateway,
                 request_id=request_id,
                 key_id=caller.key_id,
-                action=decision,
-                target_kind="model_version",
-                target_id=f"{dataset}:{version}",
                 dataset=dataset,
-                note=reason,
+                version=version,
+                decision=decision,
+                reason=reason,
             )
     except UnknownModelVersionError as error:
         raise RequestRejected(404, str(error), [RecordProblem(None, "version", version, "unknown")]) from None
@@ -245,19 +225,10 @@ async def _decide(
     except CatalogValueError as error:
         raise _invalid(error.field, None, error.rule) from None
     except OversightError as error:
-        if error.spooled:
-            # The action's row is spooled (it enters the log later), but the decision's transaction was rolled back:
-            # nothing was decided, and the reviewer must decide again (the generic "do not repeat it" would be wrong).
-            rule = (
-                f"the inference log became unreachable while the {decision} was being recorded: it was not taken "
-                f"and {dataset} version {version} is still pending_approval; decide again once the inference log "
-                f"is back (the attempt's row {request_id} was spooled and will appear in the log, but the model "
-                "catalog holds no decision)"
-            )
-            problem = [RecordProblem(None, error.field, None, rule)]
-            raise RequestRejected(503, f"the {decision} was not taken: {rule}", problem) from None
         problem = [RecordProblem(None, error.field, None, error.rule)]
-        raise RequestRejected(error.status, f"the {decision} was not recorded: {error.rule}", problem) from None
+        # A spooled action with its decision rolled back: nothing was decided, the reviewer must decide again.
+        outcome = "taken" if isinstance(error, DecisionNotTakenError) else "recorded"
+        raise RequestRejected(error.status, f"the {decision} was not {outcome}: {error.rule}", problem) from None
     except CatalogError as error:
         raise RequestRejected(503, f"the model catalog could not record the decision: {error}") from None
     return ORJSONResponse({"review": review.model_dump(mode="json"), "action": action.model_dump(mode="json")})

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
@@ -51,18 +51,21 @@ ROLE_AUDIT = "audit"
 LIST_ROUTE = "/v1/oversight"
 
 
-async def check_review_key(request: Request) -> KeyCheck:
+async def check_key(request: Request, roles: tuple[str, ...]) -> KeyCheck:
+    """The key check of a route needing one of ``roles`` (a 403 names the last): the refusal is kept, not raised,
+    so the handler can record it as a row first (``KeyCheck.require()``)."""
     try:
-        return KeyCheck(await authenticate(request, (ROLE_REVIEW,)))
+        return KeyCheck(await authenticate(request, roles))
     except RequestRejected as refusal:
         return KeyCheck(refusal)
+
+
+async def check_review_key(request: Request) -> KeyCheck:
+    return await check_key(request, (ROLE_REVIEW,))
 
 
 async def check_oversight_reader_key(request: Request) -> KeyCheck:
-    try:
-        return KeyCheck(await authenticate(request, (ROLE_REVIEW, ROLE_AUDIT)))
-    except RequestRejected as refusal:
-        return KeyCheck(refusal)
+    return await check_key(request, (ROLE_REVIEW, ROLE_AUDIT))
 
 
 ReviewKey = Annotated[KeyCheck, Depends(check_review_key)]  # the oversight actions (and B's approve / reject)
@@ -176,7 +179,7 @@ async def _refuse(gateway: GatewayState, call: _Call, rejection: RequestRejected
     admitted = not (
         rejection.status == 401
         and gateway.refusal_log is not None
-        and not gateway.refusal_log.admit(rejection.reason or "unauthenticated")
+        and not gateway.refusal_log.admit(rejection.reason or "unauthenticated", answered=f"401 on POST {call.route}")
     )
     if admitted and not call.row_attempted:
         row = InferenceRecord(
@@ -206,6 +209,26 @@ async def _refuse(gateway: GatewayState, call: _Call, rejection: RequestRejected
     )
 
 
+async def _act(
+    request: Request,
+    gateway: GatewayState,
+    key: KeyCheck,
+    call: _Call,
+    body: type[_Body],
+    perform: Callable[[str, Any], Awaitable[OversightAction]],
+) -> Response:
+    """One action request: the key, then the body, then ``perform(key_id, fields)``; a refusal is recorded and
+    answered (:func:`_refuse`)."""
+    try:
+        call.key_id = key.require().key_id
+        fields = await _read_fields(request, gateway, call, body)
+        with _refusals(call):
+            action = await perform(call.key_id, fields)
+    except RequestRejected as rejection:
+        return await _refuse(gateway, call, rejection)
+    return ORJSONResponse(_action_json(action))
+
+
 # Handlers carry no docstrings: FastAPI would publish them as the operations' descriptions.
 @router.post(
     ACTION_ROUTES["flag"],
@@ -217,17 +240,12 @@ async def _refuse(gateway: GatewayState, call: _Call, rejection: RequestRejected
 async def flag(
     request_id: str, request: Request, gateway: GatewayDep, key: ReviewKey, own_id: RequestId, clock: Clock
 ) -> Response:
-    call = _Call(own_id, clock, ACTION_ROUTES["flag"])
-    try:
-        call.key_id = key.require().key_id
-        fields = await _read_fields(request, gateway, call, FlagBody)
-        with _refusals(call):
-            action = await flag_prediction(
-                gateway, request_id=own_id, key_id=call.key_id, target_request_id=request_id, note=fields.note
-            )
-    except RequestRejected as rejection:
-        return await _refuse(gateway, call, rejection)
-    return ORJSONResponse(_action_json(action))
+    def perform(key_id: str, fields: FlagBody) -> Awaitable[OversightAction]:
+        return flag_prediction(
+            gateway, request_id=own_id, key_id=key_id, target_request_id=request_id, note=fields.note
+        )
+
+    return await _act(request, gateway, key, _Call(own_id, clock, ACTION_ROUTES["flag"]), FlagBody, perform)
 
 
 @router.post(
@@ -240,22 +258,34 @@ async def flag(
 async def override(
     request_id: str, request: Request, gateway: GatewayDep, key: ReviewKey, own_id: RequestId, clock: Clock
 ) -> Response:
-    call = _Call(own_id, clock, ACTION_ROUTES["override"])
-    try:
-        call.key_id = key.require().key_id
-        fields = await _read_fields(request, gateway, call, OverrideBody)
-        with _refusals(call):
-            action = await override_prediction(
-                gateway,
-                request_id=own_id,
-                key_id=call.key_id,
-                target_request_id=request_id,
-                outcome=fields.outcome,
-                reason=fields.reason,
-            )
-    except RequestRejected as rejection:
-        return await _refuse(gateway, call, rejection)
-    return ORJSONResponse(_action_json(action))
+    def perform(key_id: str, fields: OverrideBody) -> Awaitable[OversightAction]:
+        return override_prediction(
+            gateway,
+            request_id=own_id,
+            key_id=key_id,
+            target_request_id=request_id,
+            outcome=fields.outcome,
+            reason=fields.reason,
+        )
+
+    return await _act(request, gateway, key, _Call(own_id, clock, ACTION_ROUTES["override"]), OverrideBody, perform)
+
+
+async def _change_serving(
+    action: Literal["suspend", "resume"],
+    dataset: str,
+    request: Request,
+    gateway: GatewayState,
+    key: KeyCheck,
+    own_id: str,
+    clock: RequestClock,
+) -> Response:
+    change = suspend_dataset if action == "suspend" else resume_dataset
+
+    def perform(key_id: str, fields: ReasonBody) -> Awaitable[OversightAction]:
+        return change(gateway, request_id=own_id, key_id=key_id, dataset=dataset, reason=fields.reason)
+
+    return await _act(request, gateway, key, _Call(own_id, clock, ACTION_ROUTES[action], dataset), ReasonBody, perform)
 
 
 @router.post(
@@ -268,17 +298,7 @@ async def override(
 async def suspend(
     dataset: str, request: Request, gateway: GatewayDep, key: ReviewKey, own_id: RequestId, clock: Clock
 ) -> Response:
-    call = _Call(own_id, clock, ACTION_ROUTES["suspend"], dataset)
-    try:
-        call.key_id = key.require().key_id
-        fields = await _read_fields(request, gateway, call, ReasonBody)
-        with _refusals(call):
-            action = await suspend_dataset(
-                gateway, request_id=own_id, key_id=call.key_id, dataset=dataset, reason=fields.reason
-            )
-    except RequestRejected as rejection:
-        return await _refuse(gateway, call, rejection)
-    return ORJSONResponse(_action_json(action))
+    return await _change_serving("suspend", dataset, request, gateway, key, own_id, clock)
 
 
 @router.post(
@@ -291,17 +311,7 @@ async def suspend(
 async def resume(
     dataset: str, request: Request, gateway: GatewayDep, key: ReviewKey, own_id: RequestId, clock: Clock
 ) -> Response:
-    call = _Call(own_id, clock, ACTION_ROUTES["resume"], dataset)
-    try:
-        call.key_id = key.require().key_id
-        fields = await _read_fields(request, gateway, call, ReasonBody)
-        with _refusals(call):
-            action = await resume_dataset(
-                gateway, request_id=own_id, key_id=call.key_id, dataset=dataset, reason=fields.reason
-            )
-    except RequestRejected as rejection:
-        return await _refuse(gateway, call, rejection)
-    return ORJSONResponse(_action_json(action))
+    return await _change_serving("resume", dataset, request, gateway, key, own_id, clock)
 
 
 @router.get(
@@ -350,4 +360,4 @@ async def list_oversight(
     )
 
 
-__all__ = ["MAX_NOTE_LENGTH", "OversightReaderKey", "ReviewKey", "router"]
+__all__ = ["MAX_NOTE_LENGTH", "OversightReaderKey", "ReviewKey", "check_key", "router"]
