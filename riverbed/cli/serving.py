@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from riverbed.cli.stack import ServingStack, StackError, sigterm_interrupts, wait_for_signal
+from riverbed.cli.stack_state import with_running_mlflow
 from riverbed.inference_log_schema import apply_migrations
 from riverbed.names import PREVIOUS_ALIAS
 from riverbed.settings import RiverbedSettings, get_settings
@@ -462,7 +463,12 @@ def rollback(
 
     try:
         deployed = rollback_deployment(
-            dataset, to, settings=get_settings(), force=force, reason=reason, actor=_cli_identity()
+            dataset,
+            to,
+            settings=with_running_mlflow(get_settings()),
+            force=force,
+            reason=reason,
+            actor=_cli_identity(),
         )
     except (DeploymentError, ModelIntegrityError) as error:
         console.print(f"[red]{error}[/red]")
@@ -484,7 +490,7 @@ def models(
     # Dagster (~1.2 s to import; MLflow loads when used): only this command; imported after the quieting above
     from platform_assets.model_registry import list_model_versions
 
-    settings = get_settings()
+    settings = with_running_mlflow(get_settings())
     specs = load_specs(settings.specs_dirs)
     if dataset is not None and dataset not in specs:
         console.print(f"[red]unknown dataset {dataset!r}; known: {', '.join(sorted(specs))}[/red]")

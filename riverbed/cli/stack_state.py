@@ -28,7 +28,8 @@ import fasteners
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from riverbed.cli.processes import pid_alive, process_cmdline
-from riverbed.stack_file import same_process
+from riverbed.settings import RiverbedSettings
+from riverbed.stack_file import running_stack, same_process
 
 with warnings.catch_warnings():  # it warns at import time when XDG_RUNTIME_DIR is unset (falls back to /tmp)
     warnings.simplefilter("ignore")
@@ -78,6 +79,23 @@ def why_not_live(record: Mapping[str, Any]) -> str | None:
     if command is None or (({"serve", "up"} & set(command)) and any("riverbed" in part for part in command)):
         return None  # cannot tell otherwise: assume live, refusing is safer than two stacks on one home
     return f"pid {pid} is not a riverbed serve ({' '.join(command)[:80]})"
+
+
+def with_running_mlflow(settings: RiverbedSettings) -> RiverbedSettings:
+    """``settings`` with the MLflow server of a running ``riverbed up`` as the tracking URI.
+
+    Under ``up`` runs talk to an MLflow server whose store is the ``mlflow`` database, not the SQLite file the
+    embedded default resolves to; a command such as ``riverbed models`` or ``rollback`` run beside it must read the
+    same registry. An explicit ``RIVERBED_MLFLOW_TRACKING_URI`` wins; without a live stack that names an MLflow
+    server (``riverbed serve`` runs none) ``settings`` stay as they are.
+    """
+    if settings.mlflow_tracking_uri:
+        return settings
+    url = (running_stack(settings) or {}).get("mlflow")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        return settings
+    logger.info("using the MLflow server of the running stack: %s", url)
+    return settings.model_copy(update={"mlflow_tracking_uri": url})
 
 
 def write_private_json(path: Path, payload: Mapping[str, Any]) -> None:

@@ -14,7 +14,6 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,55 +32,22 @@ from riverbed.model_catalog import (
     record_trained,
     reviews_after,
 )
-from riverbed.model_repository import ModelRepository
-from riverbed.settings import RiverbedSettings, get_settings
+from riverbed.settings import get_settings
 from serving.api_keys import create_api_key
 from serving.inference_log import verify_chain_from_settings
-from tests.scratch_postgres import create_database, drop_database
-from tests.serving.gateway_fixtures import (
-    ScriptedMLServer,
-    in_process_gateway,
-    point_at_scripted_model,
-    salary_band_spec,
-)
+from tests.serving.review_stack import Stack, review_stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
-SPEC = salary_band_spec()
 DATASET = "salary_band"
 HOSTILE = "<script>alert('x')</script> & ünïcode"
 _versions = itertools.count(1)
 
 
-@dataclass
-class Stack:
-    url: str
-    settings: RiverbedSettings
-    dsn: str
-    keys: dict[str, str]
-    review_key_id: str
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("model-reviews")
-    database, dsn = create_database()
-    try:
-        with ScriptedMLServer() as mlserver:
-            settings = RiverbedSettings(
-                home=home, inference_log_dsn=dsn, mlserver_url=mlserver.url, model_repository=home / "repository"
-            )
-            point_at_scripted_model(ModelRepository(settings.model_repository_dir), SPEC)
-            with in_process_gateway(settings) as url:
-                review = create_api_key(dsn, ["review"], "reviewer")
-                keys = {
-                    "review": review.key,
-                    "predict": create_api_key(dsn, ["predict"], "app").key,
-                    "audit": create_api_key(dsn, ["audit"], "auditor").key,
-                }
-                yield Stack(url, settings, dsn, keys, review.key_id)
-    finally:
-        drop_database(database)
+    with review_stack(tmp_path_factory, "model-reviews") as running:
+        yield running
 
 
 @pytest.fixture
@@ -122,7 +88,7 @@ def decide(client: httpx.Client, stack: Stack, version: int, decision: str, body
     return client.post(
         f"/v1/models/{DATASET}/versions/{version}/{decision}",
         json=body,
-        headers=_auth(stack.keys[key]) if key else {},
+        headers=_auth(stack.keys.of(key)) if key else {},
     )
 
 
@@ -146,7 +112,7 @@ def test_approve_records_a_chained_action_and_a_review_and_the_version_reads_app
         "mlflow_run_id": f"run-{version}",
         "decision": "approve",
         "action_id": action_id,
-        "key_id": stack.review_key_id,
+        "key_id": stack.keys.review_id,
     }
     assert body["review"]["reason"] == HOSTILE
     assert {k: body["action"][k] for k in ("action_id", "action", "target_kind", "target_id", "actor_key_id")} == {
@@ -154,16 +120,16 @@ def test_approve_records_a_chained_action_and_a_review_and_the_version_reads_app
         "action": "approve",
         "target_kind": "model_version",
         "target_id": f"{DATASET}:{version}",
-        "actor_key_id": stack.review_key_id,
+        "actor_key_id": stack.keys.review_id,
     }
     # The action's own row of the inference log, in the audit API, chained.
-    own = client.get(f"/v1/audit/predictions/{action_id}", headers=_auth(stack.keys["audit"]))
+    own = client.get(f"/v1/audit/predictions/{action_id}", headers=_auth(stack.keys.audit))
     assert own.status_code == 200, own.text
     row = own.json()["request"]
     assert (row["route"], row["status"], row["client_key_id"], row["dataset"]) == (
         "/v1/models/{dataset}/versions/{version}/approve",
         "ok",
-        stack.review_key_id,
+        stack.keys.review_id,
         DATASET,
     )
     assert row["inputs"][0]["oversight"]["note"] == HOSTILE
@@ -175,7 +141,7 @@ def test_approve_records_a_chained_action_and_a_review_and_the_version_reads_app
     # Listed by the catalog route, for both reading roles; not for predict keys.
     for key in ("audit", "review"):
         listed = client.get(
-            "/v1/models/versions", params={"dataset": DATASET, "limit": 1000}, headers=_auth(stack.keys[key])
+            "/v1/models/versions", params={"dataset": DATASET, "limit": 1000}, headers=_auth(stack.keys.of(key))
         )
         assert listed.status_code == 200, listed.text
         found = {v["version"]: v for v in listed.json()["versions"]}
@@ -194,7 +160,7 @@ def test_reject_makes_the_version_rejected_by_reviewer(client: httpx.Client, sta
     assert response.json()["action"]["action"] == "reject"
     assert get_model_version(stack.dsn, DATASET, version).status == "rejected_by_reviewer"  # type: ignore[union-attr]
     listed = client.get(
-        "/v1/models/versions", params={"status": "rejected_by_reviewer"}, headers=_auth(stack.keys["audit"])
+        "/v1/models/versions", params={"status": "rejected_by_reviewer"}, headers=_auth(stack.keys.audit)
     )
     assert version in [v["version"] for v in listed.json()["versions"]]
 
@@ -211,7 +177,7 @@ def test_only_the_review_role_decides(client: httpx.Client, stack: Stack, key: s
 def test_the_catalog_is_read_by_the_audit_and_review_roles_only(
     client: httpx.Client, stack: Stack, key: str, status: int
 ) -> None:
-    response = client.get("/v1/models/versions", headers=_auth(stack.keys[key]) if key else {})
+    response = client.get("/v1/models/versions", headers=_auth(stack.keys.of(key)) if key else {})
     assert response.status_code == status, response.text
 
 
@@ -220,9 +186,7 @@ def test_unknown_dataset_or_version_is_404(client: httpx.Client, stack: Stack) -
     assert missing.status_code == 404, missing.text
     assert "no salary_band version 99999" in missing.json()["error"]
     assert problems(missing) == [("version", "unknown")]
-    unknown = client.post(
-        "/v1/models/nope/versions/1/approve", json={"reason": "ok"}, headers=_auth(stack.keys["review"])
-    )
+    unknown = client.post("/v1/models/nope/versions/1/approve", json={"reason": "ok"}, headers=_auth(stack.keys.review))
     assert unknown.status_code == 404 and problems(unknown) == [("dataset", "unknown")]
 
 
@@ -298,9 +262,9 @@ def test_malformed_bodies_are_422_naming_the_field(
 def test_bodies_that_are_not_json_or_too_large_are_refused(client: httpx.Client, stack: Stack) -> None:
     version = candidate(stack)
     url = f"/v1/models/{DATASET}/versions/{version}/approve"
-    garbage = client.post(url, content=b"{reason", headers=_auth(stack.keys["review"]))
+    garbage = client.post(url, content=b"{reason", headers=_auth(stack.keys.review))
     assert garbage.status_code == 422 and problems(garbage) == [("body", 'must be a JSON object {"reason": "..."}')]
-    huge = client.post(url, content=b'{"reason": "' + b"x" * 20_000 + b'"}', headers=_auth(stack.keys["review"]))
+    huge = client.post(url, content=b'{"reason": "' + b"x" * 20_000 + b'"}', headers=_auth(stack.keys.review))
     assert huge.status_code == 413 and problems(huge) == [("body", "at most 16384 bytes")]
     assert get_model_version(stack.dsn, DATASET, version).status == "pending_approval"  # type: ignore[union-attr]
 
@@ -308,7 +272,7 @@ def test_bodies_that_are_not_json_or_too_large_are_refused(client: httpx.Client,
 @pytest.mark.parametrize("version", ["0", "-1", "abc", "99999999999999999999", "2147483648"])
 def test_malformed_versions_are_422(client: httpx.Client, stack: Stack, version: str) -> None:
     response = client.post(
-        f"/v1/models/{DATASET}/versions/{version}/approve", json={"reason": "ok"}, headers=_auth(stack.keys["review"])
+        f"/v1/models/{DATASET}/versions/{version}/approve", json={"reason": "ok"}, headers=_auth(stack.keys.review)
     )
     assert response.status_code == 422, response.text
     assert [field for field, _ in problems(response)] == ["version"]
@@ -327,7 +291,7 @@ def test_malformed_versions_are_422(client: httpx.Client, stack: Stack, version:
 def test_malformed_listing_parameters_are_422(
     client: httpx.Client, stack: Stack, params: dict[str, str], field: str
 ) -> None:
-    response = client.get("/v1/models/versions", params=params, headers=_auth(stack.keys["audit"]))
+    response = client.get("/v1/models/versions", params=params, headers=_auth(stack.keys.audit))
     assert response.status_code == 422, response.text
     assert [f for f, _ in problems(response)] == [field]
 
@@ -335,7 +299,7 @@ def test_malformed_listing_parameters_are_422(
 def test_cli_lists_pending_and_approves_and_rejects_over_http(stack: Stack) -> None:
     to_approve, to_reject = candidate(stack), candidate(stack)
     runner = CliRunner()
-    common = ["--gateway", stack.url, "--api-key", stack.keys["review"]]
+    common = ["--gateway", stack.url, "--api-key", stack.keys.review]
     listed = runner.invoke(riverbed_app, ["models", "pending", DATASET, *common, "--json"])
     assert listed.exit_code == 0, listed.output
     assert {to_approve, to_reject} <= {v["version"] for v in json.loads(listed.output)}
@@ -386,7 +350,7 @@ def test_a_catalog_read_is_recorded_in_the_audit_access_log(client: httpx.Client
     count = response.json()["count"]
     assert set(waiting) <= {v["version"] for v in response.json()["versions"]} and count >= 2
     request_id = response.headers["X-Request-ID"]
-    unfiltered = client.get("/v1/models/versions", headers=_auth(stack.keys["review"]))
+    unfiltered = client.get("/v1/models/versions", headers=_auth(stack.keys.review))
     assert unfiltered.status_code == 200, unfiltered.text
     with psycopg.connect(stack.dsn) as conn:
         rows = conn.execute(
@@ -403,7 +367,7 @@ def test_a_catalog_read_is_recorded_in_the_audit_access_log(client: httpx.Client
             request_id,
         ),
         (
-            stack.review_key_id,
+            stack.keys.review_id,
             "/v1/models/versions",
             {"limit": 100},
             unfiltered.json()["count"],

@@ -14,7 +14,6 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,82 +23,31 @@ import pytest
 from typer.testing import CliRunner
 
 from riverbed.cli.main import app as riverbed_app
-from riverbed.model_repository import ModelRepository
 from riverbed.settings import RiverbedSettings, get_settings
-from serving.api_keys import create_api_key
 from serving.inference_log import verify_chain_from_settings
 from serving.oversight import MAX_NOTE_LENGTH
-from tests.scratch_postgres import create_database, drop_database
 from tests.serving.gateway_fixtures import (
-    ScriptedMLServer,
     api_records,
     in_process_gateway,
-    point_at_scripted_model,
     salary_band_features,
-    salary_band_spec,
 )
+from tests.serving.review_stack import SPEC, Stack, review_stack, wait_ready
 from tests.serving.tcp_proxy import CuttableProxy
 
 pytestmark = pytest.mark.slow
 
-SPEC = salary_band_spec()
 PREDICT = "/v1/salary_band/predict"
 HOSTILE_NOTE = "<script>alert(\"x\")</script><img src=x onerror=alert(1)> & 'quoted' \u241b ünïcode"
-
-
-@dataclass
-class Keys:
-    predict: str
-    audit: str
-    review: str
-    review_id: str
-
-
-@dataclass
-class Stack:
-    url: str
-    settings: RiverbedSettings
-    dsn: str
-    mlserver_url: str
-    keys: Keys
 
 
 def _auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def _wait_ready(url: str, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        response = httpx.get(f"{url}/readyz", timeout=5)
-        if response.status_code == 200 and response.json()["key_listener"]:
-            return
-        assert time.monotonic() < deadline, response.text
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("oversight")
-    database, dsn = create_database()
-    try:
-        with ScriptedMLServer() as mlserver:
-            settings = RiverbedSettings(
-                home=home, inference_log_dsn=dsn, mlserver_url=mlserver.url, model_repository=home / "repository"
-            )
-            point_at_scripted_model(ModelRepository(settings.model_repository_dir), SPEC)
-            with in_process_gateway(settings) as url:
-                _wait_ready(url)
-                review = create_api_key(dsn, ["review"], "reviewer")
-                keys = Keys(
-                    predict=create_api_key(dsn, ["predict"], "app").key,
-                    audit=create_api_key(dsn, ["audit"], "auditor").key,
-                    review=review.key,
-                    review_id=review.key_id,
-                )
-                yield Stack(url, settings, dsn, mlserver.url, keys)
-    finally:
-        drop_database(database)
+    with review_stack(tmp_path_factory, "oversight") as running:
+        yield running
 
 
 @contextlib.contextmanager
@@ -113,7 +61,7 @@ def second_gateway(stack: Stack, home: Path) -> Iterator[str]:
         audit_chain_key_file=stack.settings.audit_chain_key_path,
     )
     with in_process_gateway(settings) as url:
-        _wait_ready(url)
+        wait_ready(url)
         yield url
 
 
@@ -681,7 +629,7 @@ def test_a_suspension_holds_through_a_restart_during_an_outage_and_unknown_state
     try:
         # 1. A gateway sees the suspension and keeps it in its private state file.
         with _proxied_gateway(stack, home, proxy) as url:
-            _wait_ready(url)
+            wait_ready(url)
             suspended = client.post("/v1/datasets/salary_band/suspend", json={"reason": reason}, headers=review)
             assert suspended.status_code == 200, suspended.text
             action_id = suspended.json()["action_id"]
@@ -720,7 +668,7 @@ def test_a_suspension_holds_through_a_restart_during_an_outage_and_unknown_state
             # 3. The database is back and readable: still suspended (it says so), until a reviewer resumes it.
             _eventually(lambda: "riverbed_oversight_state_known 1.0" in httpx.get(f"{url}/metrics", timeout=10).text)
             assert _post_predict(url, stack).json()["reason"] == "dataset_suspended"
-            _wait_ready(url)  # the spool of the outage replayed: actions can be committed again
+            wait_ready(url)  # the spool of the outage replayed: actions can be committed again
             resumed = httpx.post(
                 f"{url}/v1/datasets/salary_band/resume", json={"reason": "fixed"}, headers=review, timeout=30
             )
@@ -757,7 +705,7 @@ def test_a_suspension_holds_through_a_restart_during_an_outage_and_unknown_state
             # The refusal's row (spooled while the log was away) is in the log once the spool is replayed.
             row = _eventually(lambda: _rows(stack.dsn, "request_id = %s", (unknown.headers["X-Request-ID"],)), 30)
             assert row[0][:2] == ("rejected", 503) and "oversight state unknown" in row[0][2]
-            _wait_ready(url)
+            wait_ready(url)
     finally:
         proxy.down()
     _chain_ok(stack)

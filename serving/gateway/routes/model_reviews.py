@@ -31,7 +31,7 @@ unreachable 503.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 import orjson
@@ -234,37 +234,32 @@ async def _decide(
     return ORJSONResponse({"review": review.model_dump(mode="json"), "action": action.model_dump(mode="json")})
 
 
-@router.post(
-    APPROVE_ROUTE,
-    tags=["models"],
-    summary="Approve a pending candidate of a manual-approval dataset: the platform then deploys exactly it.",
-    responses=REVIEW_RESPONSES,
-    openapi_extra=REVIEW_BODY,
-)
-async def approve_model_version(
-    request: Request,
-    gateway: GatewayDep,
-    key: ReviewKey,
-    request_id: RequestId,
-    dataset: DatasetPath,
-    version: VersionPath,
-) -> Response:
-    return await _decide(request, gateway, key, request_id, dataset, version, "approve")
+def _decision_route(decision: ReviewDecision) -> Callable[..., Awaitable[Response]]:
+    async def decide(
+        request: Request,
+        gateway: GatewayDep,
+        key: ReviewKey,
+        request_id: RequestId,
+        dataset: DatasetPath,
+        version: VersionPath,
+    ) -> Response:
+        return await _decide(request, gateway, key, request_id, dataset, version, decision)
+
+    return decide
 
 
-@router.post(
-    REJECT_ROUTE,
-    tags=["models"],
-    summary="Reject a pending candidate of a manual-approval dataset: it is never deployed.",
-    responses=REVIEW_RESPONSES,
-    openapi_extra=REVIEW_BODY,
-)
-async def reject_model_version(
-    request: Request,
-    gateway: GatewayDep,
-    key: ReviewKey,
-    request_id: RequestId,
-    dataset: DatasetPath,
-    version: VersionPath,
-) -> Response:
-    return await _decide(request, gateway, key, request_id, dataset, version, "reject")
+DECISION_SUMMARIES: dict[ReviewDecision, str] = {
+    "approve": "Approve a pending candidate of a manual-approval dataset: the platform then deploys exactly it.",
+    "reject": "Reject a pending candidate of a manual-approval dataset: it is never deployed.",
+}
+# One handler per decision, told apart only by the decision (and their routes' names and summaries).
+DECISION_ROUTES: dict[ReviewDecision, str] = {"approve": APPROVE_ROUTE, "reject": REJECT_ROUTE}
+for _decision, _route in DECISION_ROUTES.items():
+    router.post(
+        _route,
+        name=f"{_decision}_model_version",
+        tags=["models"],
+        summary=DECISION_SUMMARIES[_decision],
+        responses=REVIEW_RESPONSES,
+        openapi_extra=REVIEW_BODY,
+    )(_decision_route(_decision))

@@ -271,47 +271,35 @@ async def override(
     return await _act(request, gateway, key, _Call(own_id, clock, ACTION_ROUTES["override"]), OverrideBody, perform)
 
 
-async def _change_serving(
-    action: Literal["suspend", "resume"],
-    dataset: str,
-    request: Request,
-    gateway: GatewayState,
-    key: KeyCheck,
-    own_id: str,
-    clock: RequestClock,
-) -> Response:
+def _serving_route(action: Literal["suspend", "resume"]) -> Callable[..., Awaitable[Response]]:
     change = suspend_dataset if action == "suspend" else resume_dataset
 
-    def perform(key_id: str, fields: ReasonBody) -> Awaitable[OversightAction]:
-        return change(gateway, request_id=own_id, key_id=key_id, dataset=dataset, reason=fields.reason)
+    async def change_serving(
+        dataset: str, request: Request, gateway: GatewayDep, key: ReviewKey, own_id: RequestId, clock: Clock
+    ) -> Response:
+        def perform(key_id: str, fields: ReasonBody) -> Awaitable[OversightAction]:
+            return change(gateway, request_id=own_id, key_id=key_id, dataset=dataset, reason=fields.reason)
 
-    return await _act(request, gateway, key, _Call(own_id, clock, ACTION_ROUTES[action], dataset), ReasonBody, perform)
+        call = _Call(own_id, clock, ACTION_ROUTES[action], dataset)
+        return await _act(request, gateway, key, call, ReasonBody, perform)
 
-
-@router.post(
-    ACTION_ROUTES["suspend"],
-    tags=["oversight"],
-    openapi_extra=_body_schema(ReasonBody),
-    summary="Suspend a dataset's serving with a reason: its predict route answers 503 naming who and why.",
-    responses=ACTION_RESPONSES,
-)
-async def suspend(
-    dataset: str, request: Request, gateway: GatewayDep, key: ReviewKey, own_id: RequestId, clock: Clock
-) -> Response:
-    return await _change_serving("suspend", dataset, request, gateway, key, own_id, clock)
+    return change_serving
 
 
-@router.post(
-    ACTION_ROUTES["resume"],
-    tags=["oversight"],
-    openapi_extra=_body_schema(ReasonBody),
-    summary="Resume a suspended dataset's serving, with a reason (409 if it is not suspended).",
-    responses=ACTION_RESPONSES,
-)
-async def resume(
-    dataset: str, request: Request, gateway: GatewayDep, key: ReviewKey, own_id: RequestId, clock: Clock
-) -> Response:
-    return await _change_serving("resume", dataset, request, gateway, key, own_id, clock)
+# Suspend and resume: one handler each, told apart only by the action (and their summaries).
+SERVING_SUMMARIES: dict[Literal["suspend", "resume"], str] = {
+    "suspend": "Suspend a dataset's serving with a reason: its predict route answers 503 naming who and why.",
+    "resume": "Resume a suspended dataset's serving, with a reason (409 if it is not suspended).",
+}
+for _action, _summary in SERVING_SUMMARIES.items():
+    router.post(
+        ACTION_ROUTES[_action],
+        name=_action,
+        tags=["oversight"],
+        openapi_extra=_body_schema(ReasonBody),
+        summary=_summary,
+        responses=ACTION_RESPONSES,
+    )(_serving_route(_action))
 
 
 @router.get(
