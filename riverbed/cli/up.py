@@ -292,6 +292,10 @@ class PlatformStack:
             self._start_mlflow(database_urls[MLFLOW_DATABASE])
             # The gateway keeps its own least-privileged DSN (ServingStack sets it); it gets the other addresses.
             gateway_env = {k: v for k, v in self._riverbed_env().items() if k != "RIVERBED_INFERENCE_LOG_DSN"}
+            # The console links run ids to the Dagster UI this stack starts (MLflow: the tracking URI above).
+            gateway_env.setdefault(
+                "RIVERBED_CONSOLE_DAGSTER_URL", self.settings.console_dagster_url or self.dagster_url
+            )
             self.serving.gateway_env.update(gateway_env)
             self.serving.start_serving()
             for pid in (self.serving.mlserver_pid, self.serving.gateway_pid):

@@ -319,6 +319,11 @@ def test_every_dashboard_panel_returns_data_from_the_running_stack(loop: Loop) -
 def test_the_stack_file_names_the_exporter_and_the_console_and_prometheus_scrapes_every_part(loop: Loop) -> None:
     record = loop.record
     assert record["console"] == f"{record['gateway']}/console"
+    # The console links lineage to the UIs of this stack: the gateway is told the Dagster UI and the MLflow server.
+    environ = Path(f"/proc/{record['pids']['gateway']}/environ").read_bytes().split(b"\0")
+    told = dict(item.decode().split("=", 1) for item in environ if item.startswith(b"RIVERBED_"))
+    assert told["RIVERBED_CONSOLE_DAGSTER_URL"] == record["dagster"]
+    assert told["RIVERBED_MLFLOW_TRACKING_URI"] == record["mlflow"]
     exporter = record["exporter"]
     health = httpx.get(f"{exporter}/healthz", timeout=10)
     assert health.status_code == 200 and health.json()["status"] == "ok", health.text
