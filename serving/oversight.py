@@ -517,6 +517,30 @@ async def _prediction(gateway: GatewayState, target_request_id: str) -> dict[str
     return row
 
 
+async def _record_on_prediction(
+    gateway: GatewayState,
+    action: ActionKind,
+    row: dict[str, Any],
+    *,
+    request_id: str,
+    key_id: str,
+    note: str,
+    outcome: str | None = None,
+) -> OversightAction:
+    """Record ``action`` on the logged prediction ``row`` (see :func:`_prediction`), in its dataset."""
+    return await record_action(
+        gateway,
+        request_id=request_id,
+        key_id=key_id,
+        action=action,
+        target_kind="prediction",
+        target_id=row["request_id"],
+        dataset=row["dataset"],
+        note=note,
+        outcome=outcome,
+    )
+
+
 async def flag_prediction(
     gateway: GatewayState, *, request_id: str, key_id: str, target_request_id: str, note: str
 ) -> OversightAction:
@@ -524,16 +548,7 @@ async def flag_prediction(
     request id, 422 for one that is not a prediction (e.g. an action's own row) or a bad note."""
     check_note("note", note)
     row = await _prediction(gateway, target_request_id)
-    return await record_action(
-        gateway,
-        request_id=request_id,
-        key_id=key_id,
-        action="flag",
-        target_kind="prediction",
-        target_id=target_request_id,
-        dataset=row["dataset"],
-        note=note,
-    )
+    return await _record_on_prediction(gateway, "flag", row, request_id=request_id, key_id=key_id, note=note)
 
 
 async def override_prediction(
@@ -556,16 +571,8 @@ async def override_prediction(
     classes = [str(name) for name in spec.target.classes]
     if outcome not in classes:
         raise InvalidActionError("outcome", f"must be one of the dataset's target classes: {', '.join(classes)}")
-    return await record_action(
-        gateway,
-        request_id=request_id,
-        key_id=key_id,
-        action="override",
-        target_kind="prediction",
-        target_id=target_request_id,
-        dataset=row["dataset"],
-        note=reason,
-        outcome=outcome,
+    return await _record_on_prediction(
+        gateway, "override", row, request_id=request_id, key_id=key_id, note=reason, outcome=outcome
     )
 
 

@@ -28,8 +28,6 @@ from riverbed.model_catalog import (
     list_model_versions,
     record_approval,
     record_deployment,
-    record_gate_decision,
-    record_trained,
 )
 from riverbed.model_repository import ModelRepository
 from riverbed.names import CHAMPION_ALIAS, PREVIOUS_ALIAS, RunTag
@@ -37,6 +35,7 @@ from riverbed.records import ModelRecord
 from riverbed.settings import RiverbedSettings
 from riverbed.specs import load_specs
 from tests.platform_assets.loan_dataset import LOAN_DATASET, LOAN_PARTITIONS, write_loan_dataset
+from tests.riverbed.catalog_rows import catalogue_approved
 from tests.serving.conftest import migrated_dsn, postgres_dsn  # noqa: F401 - the machine's PostgreSQL
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
@@ -355,27 +354,7 @@ def test_an_approval_never_moves_the_champion_to_an_older_version(
     (specs / f"{DATASET}.yaml").write_text((specs / f"{DATASET}.yaml").read_text().replace(AUTO, MANUAL))
     spec = load_specs([specs])[DATASET]
     for version in (1, 2):
-        record_trained(
-            migrated_dsn,
-            dataset=DATASET,
-            registered_model=NAME,
-            version=version,
-            trained_reason="drift",
-            mlflow_run_id=f"run{version}",
-            dagster_run_id=f"dagster{version}",
-            data_commit_ids={},
-            metrics={},
-            fairness={},
-            model_card_markdown="",
-            manual_approval=True,
-        )
-        record_gate_decision(
-            migrated_dsn, dataset=DATASET, version=version, passed=True, reasons=["ok"], manual_approval=True
-        )
-        record_approval(
-            migrated_dsn, dataset=DATASET, version=version, decision="approve", action_id=f"a{version}", key_id="k",
-            reason="ok",
-        )  # fmt: skip
+        catalogue_approved(migrated_dsn, DATASET, version)
     record_deployment(migrated_dsn, dataset=DATASET, version=2, previous_version=None)
     model = ModelRecord(
         dataset=DATASET,

@@ -28,27 +28,13 @@ from riverbed.model_catalog import (
     superseding_version,
 )
 from serving.database_roles import provision_login_roles
+from tests.riverbed.catalog_rows import FAIRNESS, catalogue_trained
 
 pytestmark = pytest.mark.timeout(60)
 
-FAIRNESS = {"sex": {"selection_rate[F]": 0.25, "selection_rate[M]": 0.5, "demographic_parity_difference": 0.25}}
-
 
 def train(dsn: str, version: int, *, run: str | None = None, manual: bool = False, reason: str = "drift") -> None:
-    record_trained(
-        dsn,
-        dataset="loans",
-        registered_model="riverbed-loans",
-        version=version,
-        trained_reason=reason,
-        mlflow_run_id=run or f"run{version}",
-        dagster_run_id=f"dag{version}",
-        data_commit_ids={"2026-11-01": f"c{version}"},
-        metrics={"roc_auc": 0.75 + version / 100, "f1": 0.5},
-        fairness={**FAIRNESS, "age": {"selection_rate[young]": float("nan")}},
-        model_card_markdown=f"# loans v{version}\n<script>x</script>",
-        manual_approval=manual,
-    )
+    catalogue_trained(dsn, "loans", version, run=run, manual=manual, reason=reason)
 
 
 def test_a_version_through_training_gate_and_deployment_has_exact_rows(migrated_dsn: str) -> None:

@@ -940,8 +940,8 @@ def test_a_decision_whose_action_is_spooled_says_it_was_not_taken_and_must_be_ma
     message = _error(refused, 503)
     attempt = refused.headers["X-Request-ID"]
     assert message == (
-        "inference_log: the inference log became unreachable while the approve was being recorded: it was not taken and "
-        "salary_band version 10 is still pending_approval; decide again once the inference log is back "
+        "inference_log: the inference log became unreachable while the approve was being recorded: it was not taken "
+        "and salary_band version 10 is still pending_approval; decide again once the inference log is back "
         f"(the attempt's row {attempt} was spooled and will appear in the log, but the model catalog holds no "
         "decision)"
     )
