@@ -76,7 +76,18 @@ MLFLOW_DATABASE = "mlflow"
 STARTUP_SECONDS = 120.0  # for each part to answer
 STOP_SECONDS = 10.0  # for each part to stop before its process group is killed
 DOWN_SECONDS = 60.0  # `riverbed down` waits this long for the stack to exit
-PARTS = ("gateway", "mlserver", "database", "dagster", "exporter", "mlflow", "kafka", "prometheus", "alertmanager")
+PARTS = (
+    "gateway",
+    "console",
+    "mlserver",
+    "database",
+    "dagster",
+    "exporter",
+    "mlflow",
+    "kafka",
+    "prometheus",
+    "alertmanager",
+)
 CHILD_ENV = {
     "DAGSTER_DISABLE_TELEMETRY": "true",
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -187,6 +198,8 @@ def probe(part: str, address: str) -> Health:
     """Whether ``part`` (a key of stack.json) answers at ``address``, and what it said."""
     if part == "gateway":
         return _http_probe(address, "/readyz")
+    if part == "console":
+        return _http_probe(address, "/login")  # the login form: answers without a session
     if part == "mlserver":
         return _http_probe(address, "/v2/health/live")
     if part == "database":

@@ -36,7 +36,18 @@ logger = logging.getLogger(__name__)
 
 START_SECONDS = 300  # every part of the platform, on a shared 2-core machine
 STOP_SECONDS = 30  # what `up` promises for a stop
-PARTS = ("gateway", "mlserver", "database", "dagster", "exporter", "mlflow", "kafka", "prometheus", "alertmanager")
+PARTS = (
+    "gateway",
+    "console",
+    "mlserver",
+    "database",
+    "dagster",
+    "exporter",
+    "mlflow",
+    "kafka",
+    "prometheus",
+    "alertmanager",
+)
 INSTALLED = {
     "prometheus": shutil.which("prometheus") is not None,
     "alertmanager": (shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")) is not None,
@@ -177,6 +188,8 @@ def _assert_parts_answer(record: dict[str, Any]) -> None:
     info = httpx.get(f"{record['dagster']}/server_info", timeout=5).json()
     assert info["dagster_version"] == version("dagster")
     assert record["console"] == f"{record['gateway']}/console"
+    login = httpx.get(f"{record['console']}/login", timeout=10)
+    assert login.status_code == 200 and 'name="api_key"' in login.text, login.text[:500]
     exporter = httpx.get(f"{record['exporter']}/metrics", timeout=10)
     assert exporter.status_code == 200 and "riverbed_dagster_runs" in exporter.text, exporter.text[:500]
     health = httpx.get(f"{record['mlflow']}/health", timeout=5)
