@@ -47,7 +47,6 @@ import hashlib
 import hmac
 import inspect
 import logging
-import random
 import re
 import secrets
 import time
@@ -59,6 +58,8 @@ from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
+
+from serving.notify_listener import NotifyListener
 
 logger = logging.getLogger(__name__)
 
@@ -355,7 +356,21 @@ class ApiKeyAuthenticator:
         if self._task is not None:
             return
         self._listening_event = asyncio.Event()
-        self._task = asyncio.create_task(self._listen_forever(), name="api-key-listener")
+        listener = NotifyListener(
+            channel=NOTIFY_CHANNEL,
+            application_name="riverbed-api-key-listener",
+            label="API-key listener",
+            conninfo=self._conninfo,
+            log=logger,
+            connect_timeout=max(1, round(self._lookup_timeout * 2)),
+            ping_interval=self._ping_interval,
+            reconnect_delay=self._reconnect_delay,
+            on_connect=self._on_connect,
+            on_notify=self._on_notify,
+            on_ping=self._on_ping,
+            on_disconnect=lambda: self._set_listening(False),
+        )
+        self._task = asyncio.create_task(listener.run(), name="api-key-listener")
 
     async def stop(self) -> None:
         """Stop the listener; cached keys are then re-read every ``ttl_seconds`` and never vouched for in an
@@ -563,59 +578,20 @@ class ApiKeyAuthenticator:
                 kwargs = await kwargs
         return str(conninfo), dict(kwargs)
 
-    async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        conninfo, kwargs = await self._conninfo()
-        kwargs.update(autocommit=True, application_name="riverbed-api-key-listener")
-        kwargs.setdefault("connect_timeout", max(1, round(self._lookup_timeout * 2)))
-        # Keepalives notice a silently dead peer over TCP (libpq ignores them on a Unix socket).
-        kwargs.update(keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=2)
-        async with asyncio.timeout(float(kwargs["connect_timeout"]) + 1.0):
-            conn = await psycopg.AsyncConnection.connect(conninfo, **kwargs)
-        try:
-            await conn.execute(f"listen {NOTIFY_CHANNEL}")
-        except BaseException:
-            await conn.close()
-            raise
-        return conn
+    async def _on_connect(self, conn: psycopg.AsyncConnection[Any], reconnected: bool) -> None:
+        """A new listener connection (LISTEN active): count the session, then re-read every cached key."""
+        self._session += 1
+        self._last_contact = time.monotonic()
+        self._set_listening(True)
+        if reconnected or self._session > 1:
+            logger.info("API-key listener connected again: re-validating %d cached keys", len(self._keys))
+        await self._revalidate(conn)
 
-    async def _listen_forever(self) -> None:
-        first, longest = self._reconnect_delay
-        delay = first
-        failures = 0
-        while True:
-            try:
-                conn = await self._connect()
-            except Exception as error:  # psycopg.Error, OSError, TimeoutError; anything else is retried too
-                failures += 1
-                log = logger.warning if failures == 1 else logger.debug
-                log("API-key listener cannot connect (retrying): %s: %s", type(error).__name__, error)
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, longest)
-                continue
-            try:
-                self._session += 1
-                self._last_contact = time.monotonic()
-                self._set_listening(True)
-                if failures or self._session > 1:
-                    logger.info("API-key listener connected again: re-validating %d cached keys", len(self._keys))
-                failures, delay = 0, first
-                await self._revalidate(conn)
-                while True:
-                    async for notify in conn.notifies(timeout=self._ping_interval):
-                        self._on_notification(notify.payload)
-                    async with asyncio.timeout(max(1.0, self._ping_interval)):
-                        await conn.execute("select 1")
-                    self._last_contact = time.monotonic()
-            except (psycopg.Error, OSError, TimeoutError) as error:
-                logger.warning(
-                    "API-key listener lost its connection (reconnecting): %s: %s", type(error).__name__, error
-                )
-            except Exception:
-                logger.exception("API-key listener failed (reconnecting)")
-            finally:
-                self._set_listening(False)
-                await _close_quietly(conn)
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+    async def _on_notify(self, payload: str) -> None:
+        self._on_notification(payload)
+
+    def _on_ping(self) -> None:
+        self._last_contact = time.monotonic()
 
     async def _revalidate(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Re-read every cached key (after a (re)connect, LISTEN already active): drop the revoked, expired or
@@ -643,11 +619,3 @@ class ApiKeyAuthenticator:
             self._keys[key_id] = _Verified(key=key, key_hash=entry.key_hash, verified_at=now, session=session)
         if dropped:
             logger.info("API-key listener: %d cached keys were revoked, expired or deleted meanwhile", dropped)
-
-
-async def _close_quietly(conn: psycopg.AsyncConnection[Any]) -> None:
-    try:
-        async with asyncio.timeout(2.0):
-            await conn.close()
-    except Exception:  # the connection is being abandoned either way
-        conn.pgconn.finish()

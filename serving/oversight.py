@@ -47,7 +47,6 @@ import hmac
 import json
 import logging
 import os
-import random
 import re
 import secrets
 import time
@@ -73,6 +72,7 @@ from serving.inference_log import (
     format_time,
     unescape,
 )
+from serving.notify_listener import NotifyListener
 
 if TYPE_CHECKING:
     from serving.gateway.state import GatewayState
@@ -708,12 +708,26 @@ class SuspensionMonitor:
         self._unknown = False  # set at start when neither the database nor the state file could be read
         self._from_file = False
         self._ping_interval = ping_interval
-        self._reconnect_delay = reconnect_delay
         self._start_timeout = start_timeout
         self._suspensions: dict[str, OversightAction] = {}
         self._task: asyncio.Task[None] | None = None
         self._loaded = asyncio.Event()
         self._listening = False
+        self._listener = NotifyListener(
+            channel=NOTIFY_CHANNEL,
+            application_name="riverbed-oversight-listener",
+            label="oversight listener",
+            conninfo=self._conninfo,
+            log=logger,
+            connect_timeout=2,
+            ping_interval=ping_interval,
+            reconnect_delay=reconnect_delay,
+            on_connect=self._on_connect,
+            on_notified=self._on_notified,
+            on_failure=lambda: self.failures.inc(),
+            on_disconnect=lambda: self._set_listening(False),
+            stop_after=1,
+        )
         self.failures = Counter(
             "riverbed_oversight_listener_failures_total",
             "Failures of the suspension listener (connect, read, lost connection).",
@@ -784,9 +798,9 @@ class SuspensionMonitor:
         if not wait:
             logger.warning("oversight: the inference log is unreachable; suspensions are read once it is back")
             self._fall_back_to_file()
-            self._task = asyncio.create_task(self._listen_forever(), name="oversight-listener")
+            self._task = asyncio.create_task(self._listener.run(), name="oversight-listener")
             return
-        self._task = asyncio.create_task(self._listen_forever(), name="oversight-listener")
+        self._task = asyncio.create_task(self._listener.run(), name="oversight-listener")
         try:
             await asyncio.wait_for(self._loaded.wait(), timeout=self._start_timeout)
         except TimeoutError:
@@ -925,71 +939,26 @@ class SuspensionMonitor:
         self._listening = listening
         self.listening_gauge.set(1 if listening else 0)
 
-    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+    async def _conninfo(self) -> tuple[str, dict[str, Any]]:
         conninfo: Any = self._pool.conninfo  # the writer's pool: a DSN and a dict of options (no callables)
         options: Any = self._pool.kwargs
-        kwargs: dict[str, Any] = dict(options) if isinstance(options, dict) else {}
-        kwargs.update(autocommit=True, application_name="riverbed-oversight-listener")
-        kwargs.setdefault("connect_timeout", 2)
-        kwargs.update(keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=2)
-        async with asyncio.timeout(float(kwargs["connect_timeout"]) + 1.0):
-            conn = await psycopg.AsyncConnection.connect(str(conninfo), **kwargs)
-        try:
-            await conn.execute(f"listen {NOTIFY_CHANNEL}")
-        except BaseException:
-            await conn.close()
-            raise
-        return conn
+        return str(conninfo), (dict(options) if isinstance(options, dict) else {})
 
-    async def _listen_forever(self) -> None:
-        first, longest = self._reconnect_delay
-        delay = first
-        failures = 0
-        while True:
-            try:
-                conn = await self._connect()
-            except Exception as error:  # psycopg.Error, OSError, TimeoutError: retried with backoff
-                failures += 1
-                self.failures.inc()
-                log = logger.warning if failures == 1 else logger.debug
-                log("oversight listener cannot connect (retrying): %s: %s", type(error).__name__, error)
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, longest)
-                continue
-            try:
-                await self._read(conn, None)  # LISTEN is active: nothing committed from now on is missed
-                self._read_from_database()
-                await self._save()
-                self._set_listening(True)
-                if failures:
-                    logger.info("oversight listener connected again; suspensions re-read")
-                failures, delay = 0, first
-                while True:
-                    # The connection is busy while notifies() runs: collect, leave it, then read (a notification
-                    # that arrives meanwhile is kept by psycopg for the next call). Any notification re-reads every
-                    # dataset's state: a few index rows, and no ordering between notifications to get wrong.
-                    heard = [n async for n in conn.notifies(timeout=self._ping_interval, stop_after=1)]
-                    async with asyncio.timeout(max(1.0, self._ping_interval)):
-                        if heard:
-                            await self._read(conn, None)
-                        else:
-                            await conn.execute("select 1")
-                    if heard:
-                        await self._save()
-            except (psycopg.Error, OSError, TimeoutError) as error:
-                self.failures.inc()
-                logger.warning(
-                    "oversight listener lost its connection (reconnecting): %s: %s", type(error).__name__, error
-                )
-            except Exception:
-                self.failures.inc()
-                logger.exception("oversight listener failed (reconnecting)")
-            finally:
-                self._set_listening(False)
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(2.0):
-                        await conn.close()
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+    async def _on_connect(self, conn: psycopg.AsyncConnection[Any], reconnected: bool) -> None:
+        """A new listener connection (LISTEN active): re-read every dataset's state, save it, then listen."""
+        await self._read(conn, None)  # LISTEN is active: nothing committed from now on is missed
+        self._read_from_database()
+        await self._save()
+        self._set_listening(True)
+        if reconnected:
+            logger.info("oversight listener connected again; suspensions re-read")
+
+    async def _on_notified(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Any notification re-reads every dataset's state: a few index rows, and no ordering between
+        notifications to get wrong (the listener waits for one at a time, so the connection is free here)."""
+        async with asyncio.timeout(max(1.0, self._ping_interval)):
+            await self._read(conn, None)
+        await self._save()
 
 
 def _write_private_file(path: Path, data: bytes) -> None:
