@@ -17,6 +17,7 @@ from riverbed.names import CommitMetadata, Stage
 from riverbed.records import TrainingReason
 from riverbed.settings import RiverbedSettings
 from riverbed.specs import load_specs
+from tests.platform_assets.conftest import isolated_settings
 from tests.platform_assets.loan_dataset import LOAN_DATASET, LOAN_PARTITIONS, write_loan_dataset
 
 pytestmark = pytest.mark.slow
@@ -163,7 +164,7 @@ def test_a_third_dataset_needs_only_a_spec_and_its_data(tmp_path: Path) -> None:
     specs_dir = tmp_path / "specs"
     specs_dir.mkdir()
     write_loan_dataset(specs_dir)
-    settings = RiverbedSettings(home=tmp_path / "home", specs_dirs=[specs_dir])
+    settings = isolated_settings(home=tmp_path / "home", specs_dirs=[specs_dir])
     run = run_pipeline(
         settings,
         LOAN_DATASET,
