@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -206,11 +206,29 @@ def log_in(driver: WebDriver, stack: ConsoleStack, role: str) -> None:
     element(driver, "#whoami")
 
 
+def _left_the_document(found: WebElement) -> Callable[[WebDriver], bool]:
+    """Like ``expected_conditions.staleness_of``, also for Chromium's answer while a navigation replaces the
+    document ("Node with given id does not belong to the document"), which staleness_of lets escape as an error."""
+
+    def gone(_driver: WebDriver) -> bool:
+        try:
+            found.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as error:
+            if "does not belong to the document" in str(error):
+                return True
+            raise
+        return False
+
+    return gone
+
+
 def submit(driver: WebDriver, button_css: str) -> None:
     """Click a form's submit button and wait for the page the POST redirects to."""
     button = element(driver, button_css)
     button.click()
-    wait_for(driver, expected_conditions.staleness_of(button), f"the page after {button_css}")
+    wait_for(driver, _left_the_document(button), f"the page after {button_css}")
     wait_for(driver, lambda d: d.execute_script("return document.readyState") == "complete", "the next page")
 
 
