@@ -454,6 +454,11 @@ class LoopScenario:
         assert self._clock_zero is not None
         self.outcome.marks[name] = round(time.monotonic() - self._clock_zero, 3)
 
+    def wall_time(self, on_clock: float) -> float:
+        """The wall-clock time (epoch seconds, as Dagster records runs) of ``on_clock`` on the scenario's clock."""
+        assert self._clock_zero is not None
+        return time.time() - (time.monotonic() - self._clock_zero) + on_clock
+
     def on_clock(self, wall: float | None) -> float | None:
         """A wall-clock time (a Dagster run's) on the scenario's clock."""
         if wall is None or self._clock_zero is None:
@@ -499,7 +504,6 @@ class LoopScenario:
         self.outcome.predicted["clean"] = self.predict_batches(clean)
         self.publish_labels(clean)
         known_ingests = {run.run_id for run in self.dagster.runs(ingest_job(DATASET))}
-        known_monitors = {run.run_id for run in self.dagster.runs(monitor_job(DATASET))}
         v1 = self.outcome.v1
         background.start()
         self._clock_zero = time.monotonic()  # the first drifted record is produced now
@@ -526,10 +530,17 @@ class LoopScenario:
         self.outcome.drift_ingest_runs = [
             run for run in self.dagster.runs(ingest_job(DATASET)) if run.run_id not in known_ingests
         ]
-        monitors = [run for run in self.dagster.runs(monitor_job(DATASET)) if run.run_id not in known_monitors]
+        # The run that found the drift is the last monitoring run to end after the drifted predictions were logged
+        # and before the retraining was requested; it may have started before the first drifted record (a run
+        # already under way when they were produced reads the log later), so runs are chosen by when they ended.
+        answered = self.wall_time(self.outcome.marks["drifted predictions answered"])
         retrain_created = self.outcome.retrain_run.created if self.outcome.retrain_run else float("inf")
-        before = [run for run in monitors if run.ended is not None and run.ended <= retrain_created]
-        self.outcome.drift_monitor_run = before[-1] if before else None
+        found = [
+            run
+            for run in self.dagster.runs(monitor_job(DATASET))
+            if run.ended is not None and answered <= run.ended <= retrain_created
+        ]
+        self.outcome.drift_monitor_run = max(found, key=lambda run: run.ended or 0.0) if found else None
         return int(v2)
 
     def stages(self) -> dict[str, float | None]:
